@@ -1,0 +1,165 @@
+//! Connecting to a relay and joining a session: the QUIC + TLS handshake (aws-lc-rs, so
+//! the hop negotiates X25519MLKEM768 first), then `Join` on the control stream.
+//!
+//! Owns trust (the relay's certificate the app passes in) and the join exchange. What
+//! happens after `Joined` belongs to `Call`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use duet_proto::control::encode;
+use duet_proto::{ClientMessage, FrameDecoder, RelayMessage, ResumeSecret, SessionId, ALPN};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::call::Call;
+use crate::error::SdkError;
+use crate::options::ConnectOptions;
+
+/// What a device keeps to take its place in a session back on a new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeTicket {
+    pub session: SessionId,
+    pub secret: ResumeSecret,
+}
+
+/// A connection to a relay that has not joined a session yet.
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    token: String,
+    opts: ConnectOptions,
+}
+
+fn tls_config(opts: &ConnectOptions) -> Result<rustls::ClientConfig, SdkError> {
+    let pem = opts
+        .trusted_cert_pem
+        .as_deref()
+        .ok_or_else(|| SdkError::Certificate("no trusted certificate given".into()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| SdkError::Certificate(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| SdkError::Certificate(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(SdkError::Certificate("the PEM holds no certificate".into()));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| SdkError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(tls)
+}
+
+fn quic_config(opts: &ConnectOptions) -> Result<quinn::ClientConfig, SdkError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls_config(opts)?)
+        .map_err(|e| SdkError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(opts.keep_alive));
+    // Room for a keyframe burst in both directions without dropping pieces locally.
+    transport.datagram_receive_buffer_size(Some(4 << 20));
+    transport.datagram_send_buffer_size(4 << 20);
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+impl Client {
+    /// Connects to the relay at `relay` (QUIC, TLS 1.3, ALPN `duet/1`). Not joined yet.
+    pub async fn connect(
+        relay: SocketAddr,
+        token: impl Into<String>,
+        opts: ConnectOptions,
+    ) -> Result<Client, SdkError> {
+        let bind: SocketAddr = if relay.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        endpoint.set_default_client_config(quic_config(&opts)?);
+        let connecting = endpoint.connect(relay, &opts.server_name)?;
+        let conn = tokio::time::timeout(opts.join_timeout, connecting)
+            .await
+            .map_err(|_| SdkError::Timeout("the QUIC handshake"))??;
+        Ok(Client {
+            endpoint,
+            conn,
+            token: token.into(),
+            opts,
+        })
+    }
+
+    /// The raw QUIC connection, for diagnostics and tests.
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// Joins `session`. The token must be for it.
+    pub async fn join(self, session: SessionId) -> Result<Call, SdkError> {
+        self.join_inner(session, None).await
+    }
+
+    /// Takes this device's place back in the ticket's session on this new connection.
+    pub async fn resume(self, ticket: &ResumeTicket) -> Result<Call, SdkError> {
+        self.join_inner(ticket.session.clone(), Some(ticket.secret.clone()))
+            .await
+    }
+
+    async fn join_inner(
+        self,
+        session: SessionId,
+        resume: Option<ResumeSecret>,
+    ) -> Result<Call, SdkError> {
+        let started = Instant::now();
+        let Client {
+            endpoint,
+            conn,
+            token,
+            opts,
+        } = self;
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(&encode(&ClientMessage::Join {
+                session,
+                token,
+                resume,
+            })?)
+            .await?;
+            let mut decoder = FrameDecoder::default();
+            loop {
+                if let Some(msg) = decoder.next_message::<RelayMessage>()? {
+                    return match msg {
+                        RelayMessage::Joined(joined) => Ok((send, recv, decoder, joined)),
+                        RelayMessage::Refused(reason) => Err(SdkError::Refused(reason)),
+                        other => Err(SdkError::Protocol(format!(
+                            "expected Joined or Refused, got {other:?}"
+                        ))),
+                    };
+                }
+                match recv.read_chunk(64 * 1024, true).await {
+                    Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
+                    Ok(None) => return Err(SdkError::Closed),
+                    Err(quinn::ReadError::ConnectionLost(e)) => return Err(e.into()),
+                    Err(e) => return Err(SdkError::Protocol(e.to_string())),
+                }
+            }
+        };
+        let (send, recv, decoder, joined) = tokio::time::timeout(opts.join_timeout, exchange)
+            .await
+            .map_err(|_| SdkError::Timeout("Joined"))??;
+        tracing::debug!(
+            session = %joined.session,
+            slot = ?joined.slot,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "joined"
+        );
+        Ok(Call::start(endpoint, conn, send, recv, decoder, joined, &opts))
+    }
+}

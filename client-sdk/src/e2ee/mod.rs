@@ -1,0 +1,1 @@
+//! End-to-end encryption (being built): SFrame, hybrid key agreement, security code.

@@ -1,0 +1,1 @@
+//! Administrator policy for E2EE (being built).
