@@ -117,7 +117,13 @@ impl Call {
         let (event_tx, event_rx) = mpsc::channel(256);
         let (signal_tx, signal_rx) = mpsc::channel(256);
         let (media_tx, media_rx) = mpsc::channel(1024);
-        let control = tokio::spawn(control_task(shared.clone(), recv, decoder, event_tx, signal_tx));
+        let control = tokio::spawn(control_task(
+            shared.clone(),
+            recv,
+            decoder,
+            event_tx,
+            signal_tx,
+        ));
         let media = tokio::spawn(media_task(
             shared.clone(),
             media_tx,
@@ -232,7 +238,12 @@ impl Call {
 
     /// The next signal from the peer.
     pub async fn recv_signal(&self) -> Result<Bytes, SdkError> {
-        self.signals.lock().await.recv().await.ok_or(SdkError::Closed)
+        self.signals
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or(SdkError::Closed)
     }
 
     /// Asks the relay for a call feature; returns its typed refusal (an E2EE relay refuses
@@ -354,7 +365,12 @@ async fn dispatch(
             return;
         }
         RelayMessage::Pong(nonce) => {
-            if let Some(tx) = shared.waiters.lock().ok().and_then(|mut w| w.pings.remove(&nonce)) {
+            if let Some(tx) = shared
+                .waiters
+                .lock()
+                .ok()
+                .and_then(|mut w| w.pings.remove(&nonce))
+            {
                 let _ = tx.send(());
             }
             return;
@@ -401,7 +417,8 @@ async fn media_task(shared: Arc<Shared>, frames: mpsc::Sender<MediaFrame>, timeo
             }
         }
         let s = reassembler.stats();
-        c.incomplete_frames_dropped.store(s.frames_incomplete, Relaxed);
+        c.incomplete_frames_dropped
+            .store(s.frames_incomplete, Relaxed);
         c.malformed_datagrams.store(s.malformed_datagrams, Relaxed);
     }
 }

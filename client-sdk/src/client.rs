@@ -160,6 +160,8 @@ impl Client {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "joined"
         );
-        Ok(Call::start(endpoint, conn, send, recv, decoder, joined, &opts))
+        Ok(Call::start(
+            endpoint, conn, send, recv, decoder, joined, &opts,
+        ))
     }
 }

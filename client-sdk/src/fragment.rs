@@ -316,7 +316,10 @@ mod tests {
             .unwrap();
         assert!(matches!(
             r.push(Bytes::from_static(&[1, 1, 0, 0, 0, 1, 0, 1, 0, 4, 1]), now),
-            Err(FragmentError::CountMismatch { expected: 3, got: 4 })
+            Err(FragmentError::CountMismatch {
+                expected: 3,
+                got: 4
+            })
         ));
         assert_eq!(r.stats().malformed_datagrams, 4);
     }

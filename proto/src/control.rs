@@ -318,7 +318,10 @@ mod tests {
             dec.extend(&encode(m).unwrap());
         }
         for m in &msgs {
-            assert_eq!(dec.next_message::<RelayMessage>().unwrap().as_ref(), Some(m));
+            assert_eq!(
+                dec.next_message::<RelayMessage>().unwrap().as_ref(),
+                Some(m)
+            );
         }
         assert_eq!(dec.next_message::<RelayMessage>().unwrap(), None);
         assert_eq!(dec.buffered(), 0);
@@ -340,7 +343,10 @@ mod tests {
         dec.extend(&1000u32.to_be_bytes());
         assert_eq!(
             dec.next_body(),
-            Err(CodecError::FrameTooLarge { len: 1000, max: 100 })
+            Err(CodecError::FrameTooLarge {
+                len: 1000,
+                max: 100
+            })
         );
 
         let mut dec = FrameDecoder::default();
@@ -392,13 +398,16 @@ mod tests {
 
     fn arb_client_message() -> impl Strategy<Value = ClientMessage> {
         prop_oneof![
-            ("[a-z0-9]{1,20}", ".{0,200}", proptest::option::of(any::<[u8; 32]>())).prop_map(
-                |(s, t, r)| ClientMessage::Join {
+            (
+                "[a-z0-9]{1,20}",
+                ".{0,200}",
+                proptest::option::of(any::<[u8; 32]>())
+            )
+                .prop_map(|(s, t, r)| ClientMessage::Join {
                     session: SessionId::new(s).unwrap(),
                     token: t,
                     resume: r.map(ResumeSecret),
-                }
-            ),
+                }),
             proptest::collection::vec(any::<u8>(), 0..2000)
                 .prop_map(|v| ClientMessage::Signal(Bytes::from(v))),
             any::<u16>().prop_map(|f| ClientMessage::Request(Feature::from(f))),

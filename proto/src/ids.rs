@@ -113,10 +113,7 @@ mod tests {
     #[test]
     fn accepts_plain_ids_and_rejects_the_rest() {
         assert!(SessionId::new("call-42_a.b:c@d").is_ok());
-        assert_eq!(
-            SessionId::new(""),
-            Err(IdError::Empty { kind: "session" })
-        );
+        assert_eq!(SessionId::new(""), Err(IdError::Empty { kind: "session" }));
         assert_eq!(
             UserId::new("a b"),
             Err(IdError::BadChar {

@@ -118,10 +118,19 @@ mod tests {
     #[test]
     fn rejects_bad_headers() {
         assert_eq!(MediaHeader::parse(&[]), Err(MediaHeaderError::Truncated(0)));
-        assert_eq!(MediaHeader::parse(&[1]), Err(MediaHeaderError::Truncated(1)));
-        assert_eq!(MediaHeader::parse(&[2, 1]), Err(MediaHeaderError::Version(2)));
+        assert_eq!(
+            MediaHeader::parse(&[1]),
+            Err(MediaHeaderError::Truncated(1))
+        );
+        assert_eq!(
+            MediaHeader::parse(&[2, 1]),
+            Err(MediaHeaderError::Version(2))
+        );
         assert_eq!(MediaHeader::parse(&[1, 0]), Err(MediaHeaderError::Kind(0)));
-        assert_eq!(MediaHeader::parse(&[1, 4, 9]), Err(MediaHeaderError::Kind(4)));
+        assert_eq!(
+            MediaHeader::parse(&[1, 4, 9]),
+            Err(MediaHeaderError::Kind(4))
+        );
     }
 
     proptest! {

@@ -152,7 +152,8 @@ impl TokenKeyring {
             .rsplit_once('.')
             .ok_or(TokenError::Malformed("no signature part"))?;
         let mut parts = signed.splitn(3, '.');
-        let (Some(prefix), Some(kid), Some(claims_b64)) = (parts.next(), parts.next(), parts.next())
+        let (Some(prefix), Some(kid), Some(claims_b64)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed("expected duet1.<kid>.<claims>.<mac>"));
         };
@@ -237,11 +238,17 @@ mod tests {
         let t = JoinToken::mint(&k, &claims());
         assert_eq!(
             ring.verify(&t, 1600, 30),
-            Err(TokenError::Expired { exp: 1600, now: 1600 })
+            Err(TokenError::Expired {
+                exp: 1600,
+                now: 1600
+            })
         );
         assert_eq!(
             ring.verify(&t, 900, 30),
-            Err(TokenError::NotYetValid { iat: 1000, now: 900 })
+            Err(TokenError::NotYetValid {
+                iat: 1000,
+                now: 900
+            })
         );
         assert!(ring.verify(&t, 980, 30).is_ok(), "within skew");
 

@@ -1,0 +1,284 @@
+//! duet-relay: pairs exactly two end-to-end encrypted endpoints per session and forwards
+//! their opaque frames over QUIC. It holds no media keys: its only secrets are its TLS key
+//! and its token-verification keys.
+//!
+//! Start one in-process with [`Relay::start`]; the `duet-relay` binary is a thin shell
+//! around it. Module map: `config` (file + flags), `tls` (rustls, certificates, key-exchange
+//! counting), `session` (sans-IO session rules), `limits` (rate limiters), `forward` (the
+//! per-datagram step), `server` (QUIC I/O), `metrics` + `ops` (Prometheus, health),
+//! `policy` (the administrator's E2EE policy store).
+
+pub mod config;
+pub mod forward;
+pub mod limits;
+pub mod metrics;
+mod ops;
+pub mod policy;
+pub mod server;
+pub mod session;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use duet_proto::{DeviceId, E2eeClaim, JoinClaims, JoinToken, NodeId, SessionId, TokenKey, UserId};
+use tokio::task::JoinHandle;
+
+pub use config::{Config, ConfigError, LimitsConfig, TokenKeyConfig};
+pub use tls::TlsError;
+
+use crate::metrics::RelayMetrics;
+use crate::server::Shared;
+use crate::session::TableConfig;
+use crate::tls::{CertPaths, CertStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Entry point: `Relay::start(config)`.
+pub struct Relay;
+
+impl Relay {
+    /// Validates `config`, prepares the data directory (self-signed certificate, default
+    /// token key) when needed, binds the QUIC and ops sockets and starts serving.
+    /// Must be called inside a tokio runtime.
+    pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
+        config.validate()?;
+        config::ensure_dir(&config.data_dir)?;
+        let node = config.node()?;
+        let keys = config.load_token_keys()?;
+        let metrics = RelayMetrics::new();
+
+        let provider = Arc::new(tls::provider(&metrics));
+        let paths = CertPaths::resolve(&config)?;
+        let store = Arc::new(CertStore::load(paths, provider.clone())?);
+        let tls_cfg = tls::server_config(provider, store.clone())?;
+        let server_cfg = server::quinn_server_config(tls_cfg)?;
+        let endpoint = server::bind_endpoint(server_cfg, config.listen).map_err(|source| {
+            RelayError::Bind {
+                what: "QUIC",
+                addr: config.listen,
+                source,
+            }
+        })?;
+        let quic_addr = endpoint.local_addr().map_err(|source| RelayError::Bind {
+            what: "QUIC",
+            addr: config.listen,
+            source,
+        })?;
+        let ops_listener = tokio::net::TcpListener::bind(config.ops_listen)
+            .await
+            .map_err(|source| RelayError::Bind {
+                what: "ops HTTP",
+                addr: config.ops_listen,
+                source,
+            })?;
+        let ops_addr = ops_listener
+            .local_addr()
+            .map_err(|source| RelayError::Bind {
+                what: "ops HTTP",
+                addr: config.ops_listen,
+                source,
+            })?;
+
+        let table = TableConfig {
+            node: node.clone(),
+            max_sessions: config.limits.max_sessions as usize,
+            resume_window: config.limits.resume_window(),
+            idle_timeout: config.limits.idle_timeout(),
+            max_lifetime: config.limits.max_session(),
+            limits: config.limits.to_wire(),
+        };
+        let config = Arc::new(config);
+        let shared = Shared::new(
+            config.clone(),
+            config::Config::keyring(&keys),
+            metrics,
+            table,
+        );
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(server::accept_loop(
+            shared.clone(),
+            endpoint.clone(),
+        )));
+        tasks.push(tokio::spawn(server::ticker(shared.clone())));
+        let router = ops::router(ops::OpsState {
+            shared: shared.clone(),
+            endpoint: endpoint.clone(),
+        });
+        let mut stop = shared.shutdown.subscribe();
+        tasks.push(tokio::spawn(async move {
+            let served = axum::serve(ops_listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "ops HTTP server failed");
+            }
+        }));
+        tracing::info!(%quic_addr, %ops_addr, node = %node, "relay listening");
+        Ok(RelayHandle {
+            shared,
+            endpoint,
+            quic_addr,
+            ops_addr,
+            store,
+            keys,
+            node,
+            tasks,
+        })
+    }
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    quic_addr: SocketAddr,
+    ops_addr: SocketAddr,
+    store: Arc<CertStore>,
+    keys: Vec<TokenKey>,
+    node: NodeId,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RelayHandle {
+    /// The bound QUIC (UDP) address.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The bound ops HTTP address.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+    }
+
+    /// PEM of the certificate chain in use (for clients to trust a self-signed one).
+    pub fn cert_pem(&self) -> Vec<u8> {
+        self.store.cert_pem()
+    }
+
+    /// Where the certificate and key were read from.
+    pub fn cert_path(&self) -> PathBuf {
+        self.store.paths().cert.clone()
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.store.paths().key.clone()
+    }
+
+    pub fn cert_is_self_signed(&self) -> bool {
+        self.store.paths().self_signed
+    }
+
+    /// The key tokens are minted with (the first configured, or the generated default).
+    pub fn token_key(&self) -> &TokenKey {
+        &self.keys[0]
+    }
+
+    /// Every key this relay trusts.
+    pub fn token_keys(&self) -> &[TokenKey] {
+        &self.keys
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.node
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.cfg
+    }
+
+    /// Mints a token for this relay's key: valid for `ttl`, E2EE allowed, no node placement.
+    pub fn mint_token(
+        &self,
+        session: &SessionId,
+        user: &UserId,
+        device: &DeviceId,
+        ttl: Duration,
+    ) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        JoinToken::mint(
+            self.token_key(),
+            &JoinClaims {
+                session: session.clone(),
+                user: user.clone(),
+                device: device.clone(),
+                iat: now,
+                exp: now + ttl.as_secs().max(1),
+                node: None,
+                e2ee: E2eeClaim::Allowed,
+            },
+        )
+    }
+
+    /// The Prometheus text of this relay's metrics (what `/metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.shared.session_count()
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.shared.endpoint_count()
+    }
+
+    /// Starts draining: readiness goes false, new joins get `RelayDraining`, live sessions
+    /// go on until they end or the drain deadline, then get `SessionEnded(RelayShutdown)`.
+    pub fn drain(&self) {
+        self.shared.drain();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.shared
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until a drain has emptied the relay (sessions ended, or the deadline passed and
+    /// they were ended). Returns at once if not draining and empty.
+    pub async fn drained(&self) {
+        let until = Instant::now() + self.shared.cfg.drain_deadline() + Duration::from_secs(2);
+        while self.session_count() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Re-reads the certificate and key files (SIGHUP). On error the old ones stay.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        self.store.reload()
+    }
+
+    /// Stops at once: every connection closed, sockets released.
+    pub async fn shutdown(self) {
+        let _ = self.shared.shutdown.send(true);
+        self.endpoint.close(
+            quinn::VarInt::from_u32(server::close_code::SHUTDOWN),
+            b"relay shutdown",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}

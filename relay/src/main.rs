@@ -1,1 +1,215 @@
-fn main() {}
+//! `duet-relay`: the relay node's command line.
+//!
+//! `serve` runs a node (SIGTERM / ctrl-c drains, then exits; SIGHUP reloads the TLS
+//! certificate), `token mint` prints a join token signed with the configured (or embedded
+//! default) key. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use duet_proto::{DeviceId, E2eeClaim, JoinClaims, JoinToken, NodeId, SessionId, UserId};
+use duet_relay::config::parse_duration;
+use duet_relay::{Config, Relay};
+
+#[derive(Parser)]
+#[command(
+    name = "duet-relay",
+    version,
+    about = "Duet relay: pairs two end-to-end encrypted endpoints per session and forwards their opaque frames"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a relay node (with no config: self-signed cert and token key in ./duet-data, loopback)
+    Serve(ServeArgs),
+    /// Join tokens
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Administrator E2EE policy: policies, grants, effective policy (store: ./duet-data/policy)
+    Policy {
+        #[command(subcommand)]
+        cmd: duet_relay::policy::PolicyCommand,
+    },
+    /// Per-user E2EE settings: own switch, compliance recording, groups
+    User {
+        #[command(subcommand)]
+        cmd: duet_relay::policy::UserCommand,
+    },
+}
+
+#[derive(Args)]
+#[allow(dead_code)] // declares the flags; `serve` reads them through `Config::load`
+struct ServeArgs {
+    /// TOML config file; flags given here override its values
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    cfg: Config,
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Print a join token signed with the relay's first token key (created if missing)
+    Mint(MintArgs),
+}
+
+#[derive(Args)]
+struct MintArgs {
+    #[arg(long)]
+    session: SessionId,
+    #[arg(long)]
+    user: UserId,
+    #[arg(long)]
+    device: DeviceId,
+    /// Lifetime, e.g. 30s, 10m, 2h
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Place the session on this relay node only
+    #[arg(long)]
+    node: Option<NodeId>,
+    /// The E2EE claim: allowed, policy_disabled, user_not_enabled, compliance_recording
+    #[arg(long, default_value = "allowed", value_parser = parse_claim)]
+    e2ee: E2eeClaim,
+    /// TOML config file (for its data_dir and token_keys)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory holding the default token key (overrides the config file)
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn parse_claim(s: &str) -> Result<E2eeClaim, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+        format!(
+            "{s:?}: expected allowed, policy_disabled, user_not_enabled or compliance_recording"
+        )
+    })
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let matches = Cli::command().get_matches();
+    init_tracing();
+    // `serve` applies only the flags actually given over the file (its flags have no clap
+    // defaults), so its `Config` is built by `Config::load`, not by `from_arg_matches`.
+    if let Some(sub) = matches.subcommand_matches("serve") {
+        return serve(sub);
+    }
+    let cli = Cli::from_arg_matches(&matches)?;
+    match cli.cmd {
+        Cmd::Serve(_) => unreachable!("handled above"),
+        Cmd::Token(TokenCmd::Mint(args)) => mint(args),
+        Cmd::Policy { cmd } => Ok(duet_relay::policy::run_policy(
+            cmd,
+            &Config::default().data_dir,
+        )?),
+        Cmd::User { cmd } => Ok(duet_relay::policy::run_user(
+            cmd,
+            &Config::default().data_dir,
+        )?),
+    }
+}
+
+fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
+    let file = matches.get_one::<PathBuf>("config");
+    let cfg = Config::load(file.map(|p| p.as_path()), Some(matches))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let relay = Relay::start(cfg).await?;
+        let c = relay.config();
+        println!("duet-relay {} serving", env!("CARGO_PKG_VERSION"));
+        println!("  node id     {}", relay.node_id());
+        println!("  data dir    {}", c.data_dir.display());
+        println!(
+            "  certificate {}{}",
+            relay.cert_path().display(),
+            if relay.cert_is_self_signed() { " (self-signed: clients must trust this file)" } else { "" }
+        );
+        println!("  tls key     {}", relay.key_path().display());
+        if c.token_keys.is_empty() {
+            println!(
+                "  token key   {} (id \"default\")",
+                c.default_token_key_path().display()
+            );
+        } else {
+            for k in &c.token_keys {
+                println!("  token key   {} (id {:?})", k.secret_file.display(), k.id);
+            }
+        }
+        println!("  quic        {}", relay.quic_addr());
+        println!("  ops http    http://{}/metrics /healthz /readyz", relay.ops_addr());
+
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+            let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = hup.recv() => match relay.reload_tls() {
+                        Ok(()) => tracing::info!("TLS certificate reloaded"),
+                        Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the old certificate"),
+                    },
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c().await.context("ctrl-c handler")?;
+
+        tracing::info!("draining");
+        relay.drain();
+        tokio::select! {
+            _ = relay.drained() => {}
+            _ = tokio::signal::ctrl_c() => tracing::warn!("second interrupt: stopping now"),
+        }
+        relay.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn mint(args: MintArgs) -> anyhow::Result<()> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(Some(p), None)?,
+        None => Config::default(),
+    };
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
+    }
+    cfg.validate()?;
+    if args.ttl.is_zero() {
+        bail!("--ttl must be greater than 0");
+    }
+    let keys = cfg.load_token_keys()?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let claims = JoinClaims {
+        session: args.session,
+        user: args.user,
+        device: args.device,
+        iat: now,
+        exp: now + args.ttl.as_secs().max(1),
+        node: args.node,
+        e2ee: args.e2ee,
+    };
+    println!("{}", JoinToken::mint(&keys[0], &claims));
+    Ok(())
+}

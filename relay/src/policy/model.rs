@@ -54,7 +54,9 @@ pub enum ModelError {
         name: String,
         suggestion: String,
     },
-    #[error("{kind} name {name:?} contains {ch:?}; allowed are ASCII letters, digits and . _ - : @")]
+    #[error(
+        "{kind} name {name:?} contains {ch:?}; allowed are ASCII letters, digits and . _ - : @"
+    )]
     NameBadChar {
         kind: &'static str,
         name: String,
@@ -86,8 +88,6 @@ pub enum ModelError {
     RankZero,
     #[error("a group grant needs --rank (1 is the highest priority)")]
     RankRequired,
-    #[error("a user cannot be given a rank: a user's direct assignment always wins")]
-    RankOnUser,
 }
 
 fn holders_text(users: &[String], groups: &[String]) -> String {
@@ -97,7 +97,11 @@ fn holders_text(users: &[String], groups: &[String]) -> String {
         if v.is_empty() {
             return None;
         }
-        let mut s = format!("{} {kind}{} (", v.len(), if v.len() == 1 { "" } else { "s" });
+        let mut s = format!(
+            "{} {kind}{} (",
+            v.len(),
+            if v.len() == 1 { "" } else { "s" }
+        );
         s.push_str(&v.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", "));
         if v.len() > SHOWN {
             s.push_str(&format!(", and {} more", v.len() - SHOWN));
@@ -126,7 +130,7 @@ impl ModelError {
             Self::GlobalIsPermanent => "global_is_permanent",
             Self::PolicyInUse { .. } => "policy_in_use",
             Self::RankTaken { .. } => "rank_taken",
-            Self::RankZero | Self::RankRequired | Self::RankOnUser => "invalid_rank",
+            Self::RankZero | Self::RankRequired => "invalid_rank",
         }
     }
 }
@@ -373,7 +377,10 @@ pub enum Change {
     },
     /// Refused while the policy is assigned, unless `unassign`: then its users return to
     /// inheritance and its group grants are dropped.
-    RemovePolicy { name: PolicyName, unassign: bool },
+    RemovePolicy {
+        name: PolicyName,
+        unassign: bool,
+    },
     /// `policy: None` (or Global) returns the user to inheritance.
     GrantUser {
         user: UserId,
@@ -385,8 +392,14 @@ pub enum Change {
         policy: Option<PolicyName>,
         rank: Option<u32>,
     },
-    SetUserE2ee { user: UserId, on: bool },
-    SetComplianceRecording { user: UserId, on: bool },
+    SetUserE2ee {
+        user: UserId,
+        on: bool,
+    },
+    SetComplianceRecording {
+        user: UserId,
+        on: bool,
+    },
     /// Replaces the user's group memberships.
     SetUserGroups {
         user: UserId,
@@ -817,7 +830,10 @@ mod tests {
         s.apply(&switch("alice", true)).unwrap();
         s.apply(&switch("bob", true)).unwrap();
         let a = s.effective(&u("alice"));
-        assert_eq!((a.policy.as_str(), &a.source), ("E2EE-Pilot", &Source::Direct));
+        assert_eq!(
+            (a.policy.as_str(), &a.source),
+            ("E2EE-Pilot", &Source::Direct)
+        );
         assert_eq!(a.claim, E2eeClaim::Allowed);
         assert_eq!(s.effective(&u("bob")).claim, E2eeClaim::PolicyDisabled);
         assert_eq!(s.view(&p("E2EE-Pilot")).unwrap().users, vec![u("alice")]);
@@ -831,7 +847,10 @@ mod tests {
         // Unassigning returns the user to Global; so does granting Global.
         s.apply(&grant("alice", None)).unwrap();
         let a = s.effective(&u("alice"));
-        assert_eq!((a.policy, a.source), (PolicyName::global(), Source::GlobalDefault));
+        assert_eq!(
+            (a.policy, a.source),
+            (PolicyName::global(), Source::GlobalDefault)
+        );
         s.apply(&grant("alice", Some("Other"))).unwrap();
         s.apply(&grant("alice", Some(GLOBAL))).unwrap();
         assert_eq!(s.user(&u("alice")).policy, None);
@@ -962,7 +981,10 @@ mod tests {
             })
             .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("1 user (alice)") && msg.contains("1 group (eng)"), "{msg}");
+        assert!(
+            msg.contains("1 user (alice)") && msg.contains("1 group (eng)"),
+            "{msg}"
+        );
         assert!(msg.contains("--unassign"), "{msg}");
         assert_eq!(s.revision, rev, "a refused change changes nothing");
         assert!(s
@@ -994,7 +1016,10 @@ mod tests {
         let e = PolicyName::new("E2EE Pilot").unwrap_err();
         assert!(matches!(e, ModelError::NameHasWhitespace { .. }));
         let msg = e.to_string();
-        assert!(msg.contains("single tokens") && msg.contains("no spaces"), "{msg}");
+        assert!(
+            msg.contains("single tokens") && msg.contains("no spaces"),
+            "{msg}"
+        );
         assert!(msg.contains("E2EE-Pilot"), "suggests a fix: {msg}");
         assert!(matches!(
             PolicyName::new(""),

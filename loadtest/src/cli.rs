@@ -1,0 +1,215 @@
+//! The command line: flags, their defaults and value parsers.
+//!
+//! Owns the CLI surface (`duet-loadtest [RUN FLAGS]` and `duet-loadtest merge`) and parsing
+//! of durations (`30s`, `500ms`, `2m`) and rates (`100/s`, `6000/m`). Bad values are usage
+//! errors (exit 2) reported by clap with the value parser's message. It does not run
+//! anything (see the binary and `runner`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::profile::Profile;
+use crate::progress::ProgressMode;
+use crate::slo::SloSpec;
+use crate::target::RelaySpec;
+
+/// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration like 500ms, 30s, 2m"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "" | "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || !(0.0..=7.0 * 86400.0).contains(&secs) {
+        return Err(format!("{s:?}: out of range (0 to 7 days)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses a rate: `100/s`, `6000/m`, or a bare number per second. Must be positive.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    let (num, per) = s.split_once('/').unwrap_or((s, "s"));
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a rate like 100/s or 6000/m"))?;
+    let per_sec = match per.trim() {
+        "s" => v,
+        "m" => v / 60.0,
+        u => return Err(format!("{s:?}: unknown period {u:?} (use /s or /m)")),
+    };
+    if !(per_sec.is_finite() && per_sec > 0.0 && per_sec <= 1e6) {
+        return Err(format!("{s:?}: must be above 0 and at most 1000000/s"));
+    }
+    Ok(per_sec)
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "duet-loadtest",
+    version,
+    about = "Simulates many E2EE one-to-one calls against Duet relays and reports loss, latency, join time and relay cost",
+    long_about = "Simulates many E2EE one-to-one calls against Duet relays and reports loss, \
+latency, join time and relay cost.\n\nWith no --relay it starts an embedded relay in-process, \
+so `duet-loadtest` alone runs a small safe load (20 video calls for 10 s).\n\nExit codes: 0 ok, \
+1 error, 2 usage, 3 SLO missed, 4 hard deadline hit, 130 interrupted.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Merge reports of several generators into one (histograms merge exactly)
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// QUIC DATAGRAM frames on the control connection
+    QuicDatagram,
+    /// The raw UDP fast path (not in the SDK yet)
+    FastPath,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Concurrent calls (each two SDK endpoints)
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub calls: u64,
+    /// Media profile: audio, video (audio+video), screen (audio+screen share), mixed
+    #[arg(long, default_value = "video")]
+    pub profile: Profile,
+    /// How long every call carries media once all calls are up (e.g. 30s, 2m)
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Call start rate (e.g. 100/s, 6000/m)
+    #[arg(long, default_value = "50/s", value_parser = parse_rate)]
+    pub ramp: f64,
+    /// Seed of every frame size, burst time and the mixed call mix
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Id in this run's session and user ids (default: random); distinct per generator
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Relay node, ADDR or NODE=ADDR (repeatable; calls are spread by rendezvous hashing of
+    /// the session id; NODE goes in the token's node claim). None: an embedded relay
+    #[arg(long = "relay", value_name = "[NODE=]ADDR")]
+    pub relays: Vec<RelaySpec>,
+    /// PEM of the relays' certificate or CA (required with --relay)
+    #[arg(long, value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// TLS server name the relays' certificate carries
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// Token key secret file, hex as `duet-relay` writes it (required with --relay)
+    #[arg(long, value_name = "FILE")]
+    pub token_key_file: Option<PathBuf>,
+    /// Id of that token key
+    #[arg(long, default_value = "default")]
+    pub token_key_id: String,
+    /// Measure this relay process's CPU and RSS from /proc/PID (repeatable; with as many
+    /// --relay-metrics, paired by position as the same relay)
+    #[arg(long = "relay-pid", value_name = "PID")]
+    pub relay_pids: Vec<u32>,
+    /// Scrape this relay ops endpoint's /metrics (HOST:PORT, repeatable)
+    #[arg(long = "relay-metrics", value_name = "ADDR")]
+    pub relay_metrics: Vec<SocketAddr>,
+    /// Plain transport only, no media encryption (isolates the relay's own cost)
+    #[arg(long)]
+    pub no_e2ee: bool,
+    /// Media transport
+    #[arg(long, value_enum, default_value = "quic-datagram")]
+    pub transport: Transport,
+    /// Extra time after the planned end before calls still running are aborted
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// How long receivers wait for frames in flight once sending stopped
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// Per endpoint: QUIC handshake and Join must finish within this
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub join_timeout: Duration,
+    /// Worker threads of the client runtime (default: CPUs)
+    #[arg(long)]
+    pub client_threads: Option<usize>,
+    /// Worker threads of the embedded relay (default: CPUs)
+    #[arg(long)]
+    pub relay_threads: Option<usize>,
+    /// Write the JSON report here (schema: loadtest/REPORT.md)
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Thresholds, e.g. "loss<0.5%,p99<20ms,join_p99<50ms"; exit 3 when missed
+    #[arg(long, value_name = "SPEC")]
+    pub slo: Option<SloSpec>,
+    /// Live progress on stderr: auto (bar on a terminal, lines otherwise), bar, plain, off
+    #[arg(long, default_value = "auto")]
+    pub progress: ProgressMode,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Reports to merge
+    #[arg(required = true, value_name = "REPORT")]
+    pub inputs: Vec<PathBuf>,
+    /// Write the merged report here (default: stdout)
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Check the merged report against these thresholds; exit 3 when missed
+    #[arg(long, value_name = "SPEC")]
+    pub slo: Option<SloSpec>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations_and_rates() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_rate("100/s"), Ok(100.0));
+        assert_eq!(parse_rate("6000/m"), Ok(100.0));
+        assert_eq!(parse_rate("5"), Ok(5.0));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("5/h").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent_and_defaults_are_small() {
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from(["duet-loadtest"]).unwrap();
+        assert!(c.cmd.is_none());
+        assert_eq!(c.run.calls, 20);
+        assert_eq!(c.run.duration, Duration::from_secs(10));
+        assert_eq!(c.run.profile, Profile::Video);
+        let m = Cli::try_parse_from(["duet-loadtest", "merge", "a.json", "b.json", "-o", "m.json"])
+            .unwrap();
+        assert!(matches!(m.cmd, Some(Cmd::Merge(ref a)) if a.inputs.len() == 2));
+        let bad = Cli::try_parse_from(["duet-loadtest", "--slo", "p99=1"]).unwrap_err();
+        assert_eq!(bad.exit_code(), 2);
+    }
+}

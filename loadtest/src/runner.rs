@@ -1,0 +1,796 @@
+//! One load run: ramp up calls, drive their media, watch resources, stop on time or on a
+//! signal, and build the report.
+//!
+//! Owns the run's timeline and its bounds. Calls start at `--ramp` per second; each is two
+//! real SDK endpoints (QUIC + TLS, Join) on the node rendezvous hashing picks, sending their
+//! profile's frames with a probe inside until `stop_at = start + ramp time + duration`. Then
+//! receivers drain for `--drain` (or until every frame sent has arrived), both endpoints
+//! `Leave`, and the run ends. Nothing outlives `hard_deadline = stop_at + grace`: past it the
+//! remaining call tasks are aborted and the report is marked partial. The first Ctrl-C or
+//! SIGTERM stops sending at once and winds down the same way (partial report); a second one
+//! aborts. Every loop here is bounded by time and by count.
+//!
+//! It does not own traffic shapes (`profile`), aggregation (`stats`), the report's shape
+//! (`report`) or where the relays are (`target`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use duet_proto::{DeviceId, MediaKind, SessionId, TokenKey, UserId};
+use duet_relay::RelayHandle;
+use duet_sdk::{Call, Client, ConnectOptions, Event, SdkError};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::hist::HistError;
+use crate::placement;
+use crate::probe::{now_us, Probe};
+use crate::profile::{FrameGen, Profile};
+use crate::progress::{rates, Progress, ProgressMode};
+use crate::report::{
+    GeneratorReport, RelayReport, Report, ReportError, RunConfig, StopReason, SCHEMA_VERSION,
+};
+use crate::resources::{self, RelayMetricsView, RELAY_THREAD_PREFIX};
+use crate::stats::{Collector, StreamTracker, Totals};
+use crate::target::{mint, Node};
+
+/// Whether the SDK's `Call` encrypts media end to end. False until the E2EE layer
+/// (`duet_sdk::e2ee`) is wired into `Call`; then this becomes true and
+/// [`Ctx::connect_options`] is where `--no-e2ee` turns encryption off. Those two places are
+/// the whole change.
+pub const E2EE_ACTIVE: bool = false;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no relay node to send calls to")]
+    NoNodes,
+    #[error("--ramp must be a positive rate")]
+    BadRamp,
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    #[error(transparent)]
+    Hist(#[from] HistError),
+}
+
+/// Everything `run` needs besides the target.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub calls: u64,
+    pub profile: Profile,
+    pub duration: Duration,
+    pub ramp_per_s: f64,
+    pub seed: u64,
+    pub run_id: String,
+    pub e2ee: bool,
+    pub grace: Duration,
+    pub drain: Duration,
+    pub join_timeout: Duration,
+    pub progress: ProgressMode,
+    pub client_threads: usize,
+    pub transport: String,
+    pub relay_pids: Vec<u32>,
+    pub relay_metrics: Vec<SocketAddr>,
+}
+
+/// Where the calls go.
+pub struct RunTarget {
+    pub nodes: Vec<Node>,
+    pub cert_pem: Vec<u8>,
+    pub key: TokenKey,
+    pub server_name: String,
+    /// The in-process relay, when there is one (for its CPU, RSS and metrics).
+    pub embedded: Option<Arc<RelayHandle>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    StopSending,
+    Abort,
+}
+
+struct Ctx {
+    opts: RunOptions,
+    nodes: Vec<Node>,
+    node_names: Vec<String>,
+    cert_pem: Vec<u8>,
+    key: TokenKey,
+    server_name: String,
+    col: Arc<Collector>,
+    phase: watch::Receiver<Phase>,
+    stop_at: Instant,
+    token_ttl: Duration,
+}
+
+impl Ctx {
+    /// The E2EE seam: once `Call` encrypts, pass `self.opts.e2ee` into the call options here.
+    fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            server_name: self.server_name.clone(),
+            join_timeout: self.opts.join_timeout,
+            ..ConnectOptions::trusting(self.cert_pem.clone())
+        }
+    }
+}
+
+/// A stable label for why a connect or join failed.
+pub fn failure_reason(e: &SdkError) -> String {
+    match e {
+        SdkError::Refused(r) => r.to_string(),
+        SdkError::Timeout(_) => "timeout".into(),
+        SdkError::Connect(_) => "connect".into(),
+        SdkError::Connection(_) => "connection".into(),
+        SdkError::Certificate(_) | SdkError::Tls(_) => "tls".into(),
+        SdkError::Closed => "closed".into(),
+        SdkError::Protocol(_) | SdkError::Codec(_) => "protocol".into(),
+        SdkError::Io(_) => "io".into(),
+        _ => "other".into(),
+    }
+}
+
+/// Waits until the phase satisfies `f` (or the sender is gone). Returns nothing, so no
+/// `watch::Ref` (which is not `Send`) is held across an await by callers' `select!`.
+async fn until(phase: &mut watch::Receiver<Phase>, f: impl FnMut(&Phase) -> bool) {
+    let _ = phase.wait_for(f).await;
+}
+
+/// One side's sending state, read by the other side's receiver.
+#[derive(Default)]
+struct SideState {
+    sent: AtomicU64,
+    done: AtomicBool,
+}
+
+async fn endpoint(
+    ctx: &Ctx,
+    node: &Node,
+    session: &SessionId,
+    side: &str,
+    call_no: u64,
+) -> Result<(Call, u64), SdkError> {
+    let user = UserId::new(format!("lt-{}-{call_no}-{side}", ctx.opts.run_id));
+    let device = DeviceId::new(format!("lt-dev-{side}"));
+    let (Ok(user), Ok(device)) = (user, device) else {
+        return Err(SdkError::Protocol("run id makes an invalid user id".into()));
+    };
+    let token = mint(
+        &ctx.key,
+        session,
+        &user,
+        &device,
+        node.claim.as_ref(),
+        ctx.token_ttl,
+    );
+    let t = Instant::now();
+    let client = Client::connect(node.addr, token, ctx.connect_options()).await?;
+    let call = client.join(session.clone()).await?;
+    Ok((call, t.elapsed().as_micros() as u64))
+}
+
+async fn leave(call: Call) {
+    let _ = tokio::time::timeout(Duration::from_secs(3), call.leave()).await;
+}
+
+async fn call_task(i: u64, ctx: Arc<Ctx>) {
+    let col = &ctx.col;
+    let Ok(session) = SessionId::new(format!("lt-{}-{i}", ctx.opts.run_id)) else {
+        col.call_failed("bad_session_id");
+        return;
+    };
+    let node = &ctx.nodes[placement::place(session.as_str(), &ctx.node_names).unwrap_or(0)];
+    let (a, b) = tokio::join!(
+        endpoint(&ctx, node, &session, "a", i),
+        endpoint(&ctx, node, &session, "b", i)
+    );
+    for (_, us) in [&a, &b].into_iter().flatten() {
+        col.record_join(i, *us);
+    }
+    let (a, b) = match (a, b) {
+        (Ok((a, _)), Ok((b, _))) => (a, b),
+        (Err(e), other) | (other, Err(e)) => {
+            col.call_failed(&failure_reason(&e));
+            if let Ok((c, _)) = other {
+                leave(c).await;
+            }
+            return;
+        }
+    };
+    col.call_established(&node.name);
+    let dropped: Mutex<Option<String>> = Mutex::new(None);
+    let sides = [SideState::default(), SideState::default()];
+    let calls = [&a, &b];
+    let shape = ctx.opts.profile.shape(ctx.opts.seed, i);
+    let kinds = shape.kinds();
+    let start = Instant::now();
+    let side = |s: usize| {
+        let (ctx, dropped, sides, calls) = (&ctx, &dropped, &sides, &calls);
+        async move {
+            let call = calls[s];
+            let senders = async {
+                tokio::join!(
+                    sender(ctx, call, i, s, kinds[0], start, &sides[s], dropped),
+                    async {
+                        if let Some(k) = kinds.get(1) {
+                            sender(ctx, call, i, s, *k, start, &sides[s], dropped).await;
+                        }
+                    }
+                );
+                sides[s].done.store(true, Relaxed);
+            };
+            tokio::join!(
+                senders,
+                receiver(ctx, call, i, &sides[1 - s]),
+                events(ctx, call, dropped)
+            );
+        }
+    };
+    tokio::join!(side(0), side(1));
+    for c in [&a, &b] {
+        col.transport(&c.stats(), c.connection().max_datagram_size());
+    }
+    let reason = dropped.lock().ok().and_then(|mut d| d.take());
+    if let Some(r) = reason {
+        col.call_dropped(&r);
+    }
+    tokio::join!(leave(a), leave(b));
+    col.call_ended();
+}
+
+fn note_drop(dropped: &Mutex<Option<String>>, reason: String) {
+    if let Ok(mut d) = dropped.lock() {
+        d.get_or_insert(reason);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sender(
+    ctx: &Ctx,
+    call: &Call,
+    i: u64,
+    side: usize,
+    kind: MediaKind,
+    start: Instant,
+    me: &SideState,
+    dropped: &Mutex<Option<String>>,
+) {
+    let mut gen = FrameGen::new(kind, ctx.opts.seed, &[i, side as u64]);
+    let mut phase = ctx.phase.clone();
+    let mut buf = Vec::new();
+    // Count bound on top of the time bound: no stream sends more than 100 frames a second.
+    let max_frames = (ctx.stop_at.saturating_duration_since(start).as_secs() + 1) * 100;
+    for seq in 0..max_frames {
+        let f = gen.next_frame();
+        let due = start + f.at;
+        if due >= ctx.stop_at {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(due.into()) => {}
+            _ = until(&mut phase, |p| *p != Phase::Running) => break,
+        }
+        let lag_us = due.elapsed().as_micros() as u64;
+        let max_dg = call.connection().max_datagram_size().unwrap_or(1200);
+        let chunk = max_dg.saturating_sub(duet_sdk::fragment::OVERHEAD).max(1);
+        let pieces = f.size.div_ceil(chunk).max(1);
+        let probe = Probe {
+            kind,
+            call: i as u32,
+            seq,
+            sent_us: now_us(),
+            pieces: pieces.min(u16::MAX as usize) as u16,
+            key: f.key,
+        };
+        probe.encode_into(f.size, &mut buf);
+        let sent = tokio::select! {
+            r = call.send_media(kind, &buf) => r,
+            _ = until(&mut phase, |p| *p == Phase::Abort) => break,
+        };
+        match sent {
+            Ok(()) => {
+                me.sent.fetch_add(1, Relaxed);
+                ctx.col.sent(i, kind, buf.len(), pieces as u64, lag_us);
+            }
+            Err(e) => {
+                note_drop(dropped, format!("send_{}", failure_reason(&e)));
+                break;
+            }
+        }
+    }
+}
+
+async fn receiver(ctx: &Ctx, call: &Call, i: u64, peer: &SideState) {
+    let mut trackers: [StreamTracker; 3] = Default::default();
+    let mut received = 0u64;
+    let mut drain_until: Option<Instant> = None;
+    let hard_stop = ctx.stop_at + ctx.opts.drain;
+    loop {
+        if *ctx.phase.borrow() == Phase::Abort {
+            break;
+        }
+        if peer.done.load(Relaxed) {
+            if received >= peer.sent.load(Relaxed) {
+                break;
+            }
+            let until = *drain_until.get_or_insert_with(|| Instant::now() + ctx.opts.drain);
+            if Instant::now() >= until {
+                break;
+            }
+        } else if Instant::now() >= hard_stop {
+            // The peer's senders are stuck (blocked sends); stop waiting for them.
+            break;
+        }
+        // A short timeout so the exit conditions above are re-checked while idle.
+        let frame = match tokio::time::timeout(Duration::from_millis(50), call.recv_media()).await {
+            Err(_) => continue,
+            Ok(Err(_)) => break,
+            Ok(Ok(f)) => f,
+        };
+        let recv_us = now_us();
+        match Probe::decode(&frame.data) {
+            Ok(p) if p.call == i as u32 && p.kind == frame.kind => {
+                let o = trackers[p.kind.index()].observe(p.seq, p.sent_us, recv_us);
+                ctx.col
+                    .received(i, p.kind, frame.data.len(), u64::from(p.pieces), o);
+                received += 1;
+            }
+            Ok(_) => ctx.col.misrouted(frame.kind),
+            Err(_) => ctx.col.bad_probe(),
+        }
+    }
+}
+
+async fn events(ctx: &Ctx, call: &Call, dropped: &Mutex<Option<String>>) {
+    let mut phase = ctx.phase.clone();
+    loop {
+        let ev = tokio::select! {
+            ev = call.next_event() => ev,
+            _ = until(&mut phase, |p| *p != Phase::Running) => return,
+        };
+        match ev {
+            None => return,
+            Some(Event::Disconnected(_)) => {
+                note_drop(dropped, "disconnected".into());
+                return;
+            }
+            Some(Event::SessionEnded(r)) => {
+                note_drop(dropped, format!("session_ended_{r}"));
+                return;
+            }
+            Some(Event::PeerLeft(r)) => note_drop(dropped, format!("peer_left_{r}")),
+            Some(_) => {}
+        }
+    }
+}
+
+/// What is known about one relay's resources, sampled once a second.
+struct RelayWatch {
+    name: String,
+    source: Source,
+    cpu_start: Option<f64>,
+    cpu_last: Option<f64>,
+    rss_start: Option<u64>,
+    rss_peak: Option<u64>,
+    sessions_peak: Option<u64>,
+    view: RelayMetricsView,
+    note: String,
+}
+
+enum Source {
+    Embedded(Arc<RelayHandle>),
+    Pid(u32),
+    Metrics(SocketAddr),
+    /// The same relay seen both ways: CPU and RSS from /proc, the rest from /metrics.
+    PidMetrics(u32, SocketAddr),
+}
+
+impl RelayWatch {
+    fn new(name: String, source: Source, note: &str) -> Self {
+        Self {
+            name,
+            source,
+            cpu_start: None,
+            cpu_last: None,
+            rss_start: None,
+            rss_peak: None,
+            sessions_peak: None,
+            view: RelayMetricsView::default(),
+            note: note.to_owned(),
+        }
+    }
+
+    async fn sample(&mut self, live_sessions: u64) {
+        let (cpu, rss, sessions) = match &self.source {
+            Source::Embedded(h) => {
+                self.view = RelayMetricsView::from_text(&h.metrics_text());
+                (
+                    resources::threads_cpu_seconds(None, RELAY_THREAD_PREFIX),
+                    resources::process_rss_bytes(None),
+                    Some(h.session_count() as u64),
+                )
+            }
+            Source::Pid(pid) => (
+                resources::process_cpu_seconds(Some(*pid)),
+                resources::process_rss_bytes(Some(*pid)),
+                // The relay's own count is not visible here; the calls this generator holds
+                // open are (exact when it is the relay's only load).
+                Some(live_sessions),
+            ),
+            Source::Metrics(addr) => {
+                self.scrape(*addr).await;
+                (
+                    self.view.process_cpu_seconds,
+                    self.view.process_rss_bytes,
+                    self.view.sessions,
+                )
+            }
+            Source::PidMetrics(pid, addr) => {
+                let addr = *addr;
+                let pid = *pid;
+                self.scrape(addr).await;
+                (
+                    resources::process_cpu_seconds(Some(pid)),
+                    resources::process_rss_bytes(Some(pid)),
+                    self.view.sessions.or(Some(live_sessions)),
+                )
+            }
+        };
+        if let Some(c) = cpu {
+            self.cpu_start.get_or_insert(c);
+            self.cpu_last = Some(c);
+        }
+        if let Some(r) = rss {
+            self.rss_start.get_or_insert(r);
+            self.rss_peak = Some(self.rss_peak.map_or(r, |p| p.max(r)));
+        }
+        if let Some(s) = sessions {
+            self.sessions_peak = Some(self.sessions_peak.map_or(s, |p| p.max(s)));
+        }
+    }
+
+    async fn scrape(&mut self, addr: SocketAddr) {
+        match resources::fetch_metrics(addr, Duration::from_millis(500)).await {
+            Ok(text) => self.view = RelayMetricsView::from_text(&text),
+            Err(e) => {
+                if !self.note.contains("unreachable") {
+                    self.note.push_str(&format!(" /metrics unreachable: {e}."));
+                }
+            }
+        }
+    }
+
+    fn report(&self) -> RelayReport {
+        let (source, scope) = match &self.source {
+            Source::Embedded(_) => ("embedded", "generator_process"),
+            Source::Pid(_) => ("proc", "relay_process"),
+            Source::Metrics(_) => ("metrics", "relay_process"),
+            Source::PidMetrics(..) => ("proc+metrics", "relay_process"),
+        };
+        let mut r = RelayReport {
+            name: self.name.clone(),
+            source: source.into(),
+            cpu_seconds: match (self.cpu_start, self.cpu_last) {
+                (Some(a), Some(b)) => Some(crate::hist::round3(b - a)),
+                _ => None,
+            },
+            rss_start_bytes: self.rss_start,
+            rss_peak_bytes: self.rss_peak,
+            memory_scope: self.rss_start.map(|_| scope.to_owned()),
+            sessions_peak: self.sessions_peak,
+            forwarded_packets: self.view.forwarded_packets,
+            forwarded_bytes: self.view.forwarded_bytes,
+            media_dropped: self.view.media_dropped.clone(),
+            refusals: self.view.refusals.clone(),
+            note: self.note.trim().to_owned(),
+            ..RelayReport::default()
+        };
+        r.derive();
+        r
+    }
+}
+
+fn relay_watches(opts: &RunOptions, target: &RunTarget) -> Vec<RelayWatch> {
+    let mut w = Vec::new();
+    if let Some(h) = &target.embedded {
+        w.push(RelayWatch::new(
+            "embedded".into(),
+            Source::Embedded(h.clone()),
+            "Embedded relay: cpu_seconds counts only the relay runtime's threads (named \
+             duet-relay*), exact. RSS cannot be split by thread, so rss_* and \
+             memory_per_session_bytes cover the whole generator process (relay and both \
+             clients of every call); for the relay's own memory run it as a separate process \
+             and pass --relay-pid.",
+        ));
+    }
+    // As many pids as metrics addresses: paired by position (the same relay seen both
+    // ways), which gives CPU per forwarded packet.
+    if !opts.relay_pids.is_empty() && opts.relay_pids.len() == opts.relay_metrics.len() {
+        for (pid, addr) in opts.relay_pids.iter().zip(&opts.relay_metrics) {
+            w.push(RelayWatch::new(
+                format!("pid:{pid}"),
+                Source::PidMetrics(*pid, *addr),
+                "CPU and RSS of the relay process alone from /proc/<pid>; sessions, forwarded \
+                 packets and drops from its /metrics.",
+            ));
+        }
+        return w;
+    }
+    for pid in &opts.relay_pids {
+        w.push(RelayWatch::new(
+            format!("pid:{pid}"),
+            Source::Pid(*pid),
+            "From /proc/<pid>: CPU and RSS of the relay process alone; sessions_peak is the \
+             calls this generator held open at once.",
+        ));
+    }
+    for addr in &opts.relay_metrics {
+        w.push(RelayWatch::new(
+            format!("metrics:{addr}"),
+            Source::Metrics(*addr),
+            "From the relay's /metrics. cpu and rss are present only if the relay exports \
+             process_cpu_seconds_total / process_resident_memory_bytes.",
+        ));
+    }
+    w
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the load and returns its report (partial if stopped early). Must run inside the
+/// client runtime.
+pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError> {
+    if target.nodes.is_empty() {
+        return Err(RunError::NoNodes);
+    }
+    if !(opts.ramp_per_s.is_finite() && opts.ramp_per_s > 0.0) {
+        return Err(RunError::BadRamp);
+    }
+    let started_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let t0 = Instant::now();
+    let ramp_time = Duration::from_secs_f64(opts.calls.saturating_sub(1) as f64 / opts.ramp_per_s);
+    let stop_at = t0 + ramp_time + opts.duration;
+    let hard_deadline = stop_at + opts.grace;
+    let col = Arc::new(Collector::new());
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let ctx = Arc::new(Ctx {
+        node_names: target.nodes.iter().map(|n| n.name.clone()).collect(),
+        nodes: target.nodes.clone(),
+        cert_pem: target.cert_pem.clone(),
+        key: target.key.clone(),
+        server_name: target.server_name.clone(),
+        col: col.clone(),
+        phase: phase_rx.clone(),
+        stop_at,
+        token_ttl: ramp_time + opts.duration + opts.grace + Duration::from_secs(300),
+        opts: opts.clone(),
+    });
+
+    // Baseline resource sample before the first call.
+    let mut watches = relay_watches(&opts, &target);
+    for w in &mut watches {
+        w.sample(0).await;
+    }
+    let gen_cpu_start = resources::process_cpu_seconds(None);
+    let progress = Arc::new(Progress::new(
+        opts.progress,
+        ramp_time + opts.duration,
+        opts.calls,
+    ));
+
+    // Monitor: progress and resource samples once a second, until told to stop.
+    let (mon_stop_tx, mut mon_stop) = watch::channel(false);
+    let monitor = {
+        let col = col.clone();
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut prev: Totals = col.totals();
+            let mut prev_t = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = mon_stop.wait_for(|s| *s) => break,
+                }
+                let now = col.totals();
+                let r = rates(&prev, &now, prev_t.elapsed());
+                progress.update(t0.elapsed(), &now, &r);
+                prev = now;
+                prev_t = Instant::now();
+                for w in &mut watches {
+                    w.sample(now.active).await;
+                }
+            }
+            watches
+        })
+    };
+
+    // Launcher: starts calls on the ramp and reaps them; aborts them all on Phase::Abort.
+    let launcher = {
+        let ctx = ctx.clone();
+        let mut phase = phase_rx.clone();
+        tokio::spawn(async move {
+            let mut set = JoinSet::new();
+            for i in 0..ctx.opts.calls {
+                let due = t0 + Duration::from_secs_f64(i as f64 / ctx.opts.ramp_per_s);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                    _ = until(&mut phase, |p| *p != Phase::Running) => break,
+                }
+                // Reap finished calls as we go, so a long ramp holds no dead tasks.
+                while set.try_join_next().is_some() {}
+                ctx.col.attempted.fetch_add(1, Relaxed);
+                set.spawn(call_task(i, ctx.clone()));
+            }
+            loop {
+                tokio::select! {
+                    r = set.join_next() => if r.is_none() { break },
+                    _ = until(&mut phase, |p| *p == Phase::Abort) => {
+                        set.abort_all();
+                        while set.join_next().await.is_some() {}
+                        break;
+                    }
+                }
+            }
+        })
+    };
+
+    // The timeline: run until stop_at (or a signal), then wind down within bounds.
+    let mut launcher = launcher;
+    let sig = signal();
+    tokio::pin!(sig);
+    let mut interrupted = false;
+    let mut launcher_done = false;
+    let mut stop_reason = StopReason::Completed;
+    tokio::select! {
+        _ = tokio::time::sleep_until(stop_at.into()) => {}
+        _ = &mut sig => {
+            interrupted = true;
+            progress.note("interrupted: stopping calls, writing a partial report (again to abort)");
+        }
+        // Every call already ended (e.g. all failed to join): nothing left to wait for.
+        _ = &mut launcher => launcher_done = true,
+    }
+    let _ = phase_tx.send(Phase::StopSending);
+    let wind_down = if interrupted {
+        (Instant::now() + opts.drain + Duration::from_secs(5)).min(hard_deadline)
+    } else {
+        hard_deadline
+    };
+    let second_sig = signal();
+    tokio::pin!(second_sig);
+    let finished = launcher_done
+        || tokio::select! {
+            _ = &mut launcher => true,
+            _ = tokio::time::sleep_until(wind_down.into()) => false,
+            _ = &mut second_sig => false,
+        };
+    if !finished {
+        let _ = phase_tx.send(Phase::Abort);
+        if tokio::time::timeout(Duration::from_secs(2), &mut launcher)
+            .await
+            .is_err()
+        {
+            launcher.abort();
+        }
+        if !interrupted {
+            stop_reason = StopReason::Deadline;
+        }
+    }
+    if interrupted {
+        stop_reason = StopReason::Interrupted;
+    }
+    let _ = mon_stop_tx.send(true);
+    let mut watches = monitor.await.unwrap_or_default();
+    let live = col.active.load(Relaxed);
+    for w in &mut watches {
+        w.sample(live).await;
+    }
+    progress.finish();
+    let elapsed = t0.elapsed();
+
+    let snap = col.snapshot(opts.calls)?;
+    let relays: Vec<RelayReport> = watches.iter().map(RelayWatch::report).collect();
+    let relay_cpu = target
+        .embedded
+        .as_ref()
+        .and_then(|_| relays.first())
+        .and_then(|r| r.cpu_seconds)
+        .unwrap_or(0.0);
+    let gen_cpu = match (gen_cpu_start, resources::process_cpu_seconds(None)) {
+        (Some(a), Some(b)) => Some(crate::hist::round3((b - a - relay_cpu).max(0.0))),
+        _ => None,
+    };
+    let partial = stop_reason != StopReason::Completed || snap.calls.attempted < opts.calls;
+    let mut warnings = Vec::new();
+    if opts.e2ee && !E2EE_ACTIVE {
+        warnings.push(
+            "E2EE requested, but the SDK's Call does not encrypt media yet: figures are the \
+             QUIC transport's (the same as --no-e2ee today)"
+                .to_owned(),
+        );
+    }
+    if snap.send_lag.p99_ms > 10.0 {
+        warnings.push(format!(
+            "generator saturated: frames left up to {:.1} ms late (send_lag p99); latency \
+             figures include the generator's own queueing",
+            snap.send_lag.p99_ms
+        ));
+    }
+    let misrouted: u64 = snap.media.kinds().iter().map(|(_, k)| k.misrouted).sum();
+    if misrouted > 0 {
+        warnings.push(format!(
+            "{misrouted} frames were delivered to another call's endpoint"
+        ));
+    }
+    let mut report = Report {
+        schema_version: SCHEMA_VERSION,
+        tool: format!("duet-loadtest {}", env!("CARGO_PKG_VERSION")),
+        generators: 1,
+        started_unix_ms,
+        elapsed_s: crate::hist::round3(elapsed.as_secs_f64()),
+        partial,
+        stop_reason,
+        config: RunConfig {
+            profile: opts.profile.to_string(),
+            calls: opts.calls,
+            duration_s: opts.duration.as_secs_f64(),
+            ramp_per_s: opts.ramp_per_s,
+            seed: opts.seed,
+            run_id: opts.run_id.clone(),
+            e2ee: opts.e2ee,
+            e2ee_active: opts.e2ee && E2EE_ACTIVE,
+            transport: opts.transport.clone(),
+            embedded_relay: target.embedded.is_some(),
+            relays: target
+                .nodes
+                .iter()
+                .map(|n| match &n.claim {
+                    Some(c) => format!("{c}={}", n.addr),
+                    None => n.addr.to_string(),
+                })
+                .collect(),
+            grace_s: opts.grace.as_secs_f64(),
+        },
+        calls: snap.calls,
+        join: snap.join,
+        media: snap.media,
+        transport: snap.transport,
+        generator: GeneratorReport {
+            cpu_seconds: gen_cpu,
+            client_threads: opts.client_threads as u64,
+            send_lag: snap.send_lag,
+        },
+        relays,
+        warnings,
+        slo: None,
+    };
+    report.finalize()?;
+    Ok(report)
+}

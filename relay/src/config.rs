@@ -1,0 +1,560 @@
+//! The relay's one configuration type: the TOML file schema and the command-line flags.
+//!
+//! Owns: field names, defaults, validation (a bad value is refused at start with the field
+//! named) and the embedded defaults written into the data directory (token key). It does not
+//! own TLS material (see `tls`) nor what the limits mean at run time (see `session`, `limits`).
+//!
+//! Precedence: built-in defaults < the TOML file (`--config`) < flags given on the command
+//! line. `Config` derives both `serde::Deserialize` (every field defaulted, unknown fields
+//! refused) and `clap::Args`; no flag has a clap default, so `update_from_arg_matches` only
+//! overwrites the fields whose flags were actually given.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{ArgMatches, FromArgMatches};
+use duet_proto::{NodeId, TokenKey, TokenKeyring, MAX_CONTROL_FRAME};
+use serde::{Deserialize, Serialize};
+
+/// Name of the generated default token key file inside the data directory.
+pub const DEFAULT_TOKEN_KEY_FILE: &str = "token-key";
+/// Key id of the generated default token key.
+pub const DEFAULT_TOKEN_KEY_ID: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("cannot apply command-line flags: {0}")]
+    Flags(String),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// A trusted token key: its id and the file holding its secret (hex, at least 32 bytes).
+/// On the command line: `--token-key ID=FILE` (repeatable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKeyConfig {
+    pub id: String,
+    pub secret_file: PathBuf,
+}
+
+impl FromStr for TokenKeyConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (id, file) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected ID=FILE, got {s:?}"))?;
+        Ok(Self {
+            id: id.to_owned(),
+            secret_file: PathBuf::from(file),
+        })
+    }
+}
+
+/// Per-endpoint and per-node limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest Signal payload, bytes [default: 16384]
+    #[arg(long, required = false, value_name = "BYTES")]
+    pub max_signal_bytes: u32,
+    /// Signal messages per second per endpoint (burst of the same size) [default: 20]
+    #[arg(long, required = false, value_name = "N")]
+    pub signals_per_sec: u32,
+    /// Media datagrams per second per endpoint [default: 4000]
+    #[arg(long, required = false, value_name = "N")]
+    pub media_packets_per_sec: u32,
+    /// Media bytes per second per endpoint [default: 6000000]
+    #[arg(long, required = false, value_name = "BYTES")]
+    pub media_bytes_per_sec: u64,
+    /// A session ends when neither endpoint sent anything for this long, ms [default: 30000]
+    #[arg(long, required = false, value_name = "MS")]
+    pub idle_timeout_ms: u64,
+    /// A session ends this long after it began, seconds [default: 14400]
+    #[arg(long, required = false, value_name = "SECS")]
+    pub max_session_secs: u64,
+    /// Sessions this node carries at most [default: 10000]
+    #[arg(long, required = false, value_name = "N")]
+    pub max_sessions: u32,
+    /// A connection must send Join within this long, ms [default: 5000]
+    #[arg(long, required = false, value_name = "MS")]
+    pub join_timeout_ms: u64,
+    /// A lost endpoint's slot is kept this long for it to resume, ms [default: 10000]
+    #[arg(long, required = false, value_name = "MS")]
+    pub resume_window_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_signal_bytes: 16 * 1024,
+            signals_per_sec: 20,
+            media_packets_per_sec: 4000,
+            media_bytes_per_sec: 6_000_000,
+            idle_timeout_ms: 30_000,
+            max_session_secs: 4 * 3600,
+            max_sessions: 10_000,
+            join_timeout_ms: 5_000,
+            resume_window_ms: 10_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn max_session(&self) -> Duration {
+        Duration::from_secs(self.max_session_secs)
+    }
+    pub fn join_timeout(&self) -> Duration {
+        Duration::from_millis(self.join_timeout_ms)
+    }
+    pub fn resume_window(&self) -> Duration {
+        Duration::from_millis(self.resume_window_ms)
+    }
+
+    /// The limits as told to an endpoint in `Joined`.
+    pub fn to_wire(&self) -> duet_proto::Limits {
+        duet_proto::Limits {
+            max_signal_bytes: self.max_signal_bytes,
+            signals_per_sec: self.signals_per_sec,
+            media_packets_per_sec: self.media_packets_per_sec,
+            media_bytes_per_sec: self.media_bytes_per_sec,
+            idle_timeout_ms: self.idle_timeout_ms,
+            max_session_secs: self.max_session_secs,
+            resume_window_ms: self.resume_window_ms,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        // Room for the Signal message's own framing inside one control frame.
+        let max_signal = (MAX_CONTROL_FRAME - 64) as u32;
+        if self.max_signal_bytes == 0 || self.max_signal_bytes > max_signal {
+            return Err(invalid(
+                "limits.max_signal_bytes",
+                format!("must be 1..={max_signal}, got {}", self.max_signal_bytes),
+            ));
+        }
+        let positive: [(&'static str, u64); 6] = [
+            ("limits.signals_per_sec", self.signals_per_sec.into()),
+            (
+                "limits.media_packets_per_sec",
+                self.media_packets_per_sec.into(),
+            ),
+            ("limits.media_bytes_per_sec", self.media_bytes_per_sec),
+            ("limits.max_session_secs", self.max_session_secs),
+            ("limits.max_sessions", self.max_sessions.into()),
+            ("limits.join_timeout_ms", self.join_timeout_ms),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(invalid(field, "must be greater than 0"));
+            }
+        }
+        if self.idle_timeout_ms < 100 {
+            return Err(invalid(
+                "limits.idle_timeout_ms",
+                format!("must be at least 100, got {}", self.idle_timeout_ms),
+            ));
+        }
+        if self.media_bytes_per_sec < 1500 {
+            return Err(invalid(
+                "limits.media_bytes_per_sec",
+                "must allow at least one full datagram (1500) per second",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The relay's configuration: TOML file and command-line flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for generated state (self-signed certificate, default token key) [default: ./duet-data]
+    #[arg(long, required = false, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// This node's id, matched against a token's `node` claim [default: local]
+    #[arg(long, required = false, value_name = "ID")]
+    pub node_id: String,
+    /// QUIC (UDP) listen address [default: 127.0.0.1:4433]
+    #[arg(long, required = false, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Ops HTTP listen address: /metrics, /healthz, /readyz [default: 127.0.0.1:9090]
+    #[arg(long, required = false, value_name = "ADDR")]
+    pub ops_listen: SocketAddr,
+    /// TLS certificate chain (PEM). Without it a self-signed one is generated in data_dir.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); required with tls_cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Trusted token keys, `ID=FILE` (hex secret). Without any, a key `default` is
+    /// generated in data_dir/token-key.
+    #[arg(long = "token-key", value_name = "ID=FILE")]
+    pub token_keys: Vec<TokenKeyConfig>,
+    /// Allowed clock difference for a token's issue time, seconds [default: 60]
+    #[arg(long, required = false, value_name = "SECS")]
+    pub token_clock_skew_secs: u64,
+    /// After a drain starts, live sessions are ended after this long, ms [default: 30000]
+    #[arg(long, required = false, value_name = "MS")]
+    pub drain_deadline_ms: u64,
+    #[command(flatten)]
+    pub limits: LimitsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./duet-data"),
+            node_id: "local".to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            ops_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            tls_cert: None,
+            tls_key: None,
+            token_keys: Vec::new(),
+            token_clock_skew_secs: 60,
+            drain_deadline_ms: 30_000,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document (unknown fields refused, missing ones defaulted).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads `file` if given (else the defaults), then applies the flags present in
+    /// `matches` over it, then validates.
+    pub fn load(file: Option<&Path>, matches: Option<&ArgMatches>) -> Result<Self, ConfigError> {
+        let mut cfg = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::from_toml(&text, path)?
+            }
+            None => Self::default(),
+        };
+        if let Some(m) = matches {
+            cfg.update_from_arg_matches(m)
+                .map_err(|e| ConfigError::Flags(e.to_string()))?;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn node(&self) -> Result<NodeId, ConfigError> {
+        NodeId::new(self.node_id.clone()).map_err(|e| invalid("node_id", e.to_string()))
+    }
+
+    pub fn drain_deadline(&self) -> Duration {
+        Duration::from_millis(self.drain_deadline_ms)
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.node()?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(invalid("tls_key", "is required when tls_cert is set")),
+            (None, Some(_)) => return Err(invalid("tls_cert", "is required when tls_key is set")),
+            _ => {}
+        }
+        let mut seen = std::collections::HashSet::new();
+        for k in &self.token_keys {
+            if !seen.insert(k.id.as_str()) {
+                return Err(invalid(
+                    "token_keys",
+                    format!("key id {:?} appears twice", k.id),
+                ));
+            }
+            // Checks the id's syntax with a throwaway secret; the real one is read at start.
+            TokenKey::new(k.id.clone(), &[0u8; 32])
+                .map_err(|e| invalid("token_keys", format!("key id {:?}: {e}", k.id)))?;
+        }
+        if self.token_clock_skew_secs > 3600 {
+            return Err(invalid(
+                "token_clock_skew_secs",
+                format!("must be at most 3600, got {}", self.token_clock_skew_secs),
+            ));
+        }
+        self.limits.validate()
+    }
+
+    /// Path of the generated default token key.
+    pub fn default_token_key_path(&self) -> PathBuf {
+        self.data_dir.join(DEFAULT_TOKEN_KEY_FILE)
+    }
+
+    /// Loads the configured token keys; with none configured, loads (or first creates) the
+    /// default key in the data directory. The first key is the one `token mint` signs with.
+    pub fn load_token_keys(&self) -> Result<Vec<TokenKey>, ConfigError> {
+        if self.token_keys.is_empty() {
+            let path = self.default_token_key_path();
+            let secret = load_or_create_secret(&path)?;
+            let key = TokenKey::new(DEFAULT_TOKEN_KEY_ID, &secret)
+                .map_err(|e| invalid("token_keys", format!("{}: {e}", path.display())))?;
+            return Ok(vec![key]);
+        }
+        self.token_keys
+            .iter()
+            .map(|k| {
+                let text =
+                    std::fs::read_to_string(&k.secret_file).map_err(|source| ConfigError::Io {
+                        what: "cannot read token key",
+                        path: k.secret_file.clone(),
+                        source,
+                    })?;
+                let secret = hex_decode(text.trim()).ok_or_else(|| {
+                    invalid(
+                        "token_keys",
+                        format!("{} is not hex", k.secret_file.display()),
+                    )
+                })?;
+                TokenKey::new(k.id.clone(), &secret).map_err(|e| {
+                    invalid(
+                        "token_keys",
+                        format!("key {:?} ({}): {e}", k.id, k.secret_file.display()),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    pub fn keyring(keys: &[TokenKey]) -> TokenKeyring {
+        TokenKeyring::new(keys.to_vec())
+    }
+}
+
+/// Creates the data directory if needed.
+pub fn ensure_dir(dir: &Path) -> Result<(), ConfigError> {
+    std::fs::create_dir_all(dir).map_err(|source| ConfigError::Io {
+        what: "cannot create data directory",
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Writes `contents` to `path` readable by its owner only (where the platform allows).
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), ConfigError> {
+    if let Some(dir) = path.parent() {
+        ensure_dir(dir)?;
+    }
+    let io = |source| ConfigError::Io {
+        what: "cannot write",
+        path: path.to_owned(),
+        source,
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io)?;
+    std::io::Write::write_all(&mut f, contents).map_err(io)
+}
+
+fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => hex_decode(text.trim())
+            .ok_or_else(|| invalid("token_keys", format!("{} is not hex", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret: [u8; 32] = rand::random();
+            write_private(path, format!("{}\n", hex_encode(&secret)).as_bytes())?;
+            Ok(secret.to_vec())
+        }
+        Err(source) => Err(ConfigError::Io {
+            what: "cannot read token key",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+pub fn hex_encode(data: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(data.len() * 2);
+    for b in data {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
+/// Parses a duration like `90`, `30s`, `10m`, `2h`, `1d`, `500ms` (bare number = seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 10m, 2h)"))?;
+    let secs = |mul: u64| {
+        n.checked_mul(mul)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long"))
+    };
+    match unit {
+        "" | "s" => secs(1),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h, d)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        cfg: Config,
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        let parsed = Config::from_toml("", Path::new("x.toml")).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let text = include_str!("../duet-relay.example.toml");
+        let parsed = Config::from_toml(text, Path::new("duet-relay.example.toml")).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let e = Config::from_toml("listen_addr = \"1.2.3.4:5\"", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+        let e = Config::from_toml("[limits]\nbogus = 1", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let mut c = Config::default();
+        c.limits.signals_per_sec = 0;
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("limits.signals_per_sec"), "{e}");
+        let c = Config {
+            node_id: "has space".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("node_id"));
+        let c = Config {
+            tls_cert: Some("a.pem".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("tls_key"));
+        let e = Config::from_toml("listen = \"not an addr\"", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_only_given_flags() {
+        let file = "node_id = \"n1\"\nlisten = \"127.0.0.1:5000\"\n[limits]\nsignals_per_sec = 7\nmax_sessions = 3\n";
+        let mut cfg = Config::from_toml(file, Path::new("x.toml")).unwrap();
+        let m = Cli::command()
+            .try_get_matches_from(["x", "--listen", "127.0.0.1:6000", "--max-sessions", "9"])
+            .unwrap();
+        cfg.update_from_arg_matches(&m).unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:6000".parse().unwrap());
+        assert_eq!(cfg.node_id, "n1");
+        assert_eq!(cfg.limits.signals_per_sec, 7);
+        assert_eq!(cfg.limits.max_sessions, 9);
+        assert_eq!(cfg.ops_listen, Config::default().ops_listen);
+        let m = Cli::command()
+            .try_get_matches_from(["x", "--token-key", "k1=/tmp/k1"])
+            .unwrap();
+        cfg.update_from_arg_matches(&m).unwrap();
+        assert_eq!(cfg.token_keys[0].id, "k1");
+    }
+
+    #[test]
+    fn default_token_key_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
+        let k1 = cfg.load_token_keys().unwrap();
+        let k2 = cfg.load_token_keys().unwrap();
+        assert_eq!(k1[0].id(), "default");
+        let claims = duet_proto::JoinClaims {
+            session: "s".parse().unwrap(),
+            user: "u".parse().unwrap(),
+            device: "d".parse().unwrap(),
+            iat: 1,
+            exp: 100,
+            node: None,
+            e2ee: Default::default(),
+        };
+        let t = duet_proto::JoinToken::mint(&k1[0], &claims);
+        assert!(TokenKeyring::new(k2).verify(&t, 2, 0).is_ok());
+        let text = std::fs::read_to_string(cfg.default_token_key_path()).unwrap();
+        assert_eq!(hex_decode(text.trim()).unwrap().len(), 32);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+}

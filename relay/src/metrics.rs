@@ -1,0 +1,178 @@
+//! The relay's metrics: names, labels, and pre-registered handles.
+//!
+//! Owns the one Prometheus recorder of a `Relay` (not installed globally, so several relays
+//! in one process — tests, the load test — keep their own numbers) and handles registered
+//! once, so the hot path increments an atomic and never looks a name up. It does not serve
+//! HTTP (see `ops`).
+
+use std::sync::Arc;
+
+use duet_proto::{Feature, MediaKind, RefusalReason};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use crate::forward::DropReason;
+
+pub const JOIN_LATENCY: &str = "duet_join_latency_seconds";
+
+/// Kinds of control-plane error, counted in `duet_control_errors_total{kind}`.
+pub const CONTROL_ERRORS: &[&str] = &[
+    "frame_too_large",
+    "empty_frame",
+    "unknown_type",
+    "malformed",
+    "never_joined",
+    "not_joined",
+    "stream_error",
+    "second_stream",
+];
+
+/// Why a `Signal` was not forwarded, counted in `duet_signals_dropped_total{reason}`.
+pub const SIGNAL_DROPS: &[&str] = &["too_large", "rate_limited", "no_peer", "peer_backlog"];
+
+pub struct RelayMetrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    pub sessions: Gauge,
+    pub endpoints: Gauge,
+    pub connections: Gauge,
+    pub forwarded_packets: [Counter; 3],
+    pub forwarded_bytes: [Counter; 3],
+    media_drops: Vec<Counter>,
+    pub signals_forwarded: Counter,
+    pub signal_bytes_forwarded: Counter,
+    pub joins: Counter,
+    pub resumes: Counter,
+    pub join_latency: Histogram,
+    pub quic_refused_handshakes: Gauge,
+    pub quic_ignored_handshakes: Gauge,
+    pub quic_accepted_handshakes: Gauge,
+}
+
+impl std::fmt::Debug for RelayMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayMetrics")
+    }
+}
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+impl RelayMetrics {
+    pub fn new() -> Arc<Self> {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(JOIN_LATENCY.to_owned()),
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ],
+            )
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let c = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+        };
+        let g =
+            |name: &'static str| recorder.register_gauge(&Key::from_static_name(name), &METADATA);
+        let by_kind = |name: &'static str| {
+            MediaKind::ALL.map(|k| c(name, vec![Label::from_static_parts("kind", k.as_str())]))
+        };
+        let m = Self {
+            sessions: g("duet_sessions"),
+            endpoints: g("duet_endpoints"),
+            connections: g("duet_connections"),
+            forwarded_packets: by_kind("duet_forwarded_packets_total"),
+            forwarded_bytes: by_kind("duet_forwarded_bytes_total"),
+            media_drops: DropReason::LABELS
+                .iter()
+                .map(|r| {
+                    c(
+                        "duet_media_dropped_total",
+                        vec![Label::from_static_parts("reason", r)],
+                    )
+                })
+                .collect(),
+            signals_forwarded: c("duet_signals_forwarded_total", vec![]),
+            signal_bytes_forwarded: c("duet_signal_bytes_forwarded_total", vec![]),
+            joins: c("duet_joins_total", vec![]),
+            resumes: c("duet_resumes_total", vec![]),
+            join_latency: recorder
+                .register_histogram(&Key::from_static_name(JOIN_LATENCY), &METADATA),
+            quic_refused_handshakes: g("duet_quic_refused_handshakes"),
+            quic_ignored_handshakes: g("duet_quic_ignored_handshakes"),
+            quic_accepted_handshakes: g("duet_quic_accepted_handshakes"),
+            recorder,
+            handle,
+        };
+        // Register every labelled series up front, so dashboards see zeros, not gaps.
+        for r in RefusalReason::ALL {
+            m.refusal(*r).increment(0);
+        }
+        for f in Feature::ALL {
+            m.feature_refused(*f).increment(0);
+        }
+        for k in CONTROL_ERRORS {
+            m.control_error(k).increment(0);
+        }
+        for r in SIGNAL_DROPS {
+            m.signal_dropped(r).increment(0);
+        }
+        Arc::new(m)
+    }
+
+    fn labelled(&self, name: &'static str, label: &'static str, value: &'static str) -> Counter {
+        self.recorder.register_counter(
+            &Key::from_parts(name, vec![Label::from_static_parts(label, value)]),
+            &METADATA,
+        )
+    }
+
+    /// Any counter of this relay, by name and labels (for modules with their own series).
+    pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    pub fn refusal(&self, r: RefusalReason) -> Counter {
+        self.labelled("duet_refusals_total", "reason", r.as_str())
+    }
+
+    pub fn feature_refused(&self, f: Feature) -> Counter {
+        self.labelled("duet_feature_requests_refused_total", "feature", f.as_str())
+    }
+
+    pub fn control_error(&self, kind: &'static str) -> Counter {
+        self.labelled("duet_control_errors_total", "kind", kind)
+    }
+
+    pub fn signal_dropped(&self, reason: &'static str) -> Counter {
+        self.labelled("duet_signals_dropped_total", "reason", reason)
+    }
+
+    pub fn session_ended(&self, reason: &'static str) -> Counter {
+        self.labelled("duet_sessions_ended_total", "reason", reason)
+    }
+
+    /// Pre-registered: no lookup on the per-packet path.
+    #[inline]
+    pub fn media_dropped(&self, r: DropReason) -> &Counter {
+        let label = r.as_str();
+        let i = DropReason::LABELS
+            .iter()
+            .position(|l| *l == label)
+            .unwrap_or(0);
+        &self.media_drops[i]
+    }
+
+    /// Prometheus text exposition of this relay's metrics.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}

@@ -1,0 +1,152 @@
+//! Issuing: the E2EE claim for a user, and join tokens that carry it.
+//!
+//! Owns the one place where the administrator's policy meets the token: the effective
+//! policy, the user's own switch and compliance recording are evaluated from the store at
+//! minting time and written into `JoinClaims::e2ee`. Relays stay stateless: they never
+//! read the store, they enforce the claim. Does not own the token format or signing
+//! (`duet_proto::token`), nor where the key comes from (the relay's config or the app
+//! backend's secret store).
+//!
+//! A token is minted whatever the claim: a user who may not use E2EE still gets a token,
+//! and the relay answers its join with the typed refusal (`PolicyDisabled`,
+//! `UserNotEnabled`, `ComplianceRecording`) and tells the waiting peer only that reason,
+//! so both apps can fall back to their ordinary call path.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use duet_proto::{DeviceId, E2eeClaim, JoinClaims, JoinToken, NodeId, SessionId, TokenKey, UserId};
+
+use super::model::Effective;
+use super::store::PolicyStore;
+use super::PolicyError;
+
+/// The effective policy of `user` as the store has it now.
+pub fn effective_for(store: &PolicyStore, user: &UserId) -> Result<Effective, PolicyError> {
+    Ok(store.load()?.effective(user))
+}
+
+/// The E2EE claim a token for `user` must carry.
+pub fn claim_for(store: &PolicyStore, user: &UserId) -> Result<E2eeClaim, PolicyError> {
+    Ok(effective_for(store, user)?.claim)
+}
+
+/// Mints a join token for `user` on `device` in `session`, valid for `ttl` from now,
+/// optionally placed on `node`, carrying the user's E2EE claim. Returns the token and the
+/// evaluation it was made from (so a backend can log or show why).
+pub fn mint_token(
+    store: &PolicyStore,
+    key: &TokenKey,
+    session: SessionId,
+    user: UserId,
+    device: DeviceId,
+    ttl: Duration,
+    node: Option<NodeId>,
+) -> Result<(String, Effective), PolicyError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| PolicyError::Clock)?
+        .as_secs();
+    mint_token_at(store, key, session, user, device, ttl, node, now)
+}
+
+/// [`mint_token`] at a given time (Unix seconds), for tests and replayable tooling.
+#[allow(clippy::too_many_arguments)]
+pub fn mint_token_at(
+    store: &PolicyStore,
+    key: &TokenKey,
+    session: SessionId,
+    user: UserId,
+    device: DeviceId,
+    ttl: Duration,
+    node: Option<NodeId>,
+    now_unix: u64,
+) -> Result<(String, Effective), PolicyError> {
+    let ttl_secs = ttl.as_secs();
+    if ttl_secs == 0 {
+        return Err(PolicyError::BadTtl(
+            "a token must live at least one second".into(),
+        ));
+    }
+    let exp = now_unix
+        .checked_add(ttl_secs)
+        .ok_or_else(|| PolicyError::BadTtl(format!("{ttl_secs} s overflows the expiry")))?;
+    let eff = effective_for(store, &user)?;
+    let claims = JoinClaims {
+        session,
+        user,
+        device,
+        iat: now_unix,
+        exp,
+        node,
+        e2ee: eff.claim,
+    };
+    Ok((JoinToken::mint(key, &claims), eff))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::model::{CallingE2ee, Change, PolicyName, GLOBAL};
+    use super::*;
+    use duet_proto::TokenKeyring;
+
+    #[test]
+    fn minted_tokens_carry_the_claim_and_it_is_the_same_for_every_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PolicyStore::open(dir.path()).unwrap();
+        let key = TokenKey::new("k1", &[5u8; 32]).unwrap();
+        let ring = TokenKeyring::new(vec![key.clone()]);
+        let alice = UserId::new("alice").unwrap();
+        let mint = |device: &str| {
+            let (t, eff) = mint_token_at(
+                &store,
+                &key,
+                SessionId::new("s1").unwrap(),
+                alice.clone(),
+                DeviceId::new(device).unwrap(),
+                Duration::from_secs(60),
+                None,
+                1000,
+            )
+            .unwrap();
+            let claims = ring.verify(&t, 1010, 5).unwrap();
+            assert_eq!(claims.e2ee, eff.claim);
+            assert_eq!(claims.exp, 1060);
+            claims.e2ee
+        };
+        assert_eq!(mint("phone"), E2eeClaim::PolicyDisabled);
+        store
+            .apply(
+                "t",
+                &Change::SetPolicy {
+                    name: PolicyName::new(GLOBAL).unwrap(),
+                    calling_e2ee: CallingE2ee::DisabledUserOverride,
+                },
+            )
+            .unwrap();
+        assert_eq!(mint("phone"), E2eeClaim::UserNotEnabled);
+        store
+            .apply(
+                "t",
+                &Change::SetUserE2ee {
+                    user: alice.clone(),
+                    on: true,
+                },
+            )
+            .unwrap();
+        assert_eq!(mint("phone"), E2eeClaim::Allowed);
+        assert_eq!(mint("laptop"), E2eeClaim::Allowed);
+        assert_eq!(claim_for(&store, &alice).unwrap(), E2eeClaim::Allowed);
+        assert!(matches!(
+            mint_token(
+                &store,
+                &key,
+                SessionId::new("s1").unwrap(),
+                alice,
+                DeviceId::new("d").unwrap(),
+                Duration::ZERO,
+                None
+            ),
+            Err(PolicyError::BadTtl(_))
+        ));
+    }
+}

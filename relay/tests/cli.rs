@@ -1,0 +1,125 @@
+//! The `duet-relay` binary: `token mint` on the embedded default key, config errors named
+//! by field, and `serve` on embedded defaults printing its paths and draining on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use duet_proto::{TokenKey, TokenKeyring};
+use duet_relay::config::hex_decode;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_duet-relay"))
+}
+
+#[test]
+fn token_mint_creates_the_default_key_and_signs_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args([
+            "token",
+            "mint",
+            "--session",
+            "s1",
+            "--user",
+            "alice",
+            "--device",
+            "phone",
+        ])
+        .args(["--ttl", "10m", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("duet1.default."), "{token}");
+    let secret = std::fs::read_to_string(dir.path().join("token-key")).unwrap();
+    let key = TokenKey::new("default", &hex_decode(secret.trim()).unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = TokenKeyring::new(vec![key]).verify(&token, now, 0).unwrap();
+    assert_eq!(claims.session.as_str(), "s1");
+    assert!(claims.exp >= now + 590 && claims.exp <= now + 601);
+}
+
+#[test]
+fn bad_config_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(&cfg, "[limits]\nsignals_per_sec = 0\n").unwrap();
+    let out = bin()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("limits.signals_per_sec"), "{err}");
+
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nlisten_port = 5\n").unwrap();
+    let out = bin()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listen_port"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_on_embedded_defaults_prints_its_paths_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--drain-deadline-ms", "200", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    while let Some(Ok(line)) = lines.next() {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("ops http") {
+            break;
+        }
+    }
+    assert!(seen.contains("cert.pem"), "{seen}");
+    assert!(seen.contains("token-key"), "{seen}");
+    assert!(seen.contains("quic"), "{seen}");
+    assert!(dir.path().join("cert.pem").exists());
+    assert!(dir.path().join("token-key").exists());
+    // SIGTERM: drains (nothing to wait for) and exits cleanly.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success());
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

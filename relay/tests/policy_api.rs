@@ -1,0 +1,320 @@
+//! The admin HTTP API over a real loopback socket: the same model as the commands, the
+//! admin credential, typed error bodies with their status codes, and the API and the
+//! commands sharing one store.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result};
+use duet_relay::policy::{router, PolicyStore};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKEN: &str = "s3cret-admin-token-for-tests";
+
+struct Api {
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    store: PolicyStore,
+}
+
+async fn start() -> Result<Api> {
+    let dir = tempfile::tempdir()?;
+    let store = PolicyStore::open(dir.path().join("policy"))?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = router(store.clone(), TOKEN.to_owned());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(Api {
+        addr,
+        _dir: dir,
+        store,
+    })
+}
+
+/// A minimal HTTP/1.1 client: one request per connection, `Connection: close`.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<Value>,
+) -> Result<(u16, Value)> {
+    let mut s = TcpStream::connect(addr).await?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = auth {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("X-Duet-Actor: portal-jane\r\n");
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).await?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await?;
+    let text = String::from_utf8(resp)?;
+    let (head, rest) = text.split_once("\r\n\r\n").context("response head")?;
+    let status: u16 = head.split(' ').nth(1).context("status")?.parse()?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)?
+    } else {
+        rest.to_owned()
+    };
+    let json = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body).with_context(|| format!("JSON body: {body}"))?
+    };
+    Ok((status, json))
+}
+
+fn dechunk(mut s: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (len, rest) = s.split_once("\r\n").context("chunk size")?;
+        let len = usize::from_str_radix(len.trim(), 16)?;
+        if len == 0 {
+            return Ok(out);
+        }
+        out.push_str(&rest[..len]);
+        s = &rest[len + 2..];
+    }
+}
+
+impl Api {
+    async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        http(self.addr, "GET", path, Some(TOKEN), None).await
+    }
+    async fn put(&self, path: &str, body: Value) -> Result<(u16, Value)> {
+        http(self.addr, "PUT", path, Some(TOKEN), Some(body)).await
+    }
+    async fn delete(&self, path: &str) -> Result<(u16, Value)> {
+        http(self.addr, "DELETE", path, Some(TOKEN), None).await
+    }
+    async fn claim(&self, user: &str) -> Result<String> {
+        let (st, v) = self.get(&format!("/v1/users/{user}/effective")).await?;
+        assert_eq!(st, 200, "{v}");
+        Ok(v["claim"].as_str().context("claim")?.to_owned())
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+#[tokio::test]
+async fn the_whole_model_through_the_api() -> Result<()> {
+    let api = start().await?;
+
+    // Out of the box.
+    let (st, v) = api.get("/v1/policies").await?;
+    assert_eq!(st, 200);
+    assert_eq!(v["policies"][0]["name"], "Global");
+    assert_eq!(v["policies"][0]["calling_e2ee"], "disabled");
+    assert_eq!(api.claim("alice").await?, "policy_disabled");
+
+    // Enabling for the whole tenant, then the user's own switch.
+    let (st, v) = api
+        .put(
+            "/v1/policies/Global",
+            json!({"calling_e2ee": "disabled-user-override"}),
+        )
+        .await?;
+    assert_eq!((st, &v["changed"]), (200, &json!(true)), "{v}");
+    assert_eq!(api.claim("alice").await?, "user_not_enabled");
+    let (st, _) = api.put("/v1/users/alice/e2ee", json!({"on": true})).await?;
+    assert_eq!(st, 200);
+    assert_eq!(api.claim("alice").await?, "allowed");
+
+    // A named policy granted to one user; then unassigned.
+    api.put("/v1/policies/Global", json!({"calling_e2ee": "disabled"}))
+        .await?;
+    api.put(
+        "/v1/policies/Pilot",
+        json!({"calling_e2ee": "disabled-user-override"}),
+    )
+    .await?;
+    let (st, v) = api
+        .put("/v1/users/alice/policy", json!({"policy": "Pilot"}))
+        .await?;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["result"]["claim"], "allowed");
+    assert_eq!(api.claim("bob").await?, "policy_disabled");
+    let (st, v) = api.get("/v1/policies/Pilot").await?;
+    assert_eq!((st, &v["users"]), (200, &json!(["alice"])));
+    let (st, v) = api.delete("/v1/policies/Pilot").await?;
+    assert_eq!((st, code(&v)), (409, "policy_in_use"), "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("alice"));
+    let (st, _) = api.delete("/v1/users/alice/policy").await?;
+    assert_eq!(st, 200);
+    let (_, v) = api.get("/v1/users/alice/effective").await?;
+    assert_eq!(v["policy"], "Global");
+    assert_eq!(v["source"]["kind"], "global_default");
+
+    // Group ranks.
+    api.put("/v1/policies/Closed", json!({"calling_e2ee": "disabled"}))
+        .await?;
+    let (st, _) = api
+        .put(
+            "/v1/groups/eng/policy",
+            json!({"policy": "Pilot", "rank": 1}),
+        )
+        .await?;
+    assert_eq!(st, 200);
+    api.put(
+        "/v1/groups/legal/policy",
+        json!({"policy": "Closed", "rank": 2}),
+    )
+    .await?;
+    let (st, v) = api
+        .put(
+            "/v1/groups/hr/policy",
+            json!({"policy": "Closed", "rank": 1}),
+        )
+        .await?;
+    assert_eq!((st, code(&v)), (409, "rank_taken"));
+    api.put(
+        "/v1/users/carol/groups",
+        json!({"groups": ["legal", "eng"]}),
+    )
+    .await?;
+    api.put("/v1/users/carol/e2ee", json!({"on": true})).await?;
+    let (_, v) = api.get("/v1/users/carol/effective").await?;
+    assert_eq!(
+        v["source"],
+        json!({"kind": "group", "group": "eng", "rank": 1})
+    );
+    assert_eq!(v["claim"], "allowed");
+    api.delete("/v1/groups/eng/policy").await?;
+    assert_eq!(api.claim("carol").await?, "policy_disabled");
+
+    // Compliance recording beats everything.
+    api.put("/v1/users/carol/policy", json!({"policy": "Pilot"}))
+        .await?;
+    assert_eq!(api.claim("carol").await?, "allowed");
+    api.put("/v1/users/carol/compliance-recording", json!({"on": true}))
+        .await?;
+    assert_eq!(api.claim("carol").await?, "compliance_recording");
+    let (st, v) = api.get("/v1/users/carol").await?;
+    assert_eq!(st, 200);
+    assert_eq!(v["record"]["compliance_recording"], true);
+    assert_eq!(v["effective"]["claim"], "compliance_recording");
+
+    // Remove with unassign.
+    let (st, v) = api.delete("/v1/policies/Pilot?unassign=true").await?;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = api.get("/v1/policies/Pilot").await?;
+    assert_eq!((st, code(&v)), (404, "unknown_policy"));
+
+    // The audit log names the portal's actor.
+    let (st, v) = api.get("/v1/audit?limit=2").await?;
+    assert_eq!(st, 200);
+    let recs = v["records"].as_array().context("records")?;
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[1]["operation"]["op"], "remove_policy");
+    assert_eq!(recs[1]["actor"], "api:portal-jane");
+    assert_eq!(api.store.audit()?.len() as u64, api.store.load()?.revision);
+    Ok(())
+}
+
+#[tokio::test]
+async fn credential_and_error_bodies() -> Result<()> {
+    let api = start().await?;
+    for auth in [
+        None,
+        Some("wrong"),
+        Some(""),
+        Some("s3cret-admin-token-for-test"),
+    ] {
+        let (st, v) = http(api.addr, "GET", "/v1/policies", auth, None).await?;
+        assert_eq!((st, code(&v)), (401, "unauthorized"), "{auth:?}");
+    }
+    // Unknown endpoints are behind the credential too.
+    let (st, _) = http(api.addr, "GET", "/v1/nope", None, None).await?;
+    assert_eq!(st, 401);
+    let (st, v) = api.get("/v1/nope").await?;
+    assert_eq!((st, code(&v)), (404, "not_found"));
+
+    let (st, v) = api
+        .put(
+            "/v1/policies/My%20Policy",
+            json!({"calling_e2ee": "disabled"}),
+        )
+        .await?;
+    assert_eq!((st, code(&v)), (400, "invalid_name"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("single tokens"));
+    let (st, v) = api
+        .put("/v1/policies/P", json!({"calling_e2ee": "enabled"}))
+        .await?;
+    assert_eq!((st, code(&v)), (400, "bad_request"));
+    let (st, v) = http(api.addr, "PUT", "/v1/policies/P", Some(TOKEN), None).await?;
+    assert_eq!((st, code(&v)), (400, "bad_request"), "empty body");
+    let (st, v) = api
+        .put("/v1/users/alice/policy", json!({"policy": "Nope"}))
+        .await?;
+    assert_eq!((st, code(&v)), (404, "unknown_policy"));
+    let (st, v) = api.delete("/v1/policies/Global").await?;
+    assert_eq!((st, code(&v)), (409, "global_is_permanent"));
+    let (st, v) = api
+        .put("/v1/groups/g/policy", json!({"policy": "Global"}))
+        .await?;
+    assert_eq!((st, code(&v)), (400, "invalid_rank"));
+    let (st, v) = api.get("/v1/users/bad%20user/effective").await?;
+    assert_eq!((st, code(&v)), (400, "invalid_user"));
+    assert_eq!(
+        api.store.load()?.revision,
+        0,
+        "no refused request changed anything"
+    );
+
+    // A router with an empty admin token accepts nobody.
+    let dir = tempfile::tempdir()?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = router(PolicyStore::open(dir.path())?, String::new());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let (st, _) = http(addr, "GET", "/v1/policies", Some(""), None).await?;
+    assert_eq!(st, 401);
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_and_commands_share_the_store() -> Result<()> {
+    let api = start().await?;
+    api.put(
+        "/v1/policies/Pilot",
+        json!({"calling_e2ee": "disabled-user-override"}),
+    )
+    .await?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duet-relay"))
+        .args([
+            "policy", "grant", "--user", "dan", "--policy", "Pilot", "--store",
+        ])
+        .arg(api.store.dir())
+        .env_remove("RUST_BACKTRACE")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, v) = api.get("/v1/users/dan/effective").await?;
+    assert_eq!(v["policy"], "Pilot");
+    assert_eq!(v["source"]["kind"], "direct");
+    Ok(())
+}

@@ -1,0 +1,423 @@
+//! Session rules over real QUIC on loopback: two endpoints meet, a third party or a
+//! companion device is refused, every plaintext feature is refused, every bad token gets its
+//! code, a device resumes on a new connection, a relay drains, the hop is post-quantum.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use common::*;
+use duet_proto::{
+    E2eeClaim, EndReason, Feature, JoinToken, MediaKind, NodeId, PeerLeftReason, RefusalReason,
+    RelayMessage, TokenKey,
+};
+use duet_sdk::{Client, Event, SdkError};
+
+async fn refused(relay: &duet_relay::RelayHandle, session: &str, token: String) -> RefusalReason {
+    let client = Client::connect(relay.quic_addr(), token, opts(relay))
+        .await
+        .expect("connect");
+    match client.join(sid(session)).await {
+        Err(SdkError::Refused(r)) => r,
+        Err(e) => panic!("expected a refusal, got error {e}"),
+        Ok(_) => panic!("expected a refusal, got Joined"),
+    }
+}
+
+#[tokio::test]
+async fn two_endpoints_meet_and_third_party_and_companion_are_refused() -> Result<()> {
+    let relay = start().await;
+    let a = sdk_join(&relay, "call-1", "alice", "phone").await?;
+    assert!(!a.peer_present_at_join());
+    let b = sdk_join(&relay, "call-1", "bob", "laptop").await?;
+    assert!(b.peer_present_at_join());
+    assert_ne!(a.slot(), b.slot());
+    expect_event(&a, Event::PeerJoined).await?;
+
+    // A third distinct user, whatever it claims.
+    let t = token(&relay, "call-1", "carol", "desk");
+    assert_eq!(
+        refused(&relay, "call-1", t).await,
+        RefusalReason::SessionFull
+    );
+    // Alice's second device: no companion devices.
+    let t = token(&relay, "call-1", "alice", "tablet");
+    assert_eq!(
+        refused(&relay, "call-1", t).await,
+        RefusalReason::SessionFull
+    );
+    // Alice's same device without its resume secret.
+    let t = token(&relay, "call-1", "alice", "phone");
+    assert_eq!(
+        refused(&relay, "call-1", t).await,
+        RefusalReason::AlreadyJoined
+    );
+
+    // The session goes on.
+    assert_media_flows(&a, &b).await?;
+    let text = scrape(&relay).await;
+    assert_eq!(
+        metric(&text, r#"duet_refusals_total{reason="session_full"}"#),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, r#"duet_refusals_total{reason="already_joined"}"#),
+        1.0
+    );
+    assert_eq!(metric(&text, "duet_sessions"), 1.0);
+    assert_eq!(metric(&text, "duet_endpoints"), 2.0);
+    assert!(text.contains("duet_join_latency_seconds_bucket"));
+
+    // Leave: the peer is told and the relay forgets the session once both are gone.
+    a.leave().await?;
+    expect_event(&b, Event::PeerLeft(PeerLeftReason::Left)).await?;
+    b.leave().await?;
+    let deadline = tokio::time::Instant::now() + STEP;
+    while relay.session_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(relay.session_count(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_feature_is_refused_plaintext_required() -> Result<()> {
+    let relay = start().await;
+    let a = sdk_join(&relay, "f", "alice", "phone").await?;
+    let mut features: Vec<Feature> = Feature::ALL.to_vec();
+    features.push(Feature::Unknown(999));
+    for f in &features {
+        assert_eq!(
+            a.request(*f).await?,
+            RefusalReason::PlaintextRequired,
+            "{f}"
+        );
+    }
+    let text = scrape(&relay).await;
+    for f in Feature::ALL {
+        let series = format!(
+            r#"duet_feature_requests_refused_total{{feature="{}"}}"#,
+            f.as_str()
+        );
+        assert_eq!(metric(&text, &series), 1.0, "{series}");
+    }
+    assert_eq!(
+        metric(
+            &text,
+            r#"duet_feature_requests_refused_total{feature="unknown"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, r#"duet_refusals_total{reason="plaintext_required"}"#),
+        features.len() as f64
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_bad_token_gets_its_code() -> Result<()> {
+    let relay = start().await;
+    let key = relay.token_key().clone();
+
+    assert_eq!(
+        refused(&relay, "s", "garbage".into()).await,
+        RefusalReason::BadToken
+    );
+
+    let mut c = claims("s", "alice", "phone");
+    c.iat = now() - 100;
+    c.exp = now() - 10;
+    assert_eq!(
+        refused(&relay, "s", token_with(&key, &c)).await,
+        RefusalReason::TokenExpired
+    );
+
+    let mut c = claims("s", "alice", "phone");
+    c.iat = now() + 3600;
+    c.exp = now() + 7200;
+    assert_eq!(
+        refused(&relay, "s", token_with(&key, &c)).await,
+        RefusalReason::TokenNotYetValid
+    );
+
+    let stranger = TokenKey::new("other", &[3u8; 32])?;
+    let c = claims("s", "alice", "phone");
+    assert_eq!(
+        refused(&relay, "s", token_with(&stranger, &c)).await,
+        RefusalReason::UnknownKey
+    );
+
+    // Same key id, another secret: a wrong key.
+    let impostor = TokenKey::new(key.id(), &[4u8; 32])?;
+    assert_eq!(
+        refused(&relay, "s", token_with(&impostor, &c)).await,
+        RefusalReason::BadSignature
+    );
+
+    // A token for another session than the one joined.
+    assert_eq!(
+        refused(&relay, "other-session", token_with(&key, &c)).await,
+        RefusalReason::WrongSession
+    );
+
+    let mut c2 = c.clone();
+    c2.node = Some(NodeId::new("elsewhere")?);
+    assert_eq!(
+        refused(&relay, "s", token_with(&key, &c2)).await,
+        RefusalReason::WrongNode
+    );
+    // Placed on this very node: accepted.
+    c2.node = Some(relay.node_id().clone());
+    let ok = Client::connect(relay.quic_addr(), JoinToken::mint(&key, &c2), opts(&relay)).await?;
+    let waiting = ok.join(sid("s")).await?;
+
+    // E2EE claims that do not allow it: refused with the claim's reason, and the waiting
+    // peer is told the call cannot be end-to-end encrypted.
+    for (claim, reason) in [
+        (E2eeClaim::PolicyDisabled, RefusalReason::PolicyDisabled),
+        (E2eeClaim::UserNotEnabled, RefusalReason::UserNotEnabled),
+        (
+            E2eeClaim::ComplianceRecording,
+            RefusalReason::ComplianceRecording,
+        ),
+    ] {
+        let mut c = claims("s", "bob", "laptop");
+        c.e2ee = claim;
+        assert_eq!(refused(&relay, "s", token_with(&key, &c)).await, reason);
+        expect_event(&waiting, Event::PeerE2eeUnavailable(claim)).await?;
+    }
+
+    let text = scrape(&relay).await;
+    for r in [
+        RefusalReason::BadToken,
+        RefusalReason::TokenExpired,
+        RefusalReason::TokenNotYetValid,
+        RefusalReason::UnknownKey,
+        RefusalReason::BadSignature,
+        RefusalReason::WrongSession,
+        RefusalReason::WrongNode,
+        RefusalReason::PolicyDisabled,
+        RefusalReason::UserNotEnabled,
+        RefusalReason::ComplianceRecording,
+    ] {
+        let series = format!(r#"duet_refusals_total{{reason="{}"}}"#, r.as_str());
+        assert_eq!(metric(&text, &series), 1.0, "{series}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn resume_replaces_the_old_connection_and_media_carries_on() -> Result<()> {
+    let relay = start().await;
+    let a = sdk_join(&relay, "r", "alice", "phone").await?;
+    let b = sdk_join(&relay, "r", "bob", "laptop").await?;
+    expect_event(&a, Event::PeerJoined).await?;
+    assert_media_flows(&a, &b).await?;
+
+    // Alice's device comes back on a new connection (the old one still open).
+    let ticket = a.resume_ticket();
+    let client = Client::connect(
+        relay.quic_addr(),
+        token(&relay, "r", "alice", "phone"),
+        opts(&relay),
+    )
+    .await?;
+    let a2 = client.resume(&ticket).await?;
+    assert!(a2.resumed());
+    assert_eq!(a2.slot(), a.slot());
+    expect_event(&a, Event::SessionEnded(EndReason::Replaced)).await?;
+    expect_event(&b, Event::PeerReconnecting).await?;
+    expect_event(&b, Event::PeerResumed).await?;
+    assert_media_flows(&a2, &b).await?;
+
+    // The old secret is spent: presenting it again is refused.
+    let client = Client::connect(
+        relay.quic_addr(),
+        token(&relay, "r", "alice", "phone"),
+        opts(&relay),
+    )
+    .await?;
+    match client.resume(&ticket).await {
+        Err(SdkError::Refused(r)) => assert_eq!(r, RefusalReason::ResumeRejected),
+        other => panic!("expected ResumeRejected, got {:?}", other.err()),
+    }
+
+    // A lost connection (closed without Leave): the peer hears PeerReconnecting, then the
+    // device resumes within the window.
+    let ticket = a2.resume_ticket();
+    a2.connection().close(0u32.into(), b"network change");
+    expect_event(&b, Event::PeerReconnecting).await?;
+    let client = Client::connect(
+        relay.quic_addr(),
+        token(&relay, "r", "alice", "phone"),
+        opts(&relay),
+    )
+    .await?;
+    let a3 = client.resume(&ticket).await?;
+    expect_event(&b, Event::PeerResumed).await?;
+    assert_media_flows(&a3, &b).await?;
+    let text = scrape(&relay).await;
+    assert_eq!(metric(&text, "duet_resumes_total"), 2.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn lost_peer_leaves_after_the_resume_window() -> Result<()> {
+    let relay = start_with(|c| c.limits.resume_window_ms = 300).await;
+    let a = sdk_join(&relay, "w", "alice", "phone").await?;
+    let b = sdk_join(&relay, "w", "bob", "laptop").await?;
+    expect_event(&a, Event::PeerJoined).await?;
+    b.connection().close(0u32.into(), b"gone");
+    expect_event(&a, Event::PeerReconnecting).await?;
+    expect_event(&a, Event::PeerLeft(PeerLeftReason::ConnectionLost)).await?;
+    // The slot is free again: someone may take it.
+    let c = sdk_join(&relay, "w", "bob", "laptop").await?;
+    expect_event(&a, Event::PeerJoined).await?;
+    assert_media_flows(&a, &c).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_sessions_end() -> Result<()> {
+    let relay = start_with(|c| c.limits.idle_timeout_ms = 400).await;
+    // Raw clients: the SDK's keep-alives are QUIC-level, which the relay does not count.
+    let (mut a, _) = Raw::join(&relay, "idle", "alice", "phone").await?;
+    let (mut b, _) = Raw::join(&relay, "idle", "bob", "laptop").await?;
+    assert_eq!(a.next().await?, Some(RelayMessage::PeerJoined));
+    assert_eq!(
+        a.next().await?,
+        Some(RelayMessage::SessionEnded(EndReason::IdleTimeout))
+    );
+    assert_eq!(
+        b.next().await?,
+        Some(RelayMessage::SessionEnded(EndReason::IdleTimeout))
+    );
+    assert_eq!(relay.session_count(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn node_session_cap() -> Result<()> {
+    let relay = start_with(|c| c.limits.max_sessions = 1).await;
+    let _a = sdk_join(&relay, "one", "alice", "phone").await?;
+    let t = token(&relay, "two", "bob", "laptop");
+    assert_eq!(refused(&relay, "two", t).await, RefusalReason::NodeFull);
+    // Joining the existing session is still fine.
+    let _b = sdk_join(&relay, "one", "bob", "laptop").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn drain_refuses_new_joins_and_live_sessions_continue_until_the_deadline() -> Result<()> {
+    let relay = start_with(|c| c.drain_deadline_ms = 1500).await;
+    assert_eq!(http_get(relay.ops_addr(), "/readyz").await?.0, 200);
+    assert_eq!(http_get(relay.ops_addr(), "/healthz").await?.0, 200);
+    let a = sdk_join(&relay, "d", "alice", "phone").await?;
+    let b = sdk_join(&relay, "d", "bob", "laptop").await?;
+    expect_event(&a, Event::PeerJoined).await?;
+
+    relay.drain();
+    assert_eq!(http_get(relay.ops_addr(), "/readyz").await?.0, 503);
+    assert_eq!(http_get(relay.ops_addr(), "/healthz").await?.0, 200);
+    let t = token(&relay, "new", "carol", "desk");
+    assert_eq!(
+        refused(&relay, "new", t).await,
+        RefusalReason::RelayDraining
+    );
+    // The live session still forwards media and signals.
+    assert_media_flows(&a, &b).await?;
+    a.send_signal(b"hello").await?;
+    assert_eq!(
+        tokio::time::timeout(STEP, b.recv_signal()).await??.as_ref(),
+        b"hello"
+    );
+    // Then the deadline ends it.
+    expect_event(&a, Event::SessionEnded(EndReason::RelayShutdown)).await?;
+    expect_event(&b, Event::SessionEnded(EndReason::RelayShutdown)).await?;
+    relay.drained().await;
+    assert_eq!(relay.session_count(), 0);
+    let text = scrape(&relay).await;
+    assert_eq!(
+        metric(&text, r#"duet_refusals_total{reason="relay_draining"}"#),
+        1.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_hop_negotiates_x25519mlkem768() -> Result<()> {
+    let relay = start().await;
+    // The SDK client, and a raw quinn client on aws-lc-rs.
+    let _a = sdk_join(&relay, "pq", "alice", "phone").await?;
+    let _raw = Raw::connect(&relay).await?;
+    let text = scrape(&relay).await;
+    let pq = metric(
+        &text,
+        r#"duet_tls_key_exchange_total{group="X25519MLKEM768"}"#,
+    );
+    let classic = metric(&text, r#"duet_tls_key_exchange_total{group="X25519"}"#);
+    assert_eq!(pq, 2.0, "{text}");
+    assert_eq!(classic, 0.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn signals_are_forwarded_verbatim_and_size_limited() -> Result<()> {
+    let relay = start_with(|c| c.limits.max_signal_bytes = 1024).await;
+    let (mut a, _) = Raw::join(&relay, "sig", "alice", "phone").await?;
+    let (mut b, _) = Raw::join(&relay, "sig", "bob", "laptop").await?;
+    assert_eq!(a.next().await?, Some(RelayMessage::PeerJoined));
+    let payload = bytes::Bytes::from((0..1024u32).map(|i| (i * 7) as u8).collect::<Vec<_>>());
+    a.send_msg(&duet_proto::ClientMessage::Signal(payload.clone()))
+        .await?;
+    assert_eq!(b.next().await?, Some(RelayMessage::Signal(payload)));
+    a.send_msg(&duet_proto::ClientMessage::Signal(vec![0u8; 1025].into()))
+        .await?;
+    assert_eq!(
+        a.next().await?,
+        Some(RelayMessage::Dropped(RefusalReason::TooLarge))
+    );
+    a.send_msg(&duet_proto::ClientMessage::Ping(42)).await?;
+    assert_eq!(a.next().await?, Some(RelayMessage::Pong(42)));
+    let text = scrape(&relay).await;
+    assert_eq!(metric(&text, "duet_signals_forwarded_total"), 1.0);
+    assert_eq!(
+        metric(&text, r#"duet_signals_dropped_total{reason="too_large"}"#),
+        1.0
+    );
+    // Large frames through the SDK still cross this relay.
+    let sa = sdk_join(&relay, "big", "alice", "phone").await?;
+    let sb = sdk_join(&relay, "big", "bob", "laptop").await?;
+    expect_event(&sa, Event::PeerJoined).await?;
+    let frame: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    sa.send_media(MediaKind::Video, &frame).await?;
+    let got = tokio::time::timeout(STEP, sb.recv_media()).await;
+    let text = scrape(&relay).await;
+    eprintln!("{:?} {:?}", sa.stats(), sb.stats());
+    eprintln!(
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("dropped") || l.contains("forwarded"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!(
+        "max dgram a {:?} b {:?}",
+        sa.connection().max_datagram_size(),
+        sb.connection().max_datagram_size()
+    );
+    let got = got??;
+    assert_eq!(got.kind, MediaKind::Video);
+    assert_eq!(got.data.as_ref(), frame.as_slice());
+    let text = scrape(&relay).await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"duet_media_dropped_total{reason="too_large_for_peer"}"#
+        ),
+        0.0
+    );
+    Ok(())
+}
