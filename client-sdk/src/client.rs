@@ -47,7 +47,13 @@ fn tls_config(opts: &ConnectOptions) -> Result<rustls::ClientConfig, SdkError> {
     if roots.is_empty() {
         return Err(SdkError::Certificate("the PEM holds no certificate".into()));
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    // Offer the hybrid post-quantum group first whatever rustls' build features say, so
+    // the hop to the relay stays private against a future quantum adversary.
+    provider
+        .kx_groups
+        .sort_by_key(|g| g.name() != rustls::NamedGroup::X25519MLKEM768);
+    let provider = Arc::new(provider);
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| SdkError::Tls(e.to_string()))?
