@@ -73,9 +73,13 @@ struct MintArgs {
     /// Place the session on this relay node only
     #[arg(long)]
     node: Option<NodeId>,
-    /// The E2EE claim: allowed, policy_disabled, user_not_enabled, compliance_recording
-    #[arg(long, default_value = "allowed", value_parser = parse_claim)]
-    e2ee: E2eeClaim,
+    /// Write this E2EE claim as-is instead of evaluating the policy store (testing aid:
+    /// allowed, policy_disabled, user_not_enabled, compliance_recording)
+    #[arg(long, value_parser = parse_claim)]
+    e2ee: Option<E2eeClaim>,
+    /// Policy store to evaluate (default: <data dir>/policy)
+    #[arg(long, value_name = "PATH")]
+    store: Option<PathBuf>,
     /// TOML config file (for its data_dir and token_keys)
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -90,6 +94,13 @@ fn parse_claim(s: &str) -> Result<E2eeClaim, String> {
             "{s:?}: expected allowed, policy_disabled, user_not_enabled or compliance_recording"
         )
     })
+}
+
+fn claim_name(c: E2eeClaim) -> String {
+    serde_json::to_value(c)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn init_tracing() {
@@ -200,6 +211,35 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
         bail!("--ttl must be greater than 0");
     }
     let keys = cfg.load_token_keys()?;
+    let Some(claim) = args.e2ee else {
+        // The normal path: the claim is what the administrator's policy, the user's own
+        // switch and compliance recording say right now.
+        let store_path = args
+            .store
+            .unwrap_or_else(|| duet_relay::policy::default_store_path(&cfg.data_dir));
+        let store = duet_relay::policy::PolicyStore::open(&store_path)?;
+        let (token, eff) = duet_relay::policy::mint_token(
+            &store,
+            &keys[0],
+            args.session,
+            args.user,
+            args.device,
+            args.ttl,
+            args.node,
+        )?;
+        eprintln!(
+            "e2ee claim {}: policy {} ({})",
+            claim_name(eff.claim),
+            eff.policy,
+            eff.source
+        );
+        println!("{token}");
+        return Ok(());
+    };
+    eprintln!(
+        "e2ee claim {} given with --e2ee: policy store not consulted",
+        claim_name(claim)
+    );
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let claims = JoinClaims {
         session: args.session,
@@ -208,7 +248,7 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
         iat: now,
         exp: now + args.ttl.as_secs().max(1),
         node: args.node,
-        e2ee: args.e2ee,
+        e2ee: claim,
     };
     println!("{}", JoinToken::mint(&keys[0], &claims));
     Ok(())

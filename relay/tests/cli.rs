@@ -48,6 +48,65 @@ fn token_mint_creates_the_default_key_and_signs_with_it() {
     assert!(claims.exp >= now + 590 && claims.exp <= now + 601);
 }
 
+/// Without `--e2ee`, the claim comes from the policy store: out of the box Global is
+/// `disabled`; once the administrator allows user override and the user turns E2EE on,
+/// the next token carries `allowed`.
+#[test]
+fn token_mint_evaluates_the_policy_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("policy");
+    let mint = || {
+        let out = bin()
+            .args(["token", "mint", "--session", "s1", "--user", "bob"])
+            .args(["--device", "laptop", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let secret = std::fs::read_to_string(dir.path().join("token-key")).unwrap();
+        let key = TokenKey::new("default", &hex_decode(secret.trim()).unwrap()).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        TokenKeyring::new(vec![key])
+            .verify(&token, now, 0)
+            .unwrap()
+            .e2ee
+    };
+    assert_eq!(mint(), duet_proto::E2eeClaim::PolicyDisabled);
+    let admin = |args: &[&str]| {
+        let out = bin()
+            .args(args)
+            .arg("--store")
+            .arg(&store)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    admin(&[
+        "policy",
+        "set",
+        "Global",
+        "--calling-e2ee",
+        "disabled-user-override",
+    ]);
+    assert_eq!(mint(), duet_proto::E2eeClaim::UserNotEnabled);
+    admin(&["user", "e2ee", "--user", "bob", "on"]);
+    assert_eq!(mint(), duet_proto::E2eeClaim::Allowed);
+    admin(&["user", "compliance-recording", "--user", "bob", "on"]);
+    assert_eq!(mint(), duet_proto::E2eeClaim::ComplianceRecording);
+}
+
 #[test]
 fn bad_config_is_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
