@@ -38,6 +38,8 @@ use crate::tls::{CertPaths, CertStore};
 pub enum RelayError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("policy store: {0}")]
+    PolicyStore(#[from] policy::StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot bind {what} on {addr}: {source}")]
@@ -131,12 +133,44 @@ impl Relay {
                 tracing::error!(error = %e, "ops HTTP server failed");
             }
         }));
-        tracing::info!(%quic_addr, %ops_addr, node = %node, "relay listening");
+        let admin_addr = match (config.admin_listen, config.admin_token()?) {
+            (Some(addr), Some(token)) => {
+                let store = policy::PolicyStore::open(config.policy_store_path())?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| RelayError::Bind {
+                        what: "admin HTTP",
+                        addr,
+                        source,
+                    })?;
+                let bound = listener.local_addr().map_err(|source| RelayError::Bind {
+                    what: "admin HTTP",
+                    addr,
+                    source,
+                })?;
+                let router = policy::router(store, token);
+                let mut stop = shared.shutdown.subscribe();
+                tasks.push(tokio::spawn(async move {
+                    let served = axum::serve(listener, router)
+                        .with_graceful_shutdown(async move {
+                            let _ = stop.changed().await;
+                        })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "admin HTTP server failed");
+                    }
+                }));
+                Some(bound)
+            }
+            _ => None,
+        };
+        tracing::info!(%quic_addr, %ops_addr, ?admin_addr, node = %node, "relay listening");
         Ok(RelayHandle {
             shared,
             endpoint,
             quic_addr,
             ops_addr,
+            admin_addr,
             store,
             keys,
             node,
@@ -150,6 +184,7 @@ pub struct RelayHandle {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     quic_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     ops_addr: SocketAddr,
     store: Arc<CertStore>,
     keys: Vec<TokenKey>,
@@ -166,6 +201,11 @@ impl RelayHandle {
     /// The bound ops HTTP address.
     pub fn ops_addr(&self) -> SocketAddr {
         self.ops_addr
+    }
+
+    /// The admin HTTP API's address, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// PEM of the certificate chain in use (for clients to trust a self-signed one).

@@ -214,9 +214,7 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
     let Some(claim) = args.e2ee else {
         // The normal path: the claim is what the administrator's policy, the user's own
         // switch and compliance recording say right now.
-        let store_path = args
-            .store
-            .unwrap_or_else(|| duet_relay::policy::default_store_path(&cfg.data_dir));
+        let store_path = args.store.unwrap_or_else(|| cfg.policy_store_path());
         let store = duet_relay::policy::PolicyStore::open(&store_path)?;
         let (token, eff) = duet_relay::policy::mint_token(
             &store,
