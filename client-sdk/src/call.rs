@@ -3,7 +3,15 @@
 //! Two background tasks drive it: one reads the control stream and dispatches what the
 //! relay says, one reads datagrams and reassembles frames. The app's calls (`send_media`,
 //! `recv_media`, `send_signal`, ...) only touch channels and the connection. This module
-//! does not encrypt: the E2EE layer seals a frame before `send_media` splits it.
+//! On an end-to-end encrypted call (`Client::join_e2ee`) `send_media` seals each whole
+//! frame once with the call's [`FrameSealer`] and then splits it; the media task opens each
+//! reassembled frame with the [`FrameOpener`] and drops (and counts) any that fail. Without
+//! keys (plain `join`) frames are carried as given.
+//!
+//! Frames that arrive before this side holds its opener (slot A: the peer may send its
+//! first frames before A has processed `Finished`) are buffered, up to
+//! [`MAX_FRAMES_BEFORE_KEYS`], and opened once the keys are in; beyond that the oldest are
+//! dropped and counted in [`E2eeStats::dropped_before_keys`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -20,6 +28,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::client::ResumeTicket;
+use crate::e2ee::{
+    Established, FrameOpener, FrameSealer, IdentityCheck, PeerIdentity, RecvStats, SecurityCode,
+};
 use crate::error::SdkError;
 use crate::fragment::{Fragmenter, MediaFrame, Reassembler};
 use crate::options::ConnectOptions;
@@ -40,6 +51,71 @@ pub enum Event {
     SessionEnded(EndReason),
     /// The connection closed; the text says why.
     Disconnected(String),
+    /// The keys are agreed: the call is end-to-end encrypted from here on. The first event
+    /// an app sees on a call from `Client::join_e2ee`.
+    E2eeEstablished {
+        code: SecurityCode,
+        identity_check: IdentityCheck,
+    },
+    /// The peer's long-term identity key differs from the one pinned in
+    /// `CallOptions::pinned_peer`: ask the user to compare the security code again.
+    PeerIdentityChanged {
+        peer: PeerIdentity,
+    },
+    /// Media keys rolled over to a new epoch: `by_peer` for the peer's sending keys (seen on
+    /// its first frame of the new epoch), otherwise this side's (on demand or on schedule).
+    Rekeyed {
+        by_peer: bool,
+        epoch: u64,
+    },
+}
+
+/// Frames kept while waiting for the keys (see the module docs).
+pub const MAX_FRAMES_BEFORE_KEYS: usize = 64;
+
+/// End-to-end encryption counters of one call. Rejected frames are never delivered.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct E2eeStats {
+    pub frames_sealed: u64,
+    pub frames_opened: u64,
+    /// This side's epochs started after the first (on demand or on schedule).
+    pub rekeys_sent: u64,
+    /// The peer's new epochs seen.
+    pub rekeys_received: u64,
+    /// Failed authentication: flipped bits, forged frames, wrong key.
+    pub rejected_tampered: u64,
+    /// Already seen, or older than the replay window.
+    pub rejected_replayed: u64,
+    /// An epoch older than the current one, past its grace period.
+    pub rejected_stale_epoch: u64,
+    /// A KID that is not the peer's direction, or too far ahead.
+    pub rejected_unknown_kid: u64,
+    /// Not an SFrame frame at all.
+    pub rejected_malformed: u64,
+    /// Frames that arrived before the keys and were opened once they were in.
+    pub buffered_before_keys: u64,
+    /// Frames that arrived before the keys and were dropped (buffer full).
+    pub dropped_before_keys: u64,
+}
+
+impl E2eeStats {
+    /// Every frame dropped by the E2EE layer.
+    pub fn rejected(&self) -> u64 {
+        self.rejected_tampered
+            + self.rejected_replayed
+            + self.rejected_stale_epoch
+            + self.rejected_unknown_kid
+            + self.rejected_malformed
+            + self.dropped_before_keys
+    }
+}
+
+/// The sending half of an established E2EE call, and what the handshake proved.
+struct E2eeSend {
+    sealer: Mutex<FrameSealer>,
+    code: SecurityCode,
+    peer: PeerIdentity,
+    identity_check: IdentityCheck,
 }
 
 /// Counters of one call, monotonically increasing.
@@ -80,6 +156,12 @@ struct Shared {
     conn: quinn::Connection,
     counters: Counters,
     waiters: Mutex<Waiters>,
+    recv_e2ee: Mutex<RecvStats>,
+    buffered_before_keys: AtomicU64,
+    dropped_before_keys: AtomicU64,
+    /// Copies of every received datagram, before reassembly and opening (`tap_raw`).
+    tap: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
+    tapping: std::sync::atomic::AtomicBool,
 }
 
 /// A joined call. Dropping it closes the connection without `Leave`, which the relay
@@ -97,6 +179,12 @@ pub struct Call {
     next_ping: AtomicU64,
     request_timeout: Duration,
     tasks: [JoinHandle<()>; 2],
+    event_tx: mpsc::Sender<Event>,
+    /// Whether media must be sealed (a call from `join_e2ee`): then no media moves until
+    /// `e2ee` is set.
+    e2ee_required: bool,
+    e2ee: std::sync::OnceLock<E2eeSend>,
+    opener_tx: Mutex<Option<oneshot::Sender<FrameOpener>>>,
 }
 
 impl Call {
@@ -108,26 +196,40 @@ impl Call {
         decoder: FrameDecoder,
         joined: Joined,
         opts: &ConnectOptions,
+        e2ee_required: bool,
     ) -> Call {
         let shared = Arc::new(Shared {
             conn,
             counters: Counters::default(),
             waiters: Mutex::new(Waiters::default()),
+            recv_e2ee: Mutex::new(RecvStats::default()),
+            buffered_before_keys: AtomicU64::new(0),
+            dropped_before_keys: AtomicU64::new(0),
+            tap: Mutex::new(None),
+            tapping: std::sync::atomic::AtomicBool::new(false),
         });
         let (event_tx, event_rx) = mpsc::channel(256);
         let (signal_tx, signal_rx) = mpsc::channel(256);
         let (media_tx, media_rx) = mpsc::channel(1024);
+        let (opener_tx, opener_rx) = if e2ee_required {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let control = tokio::spawn(control_task(
             shared.clone(),
             recv,
             decoder,
-            event_tx,
+            event_tx.clone(),
             signal_tx,
         ));
         let media = tokio::spawn(media_task(
             shared.clone(),
             media_tx,
             opts.reassembly_timeout,
+            opener_rx,
+            event_tx.clone(),
         ));
         Call {
             shared,
@@ -141,7 +243,128 @@ impl Call {
             next_ping: AtomicU64::new(1),
             request_timeout: opts.join_timeout,
             tasks: [control, media],
+            event_tx,
+            e2ee_required,
+            e2ee: std::sync::OnceLock::new(),
+            opener_tx: Mutex::new(opener_tx),
         }
+    }
+
+    /// Installs the agreed keys: the opener goes to the media task, the sealer to
+    /// `send_media`. Emits `E2eeEstablished` (and `PeerIdentityChanged` when it did).
+    pub(crate) fn install_e2ee(&self, est: Established) -> Result<(), SdkError> {
+        let Established {
+            code,
+            peer,
+            identity_check,
+            sealer,
+            opener,
+            ..
+        } = est;
+        let tx = self
+            .opener_tx
+            .lock()
+            .map_err(|_| SdkError::Closed)?
+            .take()
+            .ok_or(SdkError::Closed)?;
+        tx.send(opener).map_err(|_| SdkError::Closed)?;
+        let _ = self.event_tx.try_send(Event::E2eeEstablished {
+            code: code.clone(),
+            identity_check,
+        });
+        if identity_check == IdentityCheck::Changed {
+            let _ = self.event_tx.try_send(Event::PeerIdentityChanged { peer });
+        }
+        self.e2ee
+            .set(E2eeSend {
+                sealer: Mutex::new(sealer),
+                code,
+                peer,
+                identity_check,
+            })
+            .map_err(|_| SdkError::Protocol("keys installed twice".into()))
+    }
+
+    /// The locked event and signal receivers, for the E2EE handshake driver.
+    pub(crate) async fn handshake_channels(
+        &self,
+    ) -> (
+        tokio::sync::MutexGuard<'_, mpsc::Receiver<Event>>,
+        tokio::sync::MutexGuard<'_, mpsc::Receiver<Bytes>>,
+    ) {
+        (self.events.lock().await, self.signals.lock().await)
+    }
+
+    /// Whether this call is end-to-end encrypted (keys agreed).
+    pub fn is_e2ee(&self) -> bool {
+        self.e2ee.get().is_some()
+    }
+
+    /// The security code both users compare (read aloud, four groups of five digits):
+    /// equal on both sides exactly when no one sits in the middle. `None` on a plain call.
+    pub fn security_code(&self) -> Option<&SecurityCode> {
+        self.e2ee.get().map(|e| &e.code)
+    }
+
+    /// The peer's long-term identity fingerprint: pin it (`CallOptions::pinned_peer`) once
+    /// the users compared the code, so a changed key is reported next time.
+    pub fn peer_identity(&self) -> Option<PeerIdentity> {
+        self.e2ee.get().map(|e| e.peer)
+    }
+
+    /// The peer's identity against the pin given in `CallOptions::pinned_peer`.
+    pub fn identity_check(&self) -> Option<IdentityCheck> {
+        self.e2ee.get().map(|e| e.identity_check)
+    }
+
+    /// Starts a new sending epoch now (new key, new KID). Frames of the old epoch still in
+    /// flight are accepted by the peer during a grace period. Returns the new epoch.
+    pub fn rekey(&self) -> Result<u64, SdkError> {
+        let e = self.e2ee.get().ok_or(SdkError::E2eeNotEstablished)?;
+        let epoch = e
+            .sealer
+            .lock()
+            .map_err(|_| SdkError::Closed)?
+            .rekey(Instant::now())?;
+        let _ = self.event_tx.try_send(Event::Rekeyed {
+            by_peer: false,
+            epoch,
+        });
+        Ok(epoch)
+    }
+
+    /// E2EE counters; `None` on a plain call.
+    pub fn e2ee_stats(&self) -> Option<E2eeStats> {
+        let e = self.e2ee.get()?;
+        let send = e.sealer.lock().ok()?.stats();
+        let recv = *self.shared.recv_e2ee.lock().ok()?;
+        Some(E2eeStats {
+            frames_sealed: send.frames_sealed,
+            frames_opened: recv.frames_opened,
+            rekeys_sent: send.rekeys,
+            rekeys_received: recv.rekeys,
+            rejected_tampered: recv.auth_failed,
+            rejected_replayed: recv.replayed,
+            rejected_stale_epoch: recv.stale_epoch,
+            rejected_unknown_kid: recv.unknown_kid,
+            rejected_malformed: recv.malformed,
+            buffered_before_keys: self.shared.buffered_before_keys.load(Relaxed),
+            dropped_before_keys: self.shared.dropped_before_keys.load(Relaxed),
+        })
+    }
+
+    /// Copies of every datagram this endpoint receives from now on, exactly as the relay
+    /// forwarded them (before reassembly and decryption). For tests and diagnostics: on an
+    /// E2EE call it shows what the relay could see.
+    pub fn tap_raw(&self) -> mpsc::UnboundedReceiver<Bytes> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut t) = self.shared.tap.lock() {
+            *t = Some(tx);
+        }
+        self.shared
+            .tapping
+            .store(true, std::sync::atomic::Ordering::Release);
+        rx
     }
 
     pub fn session(&self) -> &SessionId {
@@ -183,12 +406,34 @@ impl Call {
         self.events.lock().await.recv().await
     }
 
-    /// Sends one media frame (up to 1 MiB), split into datagrams that fit the path now.
+    /// Sends one media frame (up to 1 MiB, less the SFrame overhead on an E2EE call),
+    /// split into datagrams that fit the path now. On an E2EE call the whole frame is
+    /// sealed once first; the relay sees its kind, size and timing, not its content.
     pub async fn send_media(&self, kind: MediaKind, frame: &[u8]) -> Result<(), SdkError> {
         let conn = &self.shared.conn;
         let max = conn
             .max_datagram_size()
             .ok_or(SdkError::DatagramsUnsupported)?;
+        let sealed;
+        let frame = if self.e2ee_required {
+            let e = self.e2ee.get().ok_or(SdkError::E2eeNotEstablished)?;
+            let mut out = Vec::with_capacity(frame.len() + 64);
+            let (before, after) = {
+                let mut sealer = e.sealer.lock().map_err(|_| SdkError::Closed)?;
+                let before = sealer.epoch();
+                (before, sealer.seal_into(Instant::now(), frame, &mut out)?)
+            };
+            if after != before {
+                let _ = self.event_tx.try_send(Event::Rekeyed {
+                    by_peer: false,
+                    epoch: after,
+                });
+            }
+            sealed = out;
+            &sealed[..]
+        } else {
+            frame
+        };
         let pieces = self
             .fragmenter
             .lock()
@@ -390,9 +635,53 @@ async fn dispatch(
     let _ = events.send(event).await;
 }
 
-async fn media_task(shared: Arc<Shared>, frames: mpsc::Sender<MediaFrame>, timeout: Duration) {
+/// Opens one reassembled frame; `None` = dropped (counted by the opener).
+fn open_frame(
+    shared: &Shared,
+    opener: &mut FrameOpener,
+    events: &mpsc::Sender<Event>,
+    frame: MediaFrame,
+) -> Option<MediaFrame> {
+    let mut out = Vec::with_capacity(frame.data.len());
+    let res = opener.open_into(Instant::now(), &frame.data, &mut out);
+    if let Ok(mut s) = shared.recv_e2ee.lock() {
+        *s = opener.stats();
+    }
+    match res {
+        Ok(opened) => {
+            if opened.switched_epoch {
+                let _ = events.try_send(Event::Rekeyed {
+                    by_peer: true,
+                    epoch: opened.epoch,
+                });
+            }
+            Some(MediaFrame {
+                kind: frame.kind,
+                data: out.into(),
+            })
+        }
+        Err(e) => {
+            tracing::debug!(
+                reason = e.as_str(),
+                "dropped a media frame that did not open"
+            );
+            None
+        }
+    }
+}
+
+async fn media_task(
+    shared: Arc<Shared>,
+    frames: mpsc::Sender<MediaFrame>,
+    timeout: Duration,
+    mut opener_rx: Option<oneshot::Receiver<FrameOpener>>,
+    events: mpsc::Sender<Event>,
+) {
     let mut reassembler = Reassembler::new(timeout);
     let c = &shared.counters;
+    // E2EE: frames wait here until the opener arrives.
+    let mut opener: Option<FrameOpener> = None;
+    let mut early: VecDeque<MediaFrame> = VecDeque::new();
     loop {
         let deadline = reassembler.next_deadline();
         let expiry = async {
@@ -401,14 +690,54 @@ async fn media_task(shared: Arc<Shared>, frames: mpsc::Sender<MediaFrame>, timeo
                 None => std::future::pending().await,
             }
         };
+        let keys = async {
+            match opener_rx.as_mut() {
+                Some(rx) => rx.await.ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            got = keys => {
+                opener_rx = None;
+                let Some(mut o) = got else { return };
+                while let Some(frame) = early.pop_front() {
+                    shared.buffered_before_keys.fetch_add(1, Relaxed);
+                    if let Some(f) = open_frame(&shared, &mut o, &events, frame) {
+                        if frames.send(f).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                opener = Some(o);
+            }
             datagram = shared.conn.read_datagram() => {
                 let Ok(datagram) = datagram else { return };
                 c.datagrams_received.fetch_add(1, Relaxed);
+                if shared.tapping.load(std::sync::atomic::Ordering::Acquire) {
+                    if let Ok(t) = shared.tap.lock() {
+                        if let Some(t) = t.as_ref() {
+                            let _ = t.send(datagram.clone());
+                        }
+                    }
+                }
                 if let Ok(Some(frame)) = reassembler.push(datagram, Instant::now()) {
                     c.frames_received.fetch_add(1, Relaxed);
-                    if frames.send(frame).await.is_err() {
-                        return;
+                    let frame = if let Some(o) = opener.as_mut() {
+                        open_frame(&shared, o, &events, frame)
+                    } else if opener_rx.is_some() {
+                        if early.len() >= MAX_FRAMES_BEFORE_KEYS {
+                            early.pop_front();
+                            shared.dropped_before_keys.fetch_add(1, Relaxed);
+                        }
+                        early.push_back(frame);
+                        None
+                    } else {
+                        Some(frame)
+                    };
+                    if let Some(frame) = frame {
+                        if frames.send(frame).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }

@@ -1,6 +1,8 @@
 //! The SDK's error type: every way a connect, join or call operation can fail.
 
-use duet_proto::{CodecError, RefusalReason};
+use duet_proto::{CodecError, PeerLeftReason, RefusalReason};
+
+use crate::e2ee::{E2eeUnavailable, HandshakeError, SealError};
 
 use crate::fragment::FragmentError;
 
@@ -38,4 +40,24 @@ pub enum SdkError {
     SignalTooLarge { len: usize, max: usize },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// This call cannot be end-to-end encrypted (a side did not opt in, or policy forbids
+    /// it). No media was sent. The app may fall back to its ordinary call path, knowingly.
+    #[error(transparent)]
+    E2eeUnavailable(#[from] E2eeUnavailable),
+    /// The key agreement failed (tampered, reordered or malformed handshake messages, a
+    /// bad signature or confirmation). No media was sent; the call was left.
+    #[error("the end-to-end key agreement failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The peer left before the keys were agreed.
+    #[error("the peer left before the keys were agreed: {0:?}")]
+    PeerLeft(PeerLeftReason),
+    /// The join token cannot be read (the SDK reads its claims, unverified, to learn the
+    /// E2EE policy claim).
+    #[error("the join token is unreadable: {0}")]
+    Token(String),
+    /// Media on an E2EE call before the keys are agreed (never sent in the clear).
+    #[error("the end-to-end keys are not agreed yet")]
+    E2eeNotEstablished,
+    #[error("sealing a frame failed: {0}")]
+    Seal(#[from] SealError),
 }

@@ -166,6 +166,10 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
         }
         println!("  quic        {}", relay.quic_addr());
         println!("  ops http    http://{}/metrics /healthz /readyz", relay.ops_addr());
+        if let Some(admin) = relay.admin_addr() {
+            println!("  admin api   http://{admin}/v1/ (bearer credential from admin_token_file)");
+        }
+        println!("  policy      {}", relay.config().policy_store_path().display());
 
         #[cfg(unix)]
         {
