@@ -191,9 +191,7 @@ impl Call {
     pub(crate) fn start(
         endpoint: quinn::Endpoint,
         conn: quinn::Connection,
-        send: quinn::SendStream,
-        recv: quinn::RecvStream,
-        decoder: FrameDecoder,
+        (send, recv, decoder): (quinn::SendStream, quinn::RecvStream, FrameDecoder),
         joined: Joined,
         opts: &ConnectOptions,
         e2ee_required: bool,

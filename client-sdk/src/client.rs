@@ -14,8 +14,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use crate::call::Call;
+use crate::e2ee::{E2eeUnavailable, UnavailableReason};
 use crate::error::SdkError;
 use crate::options::ConnectOptions;
+use crate::secure::{self, E2eeConfig};
 
 /// What a device keeps to take its place in a session back on a new connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,14 +109,61 @@ impl Client {
         &self.conn
     }
 
-    /// Joins `session`. The token must be for it.
+    /// Joins `session` on the plain transport: media frames are carried as given, with no
+    /// end-to-end encryption (the hop to the relay is still TLS 1.3). For apps that
+    /// encrypt themselves, tests and load generation; calls use [`Client::join_e2ee`].
     pub async fn join(self, session: SessionId) -> Result<Call, SdkError> {
-        self.join_inner(session, None).await
+        self.join_inner(session, None, false).await
     }
 
-    /// Takes this device's place back in the ticket's session on this new connection.
+    /// The claims of this client's token, as the SDK reads them (unverified; the relay
+    /// verifies).
+    pub fn token_claims(&self) -> Result<duet_proto::JoinClaims, SdkError> {
+        secure::token_claims(&self.token)
+    }
+
+    /// Joins `session` and agrees end-to-end keys with the peer: returns once the peer has
+    /// joined and the handshake succeeded, so every frame of the call is sealed. The E2EE
+    /// policy claim is read from the token (the app cannot misstate it).
+    ///
+    /// Errors, all with no media sent or delivered:
+    /// * [`SdkError::E2eeUnavailable`]: this user's token or options do not allow E2EE
+    ///   (`PolicyDisabled`, `ComplianceRecording`, `UserNotEnabled`), or the peer's do
+    ///   (`PeerNotEnabled`, with the peer's stated reason). The app may fall back to its
+    ///   ordinary call path, knowingly.
+    /// * [`SdkError::Handshake`]: the key agreement failed (tampering, bad signature...).
+    /// * [`SdkError::Timeout`]: no peer or no agreement within `handshake_timeout`.
+    /// * [`SdkError::PeerLeft`]: the peer left during the handshake.
+    ///
+    /// Events seen during the handshake (`PeerJoined`) are consumed; the call's first event
+    /// is [`crate::Event::E2eeEstablished`].
+    pub async fn join_e2ee(self, session: SessionId, cfg: E2eeConfig) -> Result<Call, SdkError> {
+        let claim = self.token_claims()?.e2ee;
+        let call = match self.join_inner(session, None, true).await {
+            // The relay refuses joins whose claim forbids E2EE (and tells a waiting peer).
+            Err(SdkError::Refused(r)) if Some(r) == claim.refusal() => {
+                let reason = UnavailableReason::from_claim(claim).ok_or(SdkError::Refused(r))?;
+                return Err(E2eeUnavailable::local(reason).into());
+            }
+            other => other?,
+        };
+        match secure::handshake(&call, cfg, claim).await {
+            Ok(est) => {
+                call.install_e2ee(est)?;
+                Ok(call)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no end-to-end encrypted call");
+                let _ = call.leave().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes this device's place back in the ticket's session on this new connection
+    /// (plain transport; see [`Client::join`]).
     pub async fn resume(self, ticket: &ResumeTicket) -> Result<Call, SdkError> {
-        self.join_inner(ticket.session.clone(), Some(ticket.secret.clone()))
+        self.join_inner(ticket.session.clone(), Some(ticket.secret.clone()), false)
             .await
     }
 
@@ -122,6 +171,7 @@ impl Client {
         self,
         session: SessionId,
         resume: Option<ResumeSecret>,
+        e2ee: bool,
     ) -> Result<Call, SdkError> {
         let started = Instant::now();
         let Client {
@@ -167,7 +217,12 @@ impl Client {
             "joined"
         );
         Ok(Call::start(
-            endpoint, conn, send, recv, decoder, joined, &opts,
+            endpoint,
+            conn,
+            (send, recv, decoder),
+            joined,
+            &opts,
+            e2ee,
         ))
     }
 }

@@ -1,21 +1,61 @@
-//! duet-sdk: the client side of Duet.
+//! duet-sdk: the client side of Duet, a relay for end-to-end encrypted one-to-one calls.
 //!
 //! `Client::connect` reaches a relay over QUIC (TLS 1.3 on aws-lc-rs, hybrid
-//! post-quantum key exchange on the hop), `join` enters a session, and the `Call` carries
-//! events, opaque signals, feature requests and media frames of any size up to 1 MiB.
+//! post-quantum key exchange on the hop). [`Client::join_e2ee`] enters a session and agrees
+//! end-to-end keys with the peer through the relay's opaque signals (hybrid X25519 +
+//! ML-KEM-768, signed with each user's long-term [`IdentityKey`]); every media frame is
+//! then sealed with SFrame (RFC 9605) before it is split into datagrams, so the relay
+//! forwards only ciphertext. It still sees each frame's kind, size and timing.
+//!
+//! Both users must opt in: this user's [`CallOptions::e2ee`] and the E2EE claim in the join
+//! token (read by the SDK itself). When either side cannot, `join_e2ee` fails with a typed
+//! [`SdkError::E2eeUnavailable`] and no media has moved: never a silent downgrade.
 //!
 //! ```no_run
-//! # async fn demo(relay: std::net::SocketAddr, cert_pem: Vec<u8>, token: String) -> Result<(), duet_sdk::SdkError> {
-//! use duet_sdk::{Client, ConnectOptions};
+//! # async fn demo(relay: std::net::SocketAddr, cert_pem: Vec<u8>, token: String,
+//! #               saved_pkcs8: Vec<u8>) -> Result<(), duet_sdk::SdkError> {
+//! use std::sync::Arc;
 //! use duet_proto::{MediaKind, SessionId};
+//! use duet_sdk::{Client, ConnectOptions, E2eeConfig, Event, IdentityKey, SdkError};
 //!
+//! // The user's long-term identity, kept by the app across calls.
+//! let identity = Arc::new(IdentityKey::from_pkcs8(&saved_pkcs8).expect("a stored key"));
 //! let client = Client::connect(relay, token, ConnectOptions::trusting(cert_pem)).await?;
-//! let call = client.join(SessionId::new("call-1").unwrap()).await?;
-//! call.send_media(MediaKind::Audio, b"an opaque frame").await?;
-//! let frame = call.recv_media().await?;
+//! let call = match client
+//!     .join_e2ee(SessionId::new("call-1").unwrap(), E2eeConfig::new(identity))
+//!     .await
+//! {
+//!     Ok(call) => call,
+//!     Err(SdkError::E2eeUnavailable(why)) => {
+//!         // Not an E2EE call (why.reason says who and why): the app decides, knowingly.
+//!         println!("no end-to-end encryption: {why}");
+//!         return Ok(());
+//!     }
+//!     Err(e) => return Err(e),
+//! };
+//! // Both users compare this code (read aloud); equal codes mean no one is in the middle.
+//! println!("security code: {}", call.security_code().expect("an E2EE call"));
+//! // Pin this after the users compared codes; pass it in `CallOptions::pinned_peer` next time.
+//! let _fingerprint = call.peer_identity().map(|p| p.to_hex());
+//!
+//! call.send_media(MediaKind::Audio, b"20 ms of audio").await?; // sealed, then split
+//! let frame = call.recv_media().await?; // reassembled, then opened
+//! assert_eq!(frame.kind, MediaKind::Audio);
+//! call.rekey()?; // new key and KID on demand (also on a schedule)
+//! while let Ok(Some(ev)) =
+//!     tokio::time::timeout(std::time::Duration::from_millis(10), call.next_event()).await
+//! {
+//!     if let Event::PeerIdentityChanged { .. } = ev {
+//!         println!("the peer's identity key changed: compare the code again");
+//!     }
+//! }
+//! println!("{:?}", call.e2ee_stats()); // tampered / replayed / stale / unknown-KID drops
 //! call.leave().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! [`Client::join`] is the plain transport (no E2EE), used by the relay's tests and load
+//! generator.
 
 pub mod call;
 pub mod client;
@@ -23,9 +63,15 @@ pub mod e2ee;
 pub mod error;
 pub mod fragment;
 pub mod options;
+pub mod secure;
 
-pub use call::{Call, CallStats, Event};
+pub use call::{Call, CallStats, E2eeStats, Event, MAX_FRAMES_BEFORE_KEYS};
 pub use client::{Client, ResumeTicket};
+pub use e2ee::{
+    CallOptions, CipherSuite, E2eeUnavailable, HandshakeError, IdentityCheck, IdentityKey,
+    PeerIdentity, RekeyPolicy, SecurityCode, UnavailableReason,
+};
 pub use error::SdkError;
 pub use fragment::{MediaFrame, MAX_FRAME};
 pub use options::ConnectOptions;
+pub use secure::{token_claims, E2eeConfig};

@@ -1,0 +1,167 @@
+//! Driving the E2EE handshake over a joined call: the seam between the transport
+//! (`Call`'s signals and events) and the sans-IO core in [`crate::e2ee`].
+//!
+//! Owns: reading the token's E2EE claim, waiting for the peer, sending and receiving the
+//! handshake messages, mapping every outcome to a typed [`SdkError`]. Media keys are
+//! installed into the `Call` by `Client::join_e2ee` only when this returns `Established`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use duet_proto::{E2eeClaim, JoinClaims};
+
+use crate::call::{Call, Event};
+use crate::e2ee::{
+    CallOptions, E2eeUnavailable, Established, Handshake, HandshakeConfig, IdentityKey, Role,
+    Start, Step,
+};
+use crate::error::SdkError;
+
+/// What `Client::join_e2ee` needs besides the session.
+#[derive(Debug, Clone)]
+pub struct E2eeConfig {
+    /// This user's long-term identity key (the app keeps it across calls: PKCS#8 from
+    /// [`IdentityKey::to_pkcs8`]).
+    pub identity: Arc<IdentityKey>,
+    /// The user's choices for this call (E2EE on, pinned peer, suite, rekey schedule).
+    pub options: CallOptions,
+    /// How long `join_e2ee` waits for the peer to join and the keys to be agreed.
+    pub handshake_timeout: Duration,
+}
+
+impl E2eeConfig {
+    /// E2EE on with default options and a 30 s handshake timeout.
+    pub fn new(identity: Arc<IdentityKey>) -> Self {
+        Self {
+            identity,
+            options: CallOptions::default(),
+            handshake_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The claims of a join token, read without verifying its MAC (the relay verifies it; the
+/// SDK only needs to know what the token says, so the app cannot misstate its claim).
+pub fn token_claims(token: &str) -> Result<JoinClaims, SdkError> {
+    let part = token
+        .split('.')
+        .nth(2)
+        .ok_or_else(|| SdkError::Token("expected duet1.<kid>.<claims>.<mac>".into()))?;
+    let json = B64
+        .decode(part)
+        .map_err(|_| SdkError::Token("claims are not base64url".into()))?;
+    serde_json::from_slice(&json).map_err(|e| SdkError::Token(e.to_string()))
+}
+
+/// Runs the handshake on a freshly joined call. `Ok` only with agreed keys.
+pub(crate) async fn handshake(
+    call: &Call,
+    cfg: E2eeConfig,
+    claim: E2eeClaim,
+) -> Result<Established, SdkError> {
+    let hcfg = HandshakeConfig {
+        role: Role::from_slot(call.slot()),
+        identity: cfg.identity,
+        context: call.session().as_str().as_bytes().to_vec(),
+        claim,
+        options: cfg.options,
+    };
+    let mut peer_present = call.peer_present_at_join();
+    let (mut events, mut signals) = call.handshake_channels().await;
+    match Handshake::start(hcfg)? {
+        Start::Declined { send, unavailable } => {
+            // Tell the peer (once it is there) so its SDK fails cleanly, then give up.
+            let wait = async {
+                while !peer_present {
+                    match events.recv().await {
+                        Some(Event::PeerJoined) => peer_present = true,
+                        Some(Event::PeerE2eeUnavailable(_)) | None => return false,
+                        Some(_) => {}
+                    }
+                }
+                true
+            };
+            if tokio::time::timeout(cfg.handshake_timeout, wait)
+                .await
+                .unwrap_or(false)
+            {
+                call.send_signal(&send).await?;
+            }
+            Err(SdkError::E2eeUnavailable(unavailable))
+        }
+        Start::Proceed {
+            mut handshake,
+            send,
+        } => {
+            let mut commit = send;
+            let run = async {
+                if peer_present {
+                    if let Some(m) = commit.take() {
+                        call.send_signal(&m).await?;
+                    }
+                }
+                loop {
+                    tokio::select! {
+                        biased;
+                        sig = signals.recv() => {
+                            let sig = sig.ok_or(SdkError::Closed)?;
+                            if let Some(est) = on_signal(call, &mut handshake, &sig).await? {
+                                return Ok(est);
+                            }
+                        }
+                        ev = events.recv() => match ev.ok_or(SdkError::Closed)? {
+                            Event::PeerJoined => {
+                                if let Some(m) = commit.take() {
+                                    call.send_signal(&m).await?;
+                                }
+                            }
+                            Event::PeerE2eeUnavailable(c) => {
+                                return Err(E2eeUnavailable::from_peer_claim(c).into());
+                            }
+                            Event::PeerLeft(r) => {
+                                // Its last signals (a Decline) may be queued behind.
+                                while let Ok(sig) = signals.try_recv() {
+                                    if let Some(est) =
+                                        on_signal(call, &mut handshake, &sig).await?
+                                    {
+                                        return Ok(est);
+                                    }
+                                }
+                                return Err(SdkError::PeerLeft(r));
+                            }
+                            Event::SessionEnded(_) | Event::Disconnected(_) => {
+                                return Err(SdkError::Closed);
+                            }
+                            _ => {}
+                        },
+                    }
+                }
+            };
+            tokio::time::timeout(cfg.handshake_timeout, run)
+                .await
+                .map_err(|_| SdkError::Timeout("the end-to-end key agreement"))?
+        }
+    }
+}
+
+async fn on_signal(
+    call: &Call,
+    handshake: &mut Handshake,
+    sig: &[u8],
+) -> Result<Option<Established>, SdkError> {
+    match handshake.on_signal(sig)? {
+        Step::Send(m) => {
+            call.send_signal(&m).await?;
+            Ok(None)
+        }
+        Step::Established { send, established } => {
+            if let Some(m) = send {
+                call.send_signal(&m).await?;
+            }
+            Ok(Some(*established))
+        }
+        Step::Unavailable(u) => Err(u.into()),
+    }
+}

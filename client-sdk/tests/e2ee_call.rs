@@ -1,0 +1,353 @@
+//! End-to-end encrypted calls over a real in-process relay and real QUIC: the security
+//! code, frames of each kind intact, the opt-in matrix, rekey mid-call, and that the bytes
+//! the relay forwards hold none of the plaintext.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use duet_proto::{DeviceId, E2eeClaim, JoinClaims, JoinToken, MediaKind, SessionId, UserId};
+use duet_relay::{Config, LimitsConfig, Relay, RelayHandle};
+use duet_sdk::{
+    Call, CallOptions, Client, ConnectOptions, E2eeConfig, E2eeUnavailable, Event, IdentityKey,
+    SdkError, UnavailableReason,
+};
+
+const STEP: Duration = Duration::from_secs(10);
+
+struct TestRelay {
+    relay: RelayHandle,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> TestRelay {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        data_dir: dir.path().to_owned(),
+        node_id: "test-node".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ops_listen: "127.0.0.1:0".parse().unwrap(),
+        limits: LimitsConfig {
+            media_packets_per_sec: 1_000_000,
+            media_bytes_per_sec: 1_000_000_000,
+            signals_per_sec: 1000,
+            join_timeout_ms: 2_000,
+            idle_timeout_ms: 20_000,
+            resume_window_ms: 5_000,
+            ..LimitsConfig::default()
+        },
+        ..Config::default()
+    };
+    let relay = Relay::start(cfg).await.expect("relay starts");
+    TestRelay { relay, _dir: dir }
+}
+
+fn token(relay: &RelayHandle, session: &str, user: &str, claim: E2eeClaim) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    JoinToken::mint(
+        relay.token_key(),
+        &JoinClaims {
+            session: SessionId::new(session).unwrap(),
+            user: UserId::new(user).unwrap(),
+            device: DeviceId::new(format!("{user}-phone")).unwrap(),
+            iat: now,
+            exp: now + 600,
+            node: None,
+            e2ee: claim,
+        },
+    )
+}
+
+fn cfg(on: bool) -> E2eeConfig {
+    E2eeConfig {
+        options: CallOptions {
+            e2ee: on,
+            ..CallOptions::default()
+        },
+        handshake_timeout: STEP,
+        ..E2eeConfig::new(Arc::new(IdentityKey::generate().unwrap()))
+    }
+}
+
+async fn join(
+    relay: &RelayHandle,
+    session: &str,
+    user: &str,
+    claim: E2eeClaim,
+    cfg: E2eeConfig,
+) -> Result<Call, SdkError> {
+    let client = Client::connect(
+        relay.quic_addr(),
+        token(relay, session, user, claim),
+        ConnectOptions::trusting(relay.cert_pem()),
+    )
+    .await?;
+    client
+        .join_e2ee(SessionId::new(session).unwrap(), cfg)
+        .await
+}
+
+/// Slot A joins first and waits; slot B joins once A is in.
+async fn pair(
+    relay: &RelayHandle,
+    session: &str,
+    (claim_a, cfg_a): (E2eeClaim, E2eeConfig),
+    (claim_b, cfg_b): (E2eeClaim, E2eeConfig),
+) -> (Result<Call, SdkError>, Result<Call, SdkError>) {
+    let before = relay.endpoint_count();
+    let a = join(relay, session, "alice", claim_a, cfg_a);
+    let b = async {
+        let deadline = tokio::time::Instant::now() + STEP;
+        while relay.endpoint_count() == before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        join(relay, session, "bob", claim_b, cfg_b).await
+    };
+    tokio::join!(a, b)
+}
+
+async fn established_pair(relay: &RelayHandle, session: &str) -> Result<(Call, Call)> {
+    let on = (E2eeClaim::Allowed, cfg(true));
+    let (a, b) = pair(relay, session, on.clone(), (E2eeClaim::Allowed, cfg(true))).await;
+    Ok((a.context("alice")?, b.context("bob")?))
+}
+
+async fn recv(call: &Call) -> Result<duet_sdk::MediaFrame> {
+    Ok(tokio::time::timeout(STEP, call.recv_media())
+        .await
+        .context("timed out waiting for a frame")??)
+}
+
+fn frame(kind: MediaKind, i: usize, len: usize) -> Vec<u8> {
+    let mut f = format!("{kind:?} frame {i} ").into_bytes();
+    f.resize(len, (i % 251) as u8);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_get_the_same_code_and_frames_of_each_kind_arrive_intact() -> Result<()> {
+    let relay = start().await;
+    let (a, b) = established_pair(&relay.relay, "code-and-frames").await?;
+    let (ca, cb) = (a.security_code().unwrap(), b.security_code().unwrap());
+    assert_eq!(ca, cb);
+    assert_eq!(ca.digits().len(), 20);
+    assert!(ca.digits().bytes().all(|d| d.is_ascii_digit()));
+    assert!(ca.groups().iter().all(|g| g.len() == 5));
+    assert_eq!(ca.to_string().split(' ').count(), 4, "{ca}");
+    assert!(a.is_e2ee() && b.is_e2ee());
+    assert!(matches!(
+        a.next_event().await,
+        Some(Event::E2eeEstablished { .. })
+    ));
+
+    // Frames of each kind, small and multi-datagram, both ways (after B's first frame A
+    // may still be buffering: covered by the ordering of join_e2ee's return).
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        for (i, (kind, len)) in [
+            (MediaKind::Audio, 160),
+            (MediaKind::Video, 9_000),
+            (MediaKind::Screen, 40_000),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let f = frame(kind, i, len);
+            from.send_media(kind, &f).await?;
+            let got = recv(to).await?;
+            assert_eq!(got.kind, kind);
+            assert_eq!(got.data.as_ref(), f.as_slice(), "{kind:?}");
+        }
+    }
+    let s = a.e2ee_stats().unwrap();
+    assert_eq!((s.frames_sealed, s.frames_opened, s.rejected()), (3, 3, 0));
+    a.leave().await?;
+    b.leave().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_side_off_gives_peer_not_enabled_on_the_other() -> Result<()> {
+    let relay = start().await;
+    for (a_on, b_on) in [(true, false), (false, true)] {
+        let session = format!("one-off-{a_on}");
+        let (a, b) = pair(
+            &relay.relay,
+            &session,
+            (E2eeClaim::Allowed, cfg(a_on)),
+            (E2eeClaim::Allowed, cfg(b_on)),
+        )
+        .await;
+        let (off, on) = if a_on { (b, a) } else { (a, b) };
+        match off {
+            Err(SdkError::E2eeUnavailable(u)) => {
+                assert_eq!(u, E2eeUnavailable::local(UnavailableReason::UserNotEnabled))
+            }
+            other => panic!("the side that turned E2EE off: {:?}", other.err()),
+        }
+        match on {
+            Err(SdkError::E2eeUnavailable(u)) => {
+                assert_eq!(u.reason, UnavailableReason::PeerNotEnabled);
+                assert_eq!(u.peer_reason, Some(UnavailableReason::UserNotEnabled));
+            }
+            other => panic!("the side that turned E2EE on: {:?}", other.err()),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_claims_that_forbid_e2ee_are_typed_on_both_sides() -> Result<()> {
+    let relay = start().await;
+    for (claim, reason) in [
+        (E2eeClaim::PolicyDisabled, UnavailableReason::PolicyDisabled),
+        (
+            E2eeClaim::ComplianceRecording,
+            UnavailableReason::ComplianceRecording,
+        ),
+    ] {
+        let session = format!("claim-{}", reason.as_str().replace('_', "-"));
+        // The app asks for E2EE on both sides; the token says otherwise for bob.
+        let (a, b) = pair(
+            &relay.relay,
+            &session,
+            (E2eeClaim::Allowed, cfg(true)),
+            (claim, cfg(true)),
+        )
+        .await;
+        match b {
+            Err(SdkError::E2eeUnavailable(u)) => assert_eq!(u, E2eeUnavailable::local(reason)),
+            other => panic!("{claim:?} side: {:?}", other.err()),
+        }
+        match a {
+            Err(SdkError::E2eeUnavailable(u)) => {
+                assert_eq!(u.reason, UnavailableReason::PeerNotEnabled);
+                assert_eq!(u.peer_reason, Some(reason));
+            }
+            other => panic!("peer of {claim:?}: {:?}", other.err()),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_mid_call_loses_no_frames() -> Result<()> {
+    let relay = start().await;
+    let (a, b) = established_pair(&relay.relay, "rekey").await?;
+    let n = 40;
+    let mut sent = Vec::new();
+    for i in 0..n {
+        if i == n / 2 {
+            assert_eq!(a.rekey()?, 1);
+        }
+        let f = frame(MediaKind::Audio, i, 200);
+        a.send_media(MediaKind::Audio, &f).await?;
+        sent.push(f);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for f in &sent {
+        assert_eq!(recv(&b).await?.data.as_ref(), f.as_slice());
+    }
+    let s = b.e2ee_stats().unwrap();
+    assert_eq!(s.frames_opened, n as u64);
+    assert_eq!(s.rekeys_received, 1);
+    assert_eq!(s.rejected(), 0);
+    assert_eq!(a.e2ee_stats().unwrap().rekeys_sent, 1);
+    // Both sides report it.
+    let mut seen = false;
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), b.next_event()).await
+    {
+        seen |= ev
+            == Event::Rekeyed {
+                by_peer: true,
+                epoch: 1,
+            };
+    }
+    assert!(seen, "bob saw the peer's rekey");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_forwards_no_plaintext() -> Result<()> {
+    let relay = start().await;
+    let (a, b) = established_pair(&relay.relay, "no-plaintext").await?;
+    let marker: [u8; 32] = *b"DUET-PLAINTEXT-MARKER-0123456789";
+    let mut tap = b.tap_raw();
+    let mut plain = Vec::new();
+    for rep in 0..50 {
+        plain.extend_from_slice(&marker);
+        plain.push(rep as u8);
+    }
+    // One small frame that fits one datagram and one split over several.
+    for f in [marker.to_vec(), plain.repeat(20)] {
+        a.send_media(MediaKind::Video, &f).await?;
+        assert_eq!(recv(&b).await?.data.as_ref(), f.as_slice());
+    }
+    let mut datagrams = 0;
+    let mut bytes = 0;
+    while let Ok(d) = tap.try_recv() {
+        datagrams += 1;
+        bytes += d.len();
+        assert!(
+            !d.windows(marker.len()).any(|w| w == marker)
+                && !d.windows(8).any(|w| w == &marker[..8]),
+            "a datagram the relay forwarded holds plaintext"
+        );
+    }
+    assert!(datagrams >= 3, "tapped {datagrams} datagrams");
+    assert!(bytes > plain.len() * 20, "tapped {bytes} bytes");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_reads_the_claim_from_the_token() -> Result<()> {
+    let relay = start().await;
+    let t = token(&relay.relay, "s", "u", E2eeClaim::ComplianceRecording);
+    assert_eq!(
+        duet_sdk::token_claims(&t)?.e2ee,
+        E2eeClaim::ComplianceRecording
+    );
+    assert!(matches!(
+        duet_sdk::token_claims("not-a-token"),
+        Err(SdkError::Token(_))
+    ));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_bob_sends_the_moment_he_is_established_reach_alice() -> Result<()> {
+    // Bob (slot B) is established when he sends Finished, before alice has processed it:
+    // his first frames may reach alice before her keys; she buffers them and opens them.
+    let relay = start().await;
+    let relay = &relay.relay;
+    let before = relay.endpoint_count();
+    let first = frame(MediaKind::Audio, 7, 300);
+    let a = join(relay, "early", "alice", E2eeClaim::Allowed, cfg(true));
+    let b = async {
+        while relay.endpoint_count() == before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let b = join(relay, "early", "bob", E2eeClaim::Allowed, cfg(true)).await?;
+        for _ in 0..3 {
+            b.send_media(MediaKind::Audio, &first).await?;
+        }
+        Ok::<_, SdkError>(b)
+    };
+    let (a, b) = tokio::join!(a, b);
+    let (a, _b) = (a?, b?);
+    for _ in 0..3 {
+        assert_eq!(recv(&a).await?.data.as_ref(), first.as_slice());
+    }
+    let s = a.e2ee_stats().unwrap();
+    assert_eq!((s.frames_opened, s.rejected()), (3, 0), "{s:?}");
+    Ok(())
+}
