@@ -419,7 +419,17 @@ impl Call {
             let (before, after) = {
                 let mut sealer = e.sealer.lock().map_err(|_| SdkError::Closed)?;
                 let before = sealer.epoch();
-                (before, sealer.seal_into(Instant::now(), frame, &mut out)?)
+                (
+                    before,
+                    // The kind is authenticated (SFrame metadata) so a relay cannot
+                    // relabel audio as video or the like.
+                    sealer.seal_with_metadata_into(
+                        Instant::now(),
+                        &[kind as u8],
+                        frame,
+                        &mut out,
+                    )?,
+                )
             };
             if after != before {
                 let _ = self.event_tx.try_send(Event::Rekeyed {
@@ -641,7 +651,8 @@ fn open_frame(
     frame: MediaFrame,
 ) -> Option<MediaFrame> {
     let mut out = Vec::with_capacity(frame.data.len());
-    let res = opener.open_into(Instant::now(), &frame.data, &mut out);
+    let res =
+        opener.open_with_metadata_into(Instant::now(), &[frame.kind as u8], &frame.data, &mut out);
     if let Ok(mut s) = shared.recv_e2ee.lock() {
         *s = opener.stats();
     }

@@ -376,13 +376,26 @@ impl FrameSealer {
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<u64, SealError> {
+        self.seal_with_metadata_into(now, &[], plaintext, out)
+    }
+
+    /// As `seal_into`, also authenticating `metadata` (RFC 9605's metadata, not sent: the
+    /// receiver must open with the same bytes). The SDK binds the media kind this way so
+    /// the relay cannot relabel a frame.
+    pub fn seal_with_metadata_into(
+        &mut self,
+        now: Instant,
+        metadata: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<u64, SealError> {
         let started = *self.started.get_or_insert(now);
         if self.ctr >= self.policy.frame_limit()
             || now.saturating_duration_since(started) >= self.policy.max_age
         {
             self.rekey(now)?;
         }
-        self.cur.key.seal_into(self.ctr, &[], plaintext, out)?;
+        self.cur.key.seal_into(self.ctr, metadata, plaintext, out)?;
         // frame_limit <= 2^32 keeps this far from overflow.
         self.ctr += 1;
         self.stats.frames_sealed += 1;
@@ -472,7 +485,18 @@ impl FrameOpener {
         frame: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<Opened, OpenError> {
-        let res = self.open_inner(now, frame, out);
+        self.open_with_metadata_into(now, &[], frame, out)
+    }
+
+    /// As `open_into`, the frame having been sealed with `metadata` authenticated.
+    pub fn open_with_metadata_into(
+        &mut self,
+        now: Instant,
+        metadata: &[u8],
+        frame: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Opened, OpenError> {
+        let res = self.open_inner(now, metadata, frame, out);
         let s = &mut self.stats;
         match &res {
             Ok(o) => {
@@ -499,6 +523,7 @@ impl FrameOpener {
     fn open_inner(
         &mut self,
         now: Instant,
+        metadata: &[u8],
         frame: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<Opened, OpenError> {
@@ -518,7 +543,7 @@ impl FrameOpener {
         }
 
         if epoch == current {
-            return open_with(&mut self.cur, h, hlen, frame, out).map(|()| Opened {
+            return open_with(&mut self.cur, h, hlen, metadata, frame, out).map(|()| Opened {
                 epoch,
                 switched_epoch: false,
             });
@@ -526,7 +551,7 @@ impl FrameOpener {
         if epoch < current {
             return match &mut self.prev {
                 Some((p, _)) if p.keys.epoch == epoch => {
-                    open_with(p, h, hlen, frame, out).map(|()| Opened {
+                    open_with(p, h, hlen, metadata, frame, out).map(|()| Opened {
                         epoch,
                         switched_epoch: false,
                     })
@@ -551,7 +576,7 @@ impl FrameOpener {
             keys: candidate,
             window: ReplayWindow::new(),
         };
-        if let Err(e) = open_with(&mut next, h, hlen, frame, out) {
+        if let Err(e) = open_with(&mut next, h, hlen, metadata, frame, out) {
             // Not authentic: keep everything as it was (the candidate stays cached).
             self.pending = Some(next.keys);
             return Err(e);
@@ -572,6 +597,7 @@ fn open_with(
     e: &mut RecvEpoch,
     h: Header,
     hlen: usize,
+    metadata: &[u8],
     frame: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), OpenError> {
@@ -583,7 +609,7 @@ fn open_with(
     }
     e.keys
         .key
-        .open_into(h, hlen, frame, &[], out)
+        .open_into(h, hlen, frame, metadata, out)
         .map_err(|err| match err {
             SframeError::TooShort => OpenError::TooShort,
             SframeError::Header(h) => OpenError::Malformed(h),
@@ -650,6 +676,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn metadata_is_authenticated() {
+        // The SDK binds the media kind as metadata: a frame sealed as audio (1) does not
+        // open as video (2), so a relay that relabels the header gets it dropped.
+        let now = Instant::now();
+        let (mut s, mut o) = pair(RekeyPolicy::default());
+        let mut f = Vec::new();
+        s.seal_with_metadata_into(now, &[1], b"audio frame", &mut f)
+            .unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            o.open_with_metadata_into(now, &[2], &f, &mut out),
+            Err(OpenError::AuthFailed)
+        );
+        assert!(out.is_empty());
+        // A failed open does not burn the counter: the genuine frame still opens.
+        o.open_with_metadata_into(now, &[1], &f, &mut out).unwrap();
+        assert_eq!(out, b"audio frame");
+        assert_eq!(o.stats().auth_failed, 1);
     }
 
     #[test]
