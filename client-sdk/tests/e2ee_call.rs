@@ -239,6 +239,48 @@ async fn token_claims_that_forbid_e2ee_are_typed_on_both_sides() -> Result<()> {
     Ok(())
 }
 
+/// The forbidden side joins first, while nobody is there to tell: the relay remembers
+/// the refusal, so the peer joining later gets a typed answer at once, not a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_joining_after_a_forbidden_join_gets_a_typed_answer() -> Result<()> {
+    let relay = start().await;
+    let first = join(
+        &relay.relay,
+        "late-callee",
+        "bob",
+        E2eeClaim::PolicyDisabled,
+        cfg(true),
+    )
+    .await;
+    match first {
+        Err(SdkError::E2eeUnavailable(u)) => {
+            assert_eq!(u, E2eeUnavailable::local(UnavailableReason::PolicyDisabled))
+        }
+        other => panic!("forbidden side: {:?}", other.err()),
+    }
+    let started = std::time::Instant::now();
+    let later = join(
+        &relay.relay,
+        "late-callee",
+        "alice",
+        E2eeClaim::Allowed,
+        cfg(true),
+    )
+    .await;
+    match later {
+        Err(SdkError::E2eeUnavailable(u)) => {
+            assert_eq!(u.reason, UnavailableReason::PeerNotEnabled);
+            assert_eq!(u.peer_reason, Some(UnavailableReason::PolicyDisabled));
+        }
+        other => panic!("later peer: {:?}", other.err()),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered, not timed out"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rekey_mid_call_loses_no_frames() -> Result<()> {
     let relay = start().await;

@@ -83,11 +83,25 @@ impl Session {
     }
 }
 
+/// How long a join refused for its E2EE claim is remembered for its session, so a peer
+/// that joins after it (the callee answering late) still learns the call cannot be E2EE
+/// instead of waiting out its handshake.
+pub const DECLINE_MEMORY: Duration = Duration::from_secs(120);
+
+/// A join refused for its E2EE claim, kept for the peer that has not joined yet.
+#[derive(Debug)]
+struct Declined {
+    user: UserId,
+    claim: E2eeClaim,
+    until: Instant,
+}
+
 /// Sessions of one relay node. See the module docs.
 #[derive(Debug)]
 pub struct SessionTable {
     cfg: TableConfig,
     sessions: HashMap<SessionId, Session>,
+    declined: HashMap<SessionId, Declined>,
     by_conn: HashMap<ConnId, (SessionId, Slot)>,
     actions: VecDeque<Action>,
     draining: bool,
@@ -106,6 +120,7 @@ impl SessionTable {
         Self {
             cfg,
             sessions: HashMap::new(),
+            declined: HashMap::new(),
             by_conn: HashMap::new(),
             actions: VecDeque::new(),
             draining: false,
@@ -168,10 +183,45 @@ impl SessionTable {
             return Err(RefusalReason::AlreadyJoined);
         }
         if let Some(refusal) = claims.e2ee.refusal() {
-            self.tell_waiting_peer(session, &claims.user, claims.e2ee);
+            // Bounded like the sessions themselves: only token holders get here.
+            if !self.tell_waiting_peer(session, &claims.user, claims.e2ee)
+                && self.declined.len() < self.cfg.max_sessions
+            {
+                self.declined.insert(
+                    session.clone(),
+                    Declined {
+                        user: claims.user.clone(),
+                        claim: claims.e2ee,
+                        until: now + DECLINE_MEMORY,
+                    },
+                );
+            }
             return Err(refusal);
         }
+        let joined = self.join_allowed(conn, session, claims, resume, now)?;
+        match self.declined.get(session) {
+            Some(d) if d.user == claims.user => {
+                // That user is now allowed (policy changed): forget the refusal.
+                self.declined.remove(session);
+            }
+            Some(d) if d.until > now && !joined.peer_present => {
+                let claim = d.claim;
+                self.actions
+                    .push_back(Action::Send(conn, RelayMessage::PeerE2eeUnavailable(claim)));
+            }
+            _ => {}
+        }
+        Ok(joined)
+    }
 
+    fn join_allowed(
+        &mut self,
+        conn: ConnId,
+        session: &SessionId,
+        claims: &JoinClaims,
+        resume: Option<&ResumeSecret>,
+        now: Instant,
+    ) -> Result<Joined, RefusalReason> {
         let Some(s) = self.sessions.get_mut(session) else {
             if self.sessions.len() >= self.cfg.max_sessions {
                 return Err(RefusalReason::NodeFull);
@@ -304,20 +354,22 @@ impl SessionTable {
 
     /// A join refused for its E2EE claim: the one endpoint waiting in the session (another
     /// user) learns that this call cannot be end-to-end encrypted, and why.
-    fn tell_waiting_peer(&mut self, session: &SessionId, user: &UserId, claim: E2eeClaim) {
+    /// Returns whether a waiting peer was told.
+    fn tell_waiting_peer(&mut self, session: &SessionId, user: &UserId, claim: E2eeClaim) -> bool {
         let Some(s) = self.sessions.get(session) else {
-            return;
+            return false;
         };
         if s.occupied() != 1 {
-            return;
+            return false;
         }
-        if let Some(waiting) = s.slots.iter().flatten().next() {
-            if &waiting.user != user {
-                if let Some(c) = waiting.conn {
-                    self.actions
-                        .push_back(Action::Send(c, RelayMessage::PeerE2eeUnavailable(claim)));
-                }
+        let waiting = s.slots.iter().flatten().next();
+        match waiting.filter(|w| &w.user != user).and_then(|w| w.conn) {
+            Some(c) => {
+                self.actions
+                    .push_back(Action::Send(c, RelayMessage::PeerE2eeUnavailable(claim)));
+                true
             }
+            None => false,
         }
     }
 
@@ -438,6 +490,7 @@ impl SessionTable {
 
     /// Runs the timers: resume windows, idle timeout, maximum lifetime.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.declined.retain(|_, d| d.until > now);
         let mut ended = Vec::new();
         let mut expired = Vec::new();
         for (id, s) in &self.sessions {
@@ -668,6 +721,50 @@ mod tests {
         t.leave(ConnId(2), now);
         assert!(drain(&mut t).contains(&Action::SessionClosed(sid("s"))));
         assert_eq!(t.session_count(), 0);
+    }
+
+    #[test]
+    fn a_peer_joining_after_a_declined_join_is_told() {
+        let mut t = SessionTable::new(cfg());
+        let now = Instant::now();
+        let mut c = claims("s1", "alice", "phone");
+        c.e2ee = E2eeClaim::ComplianceRecording;
+        assert_eq!(
+            t.join(ConnId(1), &sid("s1"), &c, None, now),
+            Err(RefusalReason::ComplianceRecording)
+        );
+        drain(&mut t);
+        let b = t
+            .join(
+                ConnId(2),
+                &sid("s1"),
+                &claims("s1", "bob", "laptop"),
+                None,
+                now,
+            )
+            .unwrap();
+        assert!(!b.peer_present);
+        assert_eq!(
+            sends_to(&drain(&mut t), ConnId(2)),
+            vec![RelayMessage::PeerE2eeUnavailable(
+                E2eeClaim::ComplianceRecording
+            )]
+        );
+        // Forgotten after DECLINE_MEMORY: a later session of the same id is not told.
+        t.leave(ConnId(2), now);
+        drain(&mut t);
+        let later = now + DECLINE_MEMORY;
+        t.handle_timeout(later);
+        drain(&mut t);
+        t.join(
+            ConnId(3),
+            &sid("s1"),
+            &claims("s1", "bob", "laptop"),
+            None,
+            later,
+        )
+        .unwrap();
+        assert!(sends_to(&drain(&mut t), ConnId(3)).is_empty());
     }
 
     #[test]
