@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use duet_proto::{DeviceId, MediaKind, SessionId, TokenKey, UserId};
 use duet_relay::RelayHandle;
-use duet_sdk::{Call, Client, ConnectOptions, Event, SdkError};
+use duet_sdk::{Call, Client, ConnectOptions, E2eeConfig, Event, IdentityKey, SdkError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -35,12 +35,6 @@ use crate::report::{
 use crate::resources::{self, RelayMetricsView, RELAY_THREAD_PREFIX};
 use crate::stats::{Collector, StreamTracker, Totals};
 use crate::target::{mint, Node};
-
-/// Whether the SDK's `Call` encrypts media end to end. False until the E2EE layer
-/// (`duet_sdk::e2ee`) is wired into `Call`; then this becomes true and
-/// [`Ctx::connect_options`] is where `--no-e2ee` turns encryption off. Those two places are
-/// the whole change.
-pub const E2EE_ACTIVE: bool = false;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -105,7 +99,6 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// The E2EE seam: once `Call` encrypts, pass `self.opts.e2ee` into the call options here.
     fn connect_options(&self) -> ConnectOptions {
         ConnectOptions {
             server_name: self.server_name.clone(),
@@ -126,6 +119,8 @@ pub fn failure_reason(e: &SdkError) -> String {
         SdkError::Closed => "closed".into(),
         SdkError::Protocol(_) | SdkError::Codec(_) => "protocol".into(),
         SdkError::Io(_) => "io".into(),
+        SdkError::E2eeUnavailable(u) => format!("e2ee_unavailable_{}", u.reason.as_str()),
+        SdkError::Handshake(_) => "e2ee_handshake".into(),
         _ => "other".into(),
     }
 }
@@ -165,7 +160,17 @@ async fn endpoint(
     );
     let t = Instant::now();
     let client = Client::connect(node.addr, token, ctx.connect_options()).await?;
-    let call = client.join(session.clone()).await?;
+    // With E2EE the join time includes the key agreement with the peer (both endpoints
+    // join concurrently), which is what a user waits for before media flows.
+    let call = if ctx.opts.e2ee {
+        let identity = IdentityKey::generate()
+            .map_err(|_| SdkError::Protocol("could not generate an identity key".into()))?;
+        client
+            .join_e2ee(session.clone(), E2eeConfig::new(Arc::new(identity)))
+            .await?
+    } else {
+        client.join(session.clone()).await?
+    };
     Ok((call, t.elapsed().as_micros() as u64))
 }
 
@@ -729,13 +734,6 @@ pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError
     };
     let partial = stop_reason != StopReason::Completed || snap.calls.attempted < opts.calls;
     let mut warnings = Vec::new();
-    if opts.e2ee && !E2EE_ACTIVE {
-        warnings.push(
-            "E2EE requested, but the SDK's Call does not encrypt media yet: figures are the \
-             QUIC transport's (the same as --no-e2ee today)"
-                .to_owned(),
-        );
-    }
     if snap.send_lag.p99_ms > 10.0 {
         warnings.push(format!(
             "generator saturated: frames left up to {:.1} ms late (send_lag p99); latency \
@@ -765,7 +763,7 @@ pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError
             seed: opts.seed,
             run_id: opts.run_id.clone(),
             e2ee: opts.e2ee,
-            e2ee_active: opts.e2ee && E2EE_ACTIVE,
+            e2ee_active: opts.e2ee,
             transport: opts.transport.clone(),
             embedded_relay: target.embedded.is_some(),
             relays: target

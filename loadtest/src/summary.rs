@@ -28,7 +28,7 @@ pub fn render(r: &Report) -> String {
         },
         if c.e2ee { "on" } else { "off" },
         if c.e2ee && !c.e2ee_active {
-            " (not wired in the SDK yet)"
+            " (requested, not active)"
         } else {
             ""
         },

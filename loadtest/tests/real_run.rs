@@ -36,6 +36,7 @@ fn three_calls_for_two_seconds() {
     assert_eq!(r.calls.failed, 0);
     assert_eq!(r.join.count, 6, "both endpoints of every call joined");
     assert!(r.config.embedded_relay);
+    assert!(r.config.e2ee && r.config.e2ee_active, "E2EE by default");
     for (kind, k) in [("audio", &r.media.audio), ("video", &r.media.video)] {
         assert!(k.frames_received > 0, "{kind}: nothing received");
         assert!(k.loss_ratio < 0.02, "{kind}: loss {}", k.loss_ratio);
