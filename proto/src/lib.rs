@@ -6,6 +6,7 @@
 //! It holds no media keys and knows nothing of the E2EE payload: that is the SDK's.
 
 pub mod control;
+pub mod fastpath;
 pub mod ids;
 pub mod media;
 pub mod refusal;

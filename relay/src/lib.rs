@@ -9,6 +9,7 @@
 //! `policy` (the administrator's E2EE policy store).
 
 pub mod config;
+pub mod fastpath;
 pub mod forward;
 pub mod limits;
 pub mod metrics;
