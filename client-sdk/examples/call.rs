@@ -8,11 +8,15 @@
 //! Reads the relay's self-signed certificate and token key from `./duet-data` (override
 //! with `DUET_DATA`; relay address `DUET_RELAY`, default 127.0.0.1:4433), mints a token for
 //! alice and one for bob, and joins both. Both print the same security code. Alice streams
-//! the WAV (a synthetic sine WAV written at run time when none is given) as 20 ms audio
+//! the WAV (by default `examples/media/hello.wav`, speech made with espeak-ng) as 20 ms audio
 //! frames plus synthetic video and screen frames; bob writes the audio back out as a WAV.
 //! The SHA-256 of the audio sent and received must match.
 
 use std::path::{Path, PathBuf};
+
+/// Spoken audio made with `espeak-ng -s 150 -w hello.wav "Hello from Duet. ..."`
+/// (22.05 kHz mono 16-bit PCM); speech synthesizer output, free to ship.
+const HELLO_WAV: &[u8] = include_bytes!("media/hello.wav");
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,14 +48,8 @@ async fn main() -> Result<()> {
     let wav = match std::env::args().nth(1) {
         Some(p) => std::fs::read(&p).with_context(|| format!("reading {p}"))?,
         None => {
-            let path = std::env::temp_dir().join("duet-example-sine.wav");
-            let wav = sine_wav(48_000, 2.0, 440.0);
-            std::fs::write(&path, &wav)?;
-            println!(
-                "no WAV given: wrote a 2 s 440 Hz sine to {}",
-                path.display()
-            );
-            wav
+            println!("no WAV given: streaming examples/media/hello.wav (espeak-ng speech)");
+            HELLO_WAV.to_vec()
         }
     };
     let (format, pcm) = parse_wav(&wav)?;
@@ -161,20 +159,6 @@ async fn receive(call: &Call, format: Format, out: &Path) -> Result<Vec<u8>> {
     let pcm: Vec<u8> = audio.into_iter().flat_map(|(_, p)| p).collect();
     std::fs::write(out, wav_bytes(format, &pcm))?;
     Ok(pcm)
-}
-
-fn sine_wav(rate: u32, secs: f32, hz: f32) -> Vec<u8> {
-    let n = (rate as f32 * secs) as usize;
-    let pcm: Vec<u8> = (0..n)
-        .flat_map(|i| {
-            {
-                let t = i as f32 / rate as f32;
-                ((t * hz * std::f32::consts::TAU).sin() * 0.3 * i16::MAX as f32) as i16
-            }
-            .to_le_bytes()
-        })
-        .collect();
-    wav_bytes((1, rate, 16), &pcm)
 }
 
 fn wav_bytes((channels, rate, bits): Format, pcm: &[u8]) -> Vec<u8> {

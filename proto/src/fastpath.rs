@@ -368,9 +368,18 @@ mod tests {
     fn header_rejects_bad_input() {
         use FastPathHeaderError::*;
         assert_eq!(FastPathHeader::parse(&[1; 9]), Err(Truncated(9)));
-        assert_eq!(FastPathHeader::parse(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 0]), Err(Version(2)));
-        assert_eq!(FastPathHeader::parse(&[1, 4, 0, 0, 0, 0, 0, 0, 0, 0]), Err(Type(4)));
-        assert_eq!(FastPathHeader::parse(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Err(Type(0)));
+        assert_eq!(
+            FastPathHeader::parse(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(Version(2))
+        );
+        assert_eq!(
+            FastPathHeader::parse(&[1, 4, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(Type(4))
+        );
+        assert_eq!(
+            FastPathHeader::parse(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(Type(0))
+        );
         let (b, _) = FastPathHeader::parse(&[1, 0x80, 0, 0, 0, 0, 0, 0, 0, 9]).unwrap();
         assert_eq!(b, FastPathHeader::new(PacketType::Bind, 9));
     }
@@ -405,7 +414,10 @@ mod tests {
         for i in 0..TICKET_LEN {
             let mut bad = bytes;
             bad[i] ^= 1;
-            assert!(FastPathTicket::verify(&bad, &k, t.ip, 1).is_err(), "byte {i}");
+            assert!(
+                FastPathTicket::verify(&bad, &k, t.ip, 1).is_err(),
+                "byte {i}"
+            );
         }
         assert!(matches!(
             FastPathTicket::verify(&bytes[..53], &k, t.ip, 1),

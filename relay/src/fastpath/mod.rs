@@ -11,5 +11,5 @@ pub mod table;
 pub mod worker;
 
 pub use socket::{FastPathSocket, Offload, RecvBatch, SendBatch};
-pub use table::{BindOutcome, ChannelTable, DropReason, FastPathLimits};
+pub use table::{Action, BindOutcome, ChannelTable, DropReason, FastPathLimits};
 pub use worker::{run_worker, WorkerConfig, WorkerCounters};

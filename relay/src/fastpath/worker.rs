@@ -1,0 +1,373 @@
+//! The fast path's worker loop: one per thread, each over its own `SO_REUSEPORT` socket.
+//!
+//! Owns the loop `recv batch -> ChannelTable::process per datagram -> queue forwards of the
+//! same bytes to the bound peer -> send batch`, and the worker's counters (plain atomics,
+//! one set per worker, so no contention; the server will export them). It does not decide
+//! (the table does), never sends anything but a forward to a bound peer, and logs nothing
+//! per packet. It stops when its flag is set (checked at least every read timeout).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::socket::{FastPathSocket, RecvBatch, SendBatch};
+use super::table::{Action, ChannelTable, DropReason};
+
+/// Batch and buffer sizes of one worker.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    /// Datagrams per `recvmmsg`/`sendmmsg`.
+    pub batch: usize,
+    /// Bytes per receive slot; larger datagrams are dropped as truncated.
+    pub slot_size: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            batch: 64,
+            slot_size: 2048,
+        }
+    }
+}
+
+/// One worker's counters.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    pub received: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub forwarded_bytes: AtomicU64,
+    pub binds: AtomicU64,
+    /// Indexed by [`DropReason::index`]; labels in [`DropReason::LABELS`].
+    pub drops: [AtomicU64; DropReason::COUNT],
+}
+
+impl WorkerCounters {
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn drops_by_label(&self, label: &str) -> u64 {
+        DropReason::LABELS
+            .iter()
+            .position(|l| *l == label)
+            .map_or(0, |i| self.drops[i].load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn drop(&self, reason: DropReason) {
+        self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Runs until `stop` is set or the socket fails. Buffers are allocated once, here.
+pub fn run_worker(
+    sock: &FastPathSocket,
+    table: &ChannelTable,
+    counters: &WorkerCounters,
+    stop: &AtomicBool,
+    cfg: WorkerConfig,
+) -> io::Result<()> {
+    let mut rx = RecvBatch::new(cfg.batch, cfg.slot_size);
+    let mut tx = SendBatch::new(cfg.batch);
+    while !stop.load(Ordering::Relaxed) {
+        let n = match sock.recv_batch(&mut rx) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        counters.received.fetch_add(n as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        let now_unix = unix_now();
+        tx.clear();
+        let mut bytes = 0u64;
+        for i in 0..n {
+            let (data, src) = rx.get(i);
+            let Some(src) = src else {
+                counters.drop(DropReason::UnknownChannel);
+                continue;
+            };
+            match table.process(src, data, now, now_unix) {
+                Ok(Action::Forward(to)) => {
+                    bytes += data.len() as u64;
+                    // `tx` has as many entries as `rx`: push cannot fail here.
+                    tx.push(i, to);
+                }
+                Ok(Action::Bound(_)) => {
+                    counters.binds.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(r) => counters.drop(r),
+            }
+        }
+        if !tx.is_empty() {
+            let (sent, failed) = sock.send_batch(&mut tx, &rx);
+            counters.forwarded.fetch_add(sent as u64, Ordering::Relaxed);
+            counters.forwarded_bytes.fetch_add(bytes, Ordering::Relaxed);
+            if failed > 0 {
+                counters.drops[DropReason::SendFailed.index()]
+                    .fetch_add(failed as u64, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fastpath::table::FastPathLimits;
+    use duet_proto::fastpath::{FastPathHeader, FastPathKey, FastPathTicket, PacketType};
+    use duet_proto::MediaKind;
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+    use std::time::Duration;
+
+    const SECRET: [u8; 32] = [5u8; 32];
+
+    struct Relay {
+        table: Arc<ChannelTable>,
+        counters: Arc<WorkerCounters>,
+        stop: Arc<AtomicBool>,
+        addr: SocketAddr,
+        thread: Option<JoinHandle<io::Result<()>>>,
+    }
+
+    impl Relay {
+        fn start() -> Self {
+            let table = Arc::new(ChannelTable::new(8, FastPathKey::new(&SECRET).unwrap()));
+            let counters = Arc::new(WorkerCounters::default());
+            let stop = Arc::new(AtomicBool::new(false));
+            let sock =
+                FastPathSocket::bind("127.0.0.1:0".parse().unwrap(), Duration::from_millis(20))
+                    .unwrap();
+            let addr = sock.local_addr().unwrap();
+            let thread = {
+                let (t, c, s) = (table.clone(), counters.clone(), stop.clone());
+                std::thread::spawn(move || run_worker(&sock, &t, &c, &s, WorkerConfig::default()))
+            };
+            Self {
+                table,
+                counters,
+                stop,
+                addr,
+                thread: Some(thread),
+            }
+        }
+
+        fn pair(&self) -> [u64; 2] {
+            self.table
+                .allocate(FastPathLimits {
+                    packets_per_sec: 10_000,
+                    bytes_per_sec: 100_000_000,
+                })
+                .unwrap()
+        }
+
+        /// Waits (bounded) until `f` holds.
+        fn wait(&self, what: &str, f: impl Fn(&Self) -> bool) {
+            let until = Instant::now() + Duration::from_secs(3);
+            while !f(self) {
+                assert!(Instant::now() < until, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+
+        fn bind(&self, sock: &UdpSocket, channel: u64, seq: u32, expires_unix: u64) {
+            let pkt = FastPathTicket {
+                channel,
+                ip: sock.local_addr().unwrap().ip(),
+                expires_unix,
+                seq,
+            }
+            .bind_packet(&FastPathKey::new(&SECRET).unwrap());
+            sock.send_to(&pkt, self.addr).unwrap();
+        }
+
+        fn bind_ok(&self, sock: &UdpSocket, channel: u64, seq: u32) {
+            let before = self.counters.binds.load(Ordering::Relaxed);
+            self.bind(sock, channel, seq, unix_now() + 60);
+            self.wait("bind", |r| {
+                r.counters.binds.load(Ordering::Relaxed) > before
+            });
+            assert_eq!(
+                self.table.bound_addr(channel),
+                Some(sock.local_addr().unwrap())
+            );
+        }
+    }
+
+    impl Drop for Relay {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                t.join().unwrap().unwrap();
+            }
+        }
+    }
+
+    fn client() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s
+    }
+
+    fn media(channel: u64, body: &[u8]) -> Vec<u8> {
+        let mut v = FastPathHeader::new(PacketType::Media(MediaKind::Video), channel)
+            .to_bytes()
+            .to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn recv(s: &UdpSocket) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 4096];
+        match s.recv_from(&mut buf) {
+            Ok((n, _)) => Some(buf[..n].to_vec()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn assert_silent(s: &UdpSocket) {
+        assert_eq!(recv(s), None, "expected zero bytes back");
+    }
+
+    #[test]
+    fn forwards_byte_exact_both_ways() {
+        let r = Relay::start();
+        let [c0, c1] = r.pair();
+        let (a, b) = (client(), client());
+        r.bind_ok(&a, c0, 1);
+        r.bind_ok(&b, c1, 1);
+        for (i, len) in [0usize, 1, 150, 1200, 1400].into_iter().enumerate() {
+            let body: Vec<u8> = (0..len).map(|j| (i * 31 + j * 7) as u8).collect();
+            let p = media(c0, &body);
+            a.send_to(&p, r.addr).unwrap();
+            let got = recv(&b).expect("forwarded");
+            assert_eq!(got, p);
+            let q = media(c1, &body);
+            b.send_to(&q, r.addr).unwrap();
+            assert_eq!(recv(&a).expect("forwarded back"), q);
+        }
+        assert_eq!(r.counters.forwarded.load(Ordering::Relaxed), 10);
+        // Nothing was ever sent for the binds themselves.
+        assert_silent(&a);
+        assert_silent(&b);
+    }
+
+    #[test]
+    fn spoofed_source_is_dropped() {
+        let r = Relay::start();
+        let [c0, c1] = r.pair();
+        let (a, b, x) = (client(), client(), client());
+        r.bind_ok(&a, c0, 1);
+        r.bind_ok(&b, c1, 1);
+        x.send_to(&media(c0, b"evil"), r.addr).unwrap();
+        r.wait("spoof drop", |r| {
+            r.counters.drops(DropReason::SpoofedSource) == 1
+        });
+        assert_silent(&b);
+        assert_silent(&x);
+        assert_eq!(r.counters.forwarded.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn unbound_sender_gets_zero_bytes_back() {
+        let r = Relay::start();
+        let [c0, _c1] = r.pair();
+        let x = client();
+        // Allocated but unbound, never-issued, garbage, a forged BIND.
+        x.send_to(&media(c0, b"hello"), r.addr).unwrap();
+        x.send_to(&media(c0 ^ (2 << 32), b"hello"), r.addr).unwrap();
+        x.send_to(b"\x01", r.addr).unwrap();
+        let mut forged = FastPathTicket {
+            channel: c0,
+            ip: x.local_addr().unwrap().ip(),
+            expires_unix: unix_now() + 60,
+            seq: 1,
+        }
+        .bind_packet(&FastPathKey::new(&[6u8; 32]).unwrap());
+        x.send_to(&forged, r.addr).unwrap();
+        forged[0] = 9;
+        x.send_to(&forged, r.addr).unwrap();
+        r.wait("five drops", |r| {
+            r.counters.drops_by_label("unbound") == 1
+                && r.counters.drops_by_label("unknown_channel") == 1
+                && r.counters.drops_by_label("truncated") == 1
+                && r.counters.drops_by_label("bad_mac") == 1
+                && r.counters.drops_by_label("bad_version") == 1
+        });
+        assert_silent(&x);
+        assert_eq!(r.table.bound_addr(c0), None);
+    }
+
+    #[test]
+    fn rebind_after_port_change_needs_a_fresh_ticket() {
+        let r = Relay::start();
+        let [c0, c1] = r.pair();
+        let (a, b) = (client(), client());
+        r.bind_ok(&a, c0, 1);
+        r.bind_ok(&b, c1, 1);
+        // Same host, new source port (a NAT rebinding): the old ticket is refused...
+        let a2 = client();
+        r.bind(&a2, c0, 1, unix_now() + 60);
+        r.wait("stale", |r| r.counters.drops(DropReason::StaleTicket) == 1);
+        a2.send_to(&media(c0, b"x"), r.addr).unwrap();
+        r.wait("spoof", |r| {
+            r.counters.drops(DropReason::SpoofedSource) == 1
+        });
+        assert_silent(&b);
+        assert_eq!(r.table.bound_addr(c0), Some(a.local_addr().unwrap()));
+        // ...a fresh one (higher seq) moves the binding, both ways.
+        r.bind_ok(&a2, c0, 2);
+        let p = media(c0, b"from the new port");
+        a2.send_to(&p, r.addr).unwrap();
+        assert_eq!(recv(&b), Some(p));
+        let q = media(c1, b"to the new port");
+        b.send_to(&q, r.addr).unwrap();
+        assert_eq!(recv(&a2), Some(q));
+        // The old port is now a stranger.
+        a.send_to(&media(c0, b"old"), r.addr).unwrap();
+        r.wait("spoof 2", |r| {
+            r.counters.drops(DropReason::SpoofedSource) == 2
+        });
+        assert_silent(&a);
+    }
+
+    #[test]
+    fn expired_ticket_is_refused() {
+        let r = Relay::start();
+        let [c0, _] = r.pair();
+        let a = client();
+        r.bind(&a, c0, 1, unix_now().saturating_sub(1));
+        r.wait("expired", |r| {
+            r.counters.drops_by_label("ticket_expired") == 1
+        });
+        assert_eq!(r.table.bound_addr(c0), None);
+        assert_silent(&a);
+    }
+}
