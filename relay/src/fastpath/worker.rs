@@ -273,6 +273,14 @@ mod tests {
             b.send_to(&q, r.addr).unwrap();
             assert_eq!(recv(&a).expect("forwarded back"), q);
         }
+        // The worker counts after sendmmsg returns, which can be just after the peer
+        // already has the packet: wait (bounded) for the count instead of racing it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while r.counters.forwarded.load(Ordering::Relaxed) < 10
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(r.counters.forwarded.load(Ordering::Relaxed), 10);
         // Nothing was ever sent for the binds themselves.
         assert_silent(&a);
