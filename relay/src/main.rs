@@ -143,6 +143,17 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
+        // Handlers go in before anything is printed: a supervisor (or a test) that sends
+        // SIGTERM as soon as it sees the banner must get a drain, not the default kill.
+        #[cfg(unix)]
+        let (mut term, mut int, mut hup) = {
+            use tokio::signal::unix::{signal, SignalKind};
+            (
+                signal(SignalKind::terminate()).context("SIGTERM handler")?,
+                signal(SignalKind::interrupt()).context("SIGINT handler")?,
+                signal(SignalKind::hangup()).context("SIGHUP handler")?,
+            )
+        };
         let relay = Relay::start(cfg).await?;
         let c = relay.config();
         println!("duet-relay {} serving", env!("CARGO_PKG_VERSION"));
@@ -173,13 +184,10 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
 
         #[cfg(unix)]
         {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-            let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
             loop {
                 tokio::select! {
                     _ = term.recv() => break,
-                    _ = tokio::signal::ctrl_c() => break,
+                    _ = int.recv() => break,
                     _ = hup.recv() => match relay.reload_tls() {
                         Ok(()) => tracing::info!("TLS certificate reloaded"),
                         Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the old certificate"),
@@ -192,6 +200,13 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
 
         tracing::info!("draining");
         relay.drain();
+        #[cfg(unix)]
+        tokio::select! {
+            _ = relay.drained() => {}
+            _ = int.recv() => tracing::warn!("second interrupt: stopping now"),
+            _ = term.recv() => tracing::warn!("second SIGTERM: stopping now"),
+        }
+        #[cfg(not(unix))]
         tokio::select! {
             _ = relay.drained() => {}
             _ = tokio::signal::ctrl_c() => tracing::warn!("second interrupt: stopping now"),
