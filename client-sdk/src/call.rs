@@ -635,6 +635,7 @@ async fn dispatch(
         RelayMessage::PeerE2eeUnavailable(c) => Event::PeerE2eeUnavailable(c),
         RelayMessage::Dropped(r) => Event::Dropped(r),
         RelayMessage::SessionEnded(r) => Event::SessionEnded(r),
+        RelayMessage::FastPathTicket(_) | RelayMessage::FastPathBound { .. } => return,
         RelayMessage::Joined(_) | RelayMessage::Refused(_) => {
             tracing::warn!("relay sent a second join answer; ignored");
             return;

@@ -84,6 +84,45 @@ pub struct Joined {
     pub limits: Limits,
     /// Present to resume this slot on a new connection.
     pub resume: ResumeSecret,
+    /// The raw-UDP fast path for this endpoint, when the relay serves one.
+    pub fast_path: Option<FastPathOffer>,
+}
+
+/// How one endpoint reaches the relay's raw-UDP fast path: where to send, which channel to
+/// name, and the ticket that binds its source address to that channel.
+///
+/// The endpoint sends `header(BIND, channel) | ticket` from the UDP socket it will use for
+/// media; the relay never answers on UDP and confirms with `FastPathBound` on the control
+/// stream. A ticket binds only from the IP address the relay saw this connection come from,
+/// and only until `expires_unix`; a move to another source address needs a fresh ticket
+/// (`ClientMessage::FastPathTicket`), which carries a higher sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastPathOffer {
+    /// The fast-path address when it is not the QUIC address's IP with `port`
+    /// (a relay behind a load balancer or NAT advertises it).
+    pub addr: Option<std::net::SocketAddr>,
+    /// The fast-path UDP port on the IP the QUIC connection reached.
+    pub port: u16,
+    /// This endpoint's channel: every fast-path packet it sends names it.
+    pub channel: u64,
+    /// The bind ticket, opaque to the endpoint (`fastpath::TICKET_LEN` bytes).
+    pub ticket: Bytes,
+    /// Unix seconds from which the ticket no longer binds.
+    pub expires_unix: u64,
+}
+
+impl FastPathOffer {
+    /// The fast-path address for a connection that reached the relay at `quic_remote`.
+    pub fn target(&self, quic_remote: std::net::SocketAddr) -> std::net::SocketAddr {
+        self.addr
+            .unwrap_or_else(|| std::net::SocketAddr::new(quic_remote.ip(), self.port))
+    }
+
+    /// The BIND datagram: `header(BIND, channel) | ticket`. `None` when the ticket is not
+    /// `TICKET_LEN` bytes (a relay bug or a corrupted offer; the endpoint stays on QUIC).
+    pub fn bind_packet(&self) -> Option<[u8; crate::fastpath::BIND_PACKET_LEN]> {
+        crate::fastpath::bind_packet_from(self.channel, &self.ticket)
+    }
 }
 
 /// Messages from an endpoint to the relay.
@@ -105,6 +144,10 @@ pub enum ClientMessage {
     Leave,
     /// Liveness probe; the relay answers `Pong` with the same value.
     Ping(u64),
+    /// Asks for a fresh fast-path ticket (higher sequence number), to bind a new source
+    /// address after a network change or to refresh before the old one expires. Answered
+    /// with `FastPathTicket`, or `Dropped(FastPathUnavailable)` when the relay has none.
+    FastPathTicket,
 }
 
 /// Messages from the relay to an endpoint.
@@ -134,6 +177,14 @@ pub enum RelayMessage {
     Pong(u64),
     /// The relay ends the session; the connection closes after this.
     SessionEnded(EndReason),
+    /// A fresh fast-path offer, answering `ClientMessage::FastPathTicket`.
+    FastPathTicket(FastPathOffer),
+    /// A BIND from `addr` took effect on `channel`: from now on the relay sends this
+    /// endpoint's media to `addr` over the fast path (not over QUIC datagrams).
+    FastPathBound {
+        channel: u64,
+        addr: std::net::SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -169,10 +220,10 @@ pub trait MessageTypes {
     const VARIANTS: u8;
 }
 impl MessageTypes for ClientMessage {
-    const VARIANTS: u8 = 5;
+    const VARIANTS: u8 = 6;
 }
 impl MessageTypes for RelayMessage {
-    const VARIANTS: u8 = 12;
+    const VARIANTS: u8 = 14;
 }
 
 /// Encodes one message as a length-prefixed frame.
@@ -292,6 +343,13 @@ mod tests {
                 resumed: false,
                 limits,
                 resume: ResumeSecret([7; 32]),
+                fast_path: Some(FastPathOffer {
+                    addr: None,
+                    port: 4434,
+                    channel: 0x1_0000_0003,
+                    ticket: Bytes::from(vec![5u8; crate::fastpath::TICKET_LEN]),
+                    expires_unix: 1_800_000_000,
+                }),
             }),
             RelayMessage::Refused(RefusalReason::SessionFull),
             RelayMessage::FeatureRefused {
@@ -307,6 +365,17 @@ mod tests {
             RelayMessage::Dropped(RefusalReason::RateLimited),
             RelayMessage::Pong(9),
             RelayMessage::SessionEnded(EndReason::IdleTimeout),
+            RelayMessage::FastPathTicket(FastPathOffer {
+                addr: Some("[2001:db8::1]:4434".parse().unwrap()),
+                port: 4434,
+                channel: 7,
+                ticket: Bytes::from(vec![1u8; crate::fastpath::TICKET_LEN]),
+                expires_unix: 5,
+            }),
+            RelayMessage::FastPathBound {
+                channel: 7,
+                addr: "127.0.0.1:5000".parse().unwrap(),
+            },
         ]
     }
 
@@ -331,9 +400,13 @@ mod tests {
     fn variant_counts_match_the_enums() {
         // The last variant's index must be VARIANTS - 1: catches an enum grown without
         // updating MessageTypes.
-        let last = encode(&RelayMessage::SessionEnded(EndReason::IdleTimeout)).unwrap();
+        let last = encode(&RelayMessage::FastPathBound {
+            channel: 1,
+            addr: "127.0.0.1:1".parse().unwrap(),
+        })
+        .unwrap();
         assert_eq!(last[4], RelayMessage::VARIANTS - 1);
-        let last = encode(&ClientMessage::Ping(1)).unwrap();
+        let last = encode(&ClientMessage::FastPathTicket).unwrap();
         assert_eq!(last[4], ClientMessage::VARIANTS - 1);
     }
 
@@ -413,6 +486,7 @@ mod tests {
             any::<u16>().prop_map(|f| ClientMessage::Request(Feature::from(f))),
             Just(ClientMessage::Leave),
             any::<u64>().prop_map(ClientMessage::Ping),
+            Just(ClientMessage::FastPathTicket),
         ]
     }
 

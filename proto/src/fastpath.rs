@@ -326,12 +326,22 @@ impl FastPathTicket {
 
     /// The whole BIND packet for this ticket: header (type BIND, the ticket's channel), ticket.
     pub fn bind_packet(&self, key: &FastPathKey) -> [u8; BIND_PACKET_LEN] {
-        let mut out = [0u8; BIND_PACKET_LEN];
-        out[..FASTPATH_HEADER_LEN]
-            .copy_from_slice(&FastPathHeader::new(PacketType::Bind, self.channel).to_bytes());
-        out[FASTPATH_HEADER_LEN..].copy_from_slice(&self.encode(key));
-        out
+        write_bind(self.channel, &self.encode(key))
     }
+}
+
+/// The BIND datagram for `channel` carrying `ticket` as the control plane gave it (an
+/// endpoint has the ticket's bytes, not the key). `None` unless `ticket` is `TICKET_LEN` bytes.
+pub fn bind_packet_from(channel: u64, ticket: &[u8]) -> Option<[u8; BIND_PACKET_LEN]> {
+    ticket.try_into().ok().map(|t| write_bind(channel, t))
+}
+
+fn write_bind(channel: u64, ticket: &[u8; TICKET_LEN]) -> [u8; BIND_PACKET_LEN] {
+    let mut out = [0u8; BIND_PACKET_LEN];
+    out[..FASTPATH_HEADER_LEN]
+        .copy_from_slice(&FastPathHeader::new(PacketType::Bind, channel).to_bytes());
+    out[FASTPATH_HEADER_LEN..].copy_from_slice(ticket);
+    out
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ pub mod refusal;
 pub mod token;
 
 pub use control::{
-    ClientMessage, CodecError, FrameDecoder, Joined, Limits, RelayMessage, ResumeSecret, Slot,
-    ALPN, MAX_CONTROL_FRAME,
+    ClientMessage, CodecError, FastPathOffer, FrameDecoder, Joined, Limits, RelayMessage,
+    ResumeSecret, Slot, ALPN, MAX_CONTROL_FRAME,
 };
 pub use ids::{DeviceId, IdError, NodeId, SessionId, UserId};
 pub use media::{MediaHeader, MediaHeaderError, MediaKind, MEDIA_HEADER_LEN, MEDIA_VERSION};

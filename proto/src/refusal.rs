@@ -121,6 +121,8 @@ coded_enum!(
         TokenNotYetValid = 19 => "token_not_yet_valid",
         /// The peer cannot use E2EE for this call (its reason is in `E2eeUnavailable`).
         PeerE2eeUnavailable = 20 => "peer_e2ee_unavailable",
+        /// The relay serves no raw-UDP fast path (turned off, or its channel table is full).
+        FastPathUnavailable = 21 => "fast_path_unavailable",
     }
 );
 

@@ -606,6 +606,11 @@ impl Control {
                 self.reply(RelayMessage::Pong(n)).await;
                 Flow::Continue
             }
+            ClientMessage::FastPathTicket => {
+                self.reply(RelayMessage::Dropped(RefusalReason::FastPathUnavailable))
+                    .await;
+                Flow::Continue
+            }
         }
     }
 

@@ -349,6 +349,8 @@ impl SessionTable {
             resumed,
             limits: self.cfg.limits.clone(),
             resume,
+            // The I/O layer fills it in: channels and tickets are not session rules.
+            fast_path: None,
         }
     }
 
