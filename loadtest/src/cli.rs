@@ -80,6 +80,118 @@ pub struct Cli {
 pub enum Cmd {
     /// Merge reports of several generators into one (histograms merge exactly)
     Merge(MergeArgs),
+    /// Raw forwarder bench: the same paced UDP load against the C baseline forwarder, the
+    /// relay's raw UDP fast path or its QUIC datagram path (schema: loadtest/REPORT.md)
+    Udp(UdpArgs),
+}
+
+/// What `duet-loadtest udp` drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpTargetKind {
+    /// The C `fwd` protocol: 8-byte session id, first two source addresses pair up
+    Baseline,
+    /// duet-relay's raw UDP fast path (QUIC control connection for the offer, then BIND)
+    FastPath,
+    /// duet-relay's QUIC datagram path through the SDK
+    Quic,
+}
+
+impl UdpTargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::FastPath => "fastpath",
+            Self::Quic => "quic",
+        }
+    }
+
+    /// Bytes in front of the 16-byte probe: session id, fast-path header, media header.
+    pub fn prefix_len(self) -> usize {
+        match self {
+            Self::Baseline => 8,
+            Self::FastPath => duet_proto::fastpath::FASTPATH_HEADER_LEN,
+            Self::Quic => duet_proto::media::MEDIA_HEADER_LEN,
+        }
+    }
+
+    /// Smallest `--size` this target can carry a probe in.
+    pub fn min_size(self) -> usize {
+        self.prefix_len() + crate::udp::PROBE_LEN
+    }
+}
+
+/// `--target KIND=IP:PORT`. For `fastpath` and `quic` the address is the relay's QUIC
+/// listen address (the fast-path port comes from the offer in `Joined`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpTarget {
+    pub kind: UdpTargetKind,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for UdpTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (k, a) = s.split_once('=').ok_or_else(|| {
+            format!("{s:?}: expected baseline=IP:PORT, fastpath=IP:PORT or quic=IP:PORT")
+        })?;
+        let kind = match k {
+            "baseline" => UdpTargetKind::Baseline,
+            "fastpath" | "fast-path" => UdpTargetKind::FastPath,
+            "quic" => UdpTargetKind::Quic,
+            _ => return Err(format!("{k:?}: unknown target (baseline, fastpath, quic)")),
+        };
+        let addr: SocketAddr = a.parse().map_err(|_| format!("{a:?}: expected IP:PORT"))?;
+        if !addr.is_ipv4() {
+            return Err(format!("{a:?}: the udp bench is IPv4 only"));
+        }
+        Ok(Self { kind, addr })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct UdpArgs {
+    /// Pairs (2 endpoints each, one UDP socket per endpoint)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    pub pairs: u32,
+    /// TOTAL packets per second over all endpoints (e.g. 20000, 20000/s)
+    #[arg(long, default_value = "1000/s", value_parser = parse_rate)]
+    pub pps: f64,
+    /// Send window (max 10m)
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// UDP payload the generator sends, bytes, header included (baseline: 8-byte session
+    /// id; fastpath: 10-byte fast-path header; quic: the datagram handed to QUIC, 2-byte
+    /// media header included)
+    #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u16).range(18..=2048))]
+    pub size: u16,
+    /// KIND=IP:PORT, KIND one of baseline, fastpath, quic
+    #[arg(long, value_name = "KIND=IP:PORT")]
+    pub target: UdpTarget,
+    /// PEM of the relay's certificate (fastpath and quic)
+    #[arg(long, value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// TLS server name the relay's certificate carries
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// Token key secret file, hex as `duet-relay` writes it (fastpath and quic)
+    #[arg(long, value_name = "FILE")]
+    pub token_key_file: Option<PathBuf>,
+    /// Id of that token key
+    #[arg(long, default_value = "default")]
+    pub token_key_id: String,
+    /// Read this forwarder's utime+stime (and RSS) from /proc before and after the run
+    #[arg(long, value_name = "PID")]
+    pub relay_pid: Option<u32>,
+    /// Set up the sessions (fastpath: joined and bound), send no media, hold them for
+    /// --duration and report the forwarder's RSS per session
+    #[arg(long)]
+    pub idle: bool,
+    /// Id in session and user ids (default: random)
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Write the JSON report here (schema: loadtest/REPORT.md, "udp report")
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

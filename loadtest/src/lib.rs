@@ -19,8 +19,12 @@
 //! | [`target`] | relay addresses, tokens, the embedded relay | yes |
 //! | [`progress`] | live progress on stderr | yes |
 //! | [`runner`] | the run's timeline, the calls, their bounds | yes |
+//! | [`udp`] | `udp` subcommand engine: endpoint sockets, pacing, batched send/receive | yes |
+//! | [`fpctl`] | minimal control client for the fast-path offer and bind confirmation | yes |
+//! | [`udpbench`] | `udp` subcommand: baseline/fastpath/quic set-up, its report and `RESULT` line | yes |
 
 pub mod cli;
+pub mod fpctl;
 pub mod hist;
 pub mod merge;
 pub mod placement;
@@ -35,6 +39,8 @@ pub mod slo;
 pub mod stats;
 pub mod summary;
 pub mod target;
+pub mod udp;
+pub mod udpbench;
 
 /// Process exit codes of `duet-loadtest` (stable: scripts and CI read them).
 pub mod exit {

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser};
-use duet_loadtest::cli::{Cli, Cmd, MergeArgs, RunArgs, Transport};
+use duet_loadtest::cli::{Cli, Cmd, MergeArgs, RunArgs, Transport, UdpArgs};
 use duet_loadtest::report::{Report, StopReason};
 use duet_loadtest::runner::{run, RunOptions, RunTarget};
 use duet_loadtest::target::{self, EmbeddedRelay};
-use duet_loadtest::{exit, merge, resources, rng, summary};
+use duet_loadtest::{exit, merge, resources, rng, summary, udpbench};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.cmd {
         Some(Cmd::Merge(m)) => merge_cmd(m),
+        Some(Cmd::Udp(u)) => udp_cmd(u),
         None => run_cmd(cli.run),
     };
     match result {
@@ -199,6 +200,28 @@ fn finish(
         _ if slo_missed => exit::SLO_MISSED,
         StopReason::Deadline if from_run => exit::DEADLINE,
         _ => exit::OK,
+    })
+}
+
+fn udp_cmd(a: UdpArgs) -> anyhow::Result<u8> {
+    if let Err(msg) = udpbench::validate(&a) {
+        usage_error(msg);
+    }
+    let report = udpbench::run(&a)?;
+    if let Some(p) = &a.report {
+        write_atomic(p, &serde_json::to_string_pretty(&report)?)?;
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("{}", report.result_line());
+    Ok(if report.stop_reason == "interrupted" {
+        exit::INTERRUPTED
+    } else if report.setup.pairs_ready == 0 {
+        eprintln!("error: no pair was set up (see setup.failures in the report)");
+        exit::ERROR
+    } else {
+        exit::OK
     })
 }
 

@@ -1,0 +1,130 @@
+//! A minimal control-plane client for the fast-path bench: QUIC + TLS to the relay, `Join`
+//! (no E2EE), and the control stream kept open for the run.
+//!
+//! Why not the SDK: the bench needs the `FastPathOffer` in `Joined` and the relay's
+//! `FastPathBound` confirmation, and the SDK (today) exposes neither (`Call` keeps `Joined`
+//! private and drops `FastPathBound`). This speaks exactly the SDK's protocol (same ALPN,
+//! aws-lc-rs TLS 1.3, same control framing) over one shared QUIC endpoint, so the relay sees
+//! ordinary control connections. Media never goes over these connections; the bench's raw
+//! UDP sockets carry it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use duet_proto::control::encode;
+use duet_proto::{ClientMessage, FastPathOffer, FrameDecoder, RelayMessage, SessionId, ALPN};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+/// One QUIC client endpoint (one UDP socket) shared by every control connection.
+pub fn endpoint(cert_pem: &[u8]) -> anyhow::Result<quinn::Endpoint> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(cert_pem) {
+        roots.add(cert?)?;
+    }
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "the certificate PEM holds no certificate"
+    );
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    cfg.transport_config(Arc::new(transport));
+    let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    ep.set_default_client_config(cfg);
+    Ok(ep)
+}
+
+/// One joined endpoint's control connection.
+pub struct Control {
+    pub conn: quinn::Connection,
+    /// The fast-path offer in `Joined` (`None`: the relay serves no fast path).
+    pub offer: Option<FastPathOffer>,
+    /// Set when the relay confirmed a BIND (`FastPathBound`) on this connection.
+    pub bound: Arc<AtomicBool>,
+    send: quinn::SendStream,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Control {
+    /// Connects, joins `session` with `token` and starts reading the control stream.
+    pub async fn join(
+        ep: &quinn::Endpoint,
+        relay: SocketAddr,
+        server_name: &str,
+        token: String,
+        session: SessionId,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let work = async {
+            let conn = ep.connect(relay, server_name)?.await?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(&encode(&ClientMessage::Join {
+                session,
+                token,
+                resume: None,
+            })?)
+            .await?;
+            let mut dec = FrameDecoder::default();
+            let joined = loop {
+                if let Some(m) = dec.next_message::<RelayMessage>()? {
+                    match m {
+                        RelayMessage::Joined(j) => break j,
+                        RelayMessage::Refused(r) => anyhow::bail!("refused: {r}"),
+                        _ => continue,
+                    }
+                }
+                match recv.read_chunk(64 * 1024, true).await? {
+                    Some(c) => dec.extend(&c.bytes),
+                    None => anyhow::bail!("control stream closed before Joined"),
+                }
+            };
+            anyhow::Ok((conn, send, recv, dec, joined))
+        };
+        let (conn, send, mut recv, mut dec, joined) = tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| anyhow::anyhow!("timeout"))??;
+        let bound = Arc::new(AtomicBool::new(false));
+        let b = bound.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                while let Ok(Some(m)) = dec.next_message::<RelayMessage>() {
+                    if let RelayMessage::FastPathBound { .. } = m {
+                        b.store(true, Relaxed);
+                    }
+                }
+                match recv.read_chunk(64 * 1024, true).await {
+                    Ok(Some(c)) => dec.extend(&c.bytes),
+                    _ => return,
+                }
+            }
+        });
+        Ok(Self {
+            conn,
+            offer: joined.fast_path,
+            bound,
+            send,
+            reader,
+        })
+    }
+
+    /// Sends `Leave` and closes (bounded).
+    pub async fn leave(mut self) {
+        if let Ok(f) = encode(&ClientMessage::Leave) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.send.write_all(&f)).await;
+        }
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(Duration::from_millis(500), &mut self.reader).await;
+        self.reader.abort();
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
