@@ -1,0 +1,201 @@
+//! `duet-loadtest udp` against an in-test forwarder speaking the C baseline's protocol (what
+//! `fwd.c` does: 8-byte session id, the first two source addresses pair up, forward
+//! unchanged): zero loss at a low rate, a report with the documented fields, and argument
+//! errors exit 2. Real loopback sockets, bounded in time, no timing asserts.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use duet_loadtest::udpbench::{UdpReport, UDP_SCHEMA};
+
+/// A tiny `fwd.c`: one socket, pairs by the first two source addresses per session id.
+struct Fwd {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    forwarded: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Fwd {
+    fn start() -> Fwd {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let (s, f) = (stop.clone(), forwarded.clone());
+        let thread = std::thread::spawn(move || {
+            let mut pairs: HashMap<u64, Vec<SocketAddr>> = HashMap::new();
+            let mut buf = [0u8; 2048];
+            while !s.load(Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                if n < 8 {
+                    continue;
+                }
+                let id = u64::from_be_bytes(buf[..8].try_into().unwrap());
+                let m = pairs.entry(id).or_default();
+                let dst = match m.iter().position(|a| *a == from) {
+                    Some(i) => m.get(1 - i).copied(),
+                    None if m.len() < 2 => {
+                        m.push(from);
+                        (m.len() == 2).then(|| m[0])
+                    }
+                    None => None,
+                };
+                if let Some(d) = dst {
+                    if sock.send_to(&buf[..n], d).is_ok() {
+                        f.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        });
+        Fwd {
+            addr,
+            stop,
+            forwarded,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Fwd {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn baseline_target_delivers_everything_and_reports() {
+    let fwd = Fwd::start();
+    let (_dir, path) = common::tmp("udp.json");
+    let out = common::bin()
+        .args(["udp", "--pairs", "4", "--pps", "400", "--duration", "1s"])
+        .args(["--size", "160", "--target"])
+        .arg(format!("baseline={}", fwd.addr))
+        .args(["--relay-pid", &std::process::id().to_string(), "--report"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().find(|l| l.starts_with("RESULT ")).unwrap();
+    for key in [
+        "offered_pps=",
+        "recv_pps=",
+        "loss_pct=",
+        "p50_us=",
+        "p99_us=",
+        "p999_us=",
+        "max_us=",
+        "relay_cpu_us_per_pkt=",
+        "loadgen_cpu_s=",
+    ] {
+        assert!(line.contains(key), "{key} missing in {line}");
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    let r: UdpReport = serde_json::from_str(&text).unwrap();
+    assert_eq!(r.schema, UDP_SCHEMA);
+    assert_eq!((r.target.as_str(), r.pairs, r.endpoints), ("baseline", 4, 8));
+    assert_eq!(r.stop_reason, "completed");
+    assert_eq!(r.setup.hellos_back, Some(4));
+    assert_eq!(r.setup.pairs_ready, 4);
+    assert!(r.sent > 0);
+    assert_eq!(r.received, r.sent, "{line}");
+    assert_eq!(r.bad, 0);
+    assert_eq!(r.loss_pct, 0.0);
+    assert_eq!(r.received_bytes, r.received * 160);
+    assert!(r.latency_us.p50 <= r.latency_us.p99 && r.latency_us.p99 <= r.latency_us.max);
+    let h = duet_loadtest::hist::Hist::from_base64(&r.latency_us.histogram).unwrap();
+    assert_eq!(h.count(), r.received);
+    let relay = r.relay.as_ref().unwrap();
+    assert!(relay.cpu_s.is_some() && relay.cpu_us_per_packet.is_some());
+    // Hellos (4: B's to A) plus every media packet went through the forwarder.
+    assert_eq!(fwd.forwarded.load(Relaxed), r.received + 4);
+    // Every documented field is in the JSON, and nothing undocumented.
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/REPORT.md")).unwrap();
+    let section = doc.split("## udp report").nth(1).expect("REPORT.md: udp report section");
+    let mut fields = Vec::new();
+    collect(&v, "", &mut fields);
+    for f in &fields {
+        assert!(
+            section.contains(&format!("| `{f}` |")),
+            "field {f} not documented in REPORT.md's udp report section"
+        );
+    }
+}
+
+fn collect(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    if let serde_json::Value::Object(m) = v {
+        for (k, x) in m {
+            let name = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            if matches!(x, serde_json::Value::Object(_)) && k != "failures" {
+                collect(x, &name, out);
+            }
+            out.push(name);
+        }
+    }
+}
+
+#[test]
+fn idle_mode_sets_up_pairs_and_sends_no_media() {
+    let fwd = Fwd::start();
+    let out = common::bin()
+        .args(["udp", "--idle", "--pairs", "3", "--duration", "200ms"])
+        .arg("--target")
+        .arg(format!("baseline={}", fwd.addr))
+        .args(["--relay-pid", &std::process::id().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ready_pairs=3") && stdout.contains(" sent=0 "), "{stdout}");
+}
+
+#[test]
+fn udp_argument_errors_exit_2() {
+    for args in [
+        vec!["udp"],
+        vec!["udp", "--target", "nowhere"],
+        vec!["udp", "--target", "other=127.0.0.1:1"],
+        vec!["udp", "--target", "baseline=[::1]:1"],
+        vec!["udp", "--target", "baseline=127.0.0.1:1", "--pairs", "0"],
+        vec!["udp", "--target", "baseline=127.0.0.1:1", "--pps", "0"],
+        vec!["udp", "--target", "baseline=127.0.0.1:1", "--size", "10"],
+        // 20 bytes: fits quic's 2-byte header + probe, not baseline's 8-byte session id.
+        vec!["udp", "--target", "baseline=127.0.0.1:1", "--size", "20"],
+        vec!["udp", "--target", "baseline=127.0.0.1:1", "--duration", "11m"],
+        vec!["udp", "--target", "fastpath=127.0.0.1:1"],
+        vec!["udp", "--target", "quic=127.0.0.1:1", "--cert", "c.pem"],
+        vec![
+            "udp",
+            "--target",
+            "baseline=127.0.0.1:1",
+            "--token-key-file",
+            "k",
+        ],
+    ] {
+        let out = common::bin().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}
