@@ -17,11 +17,15 @@
 #                   the QUIC generator is the SDK and saturates long before the relay, and the
 #                   relay pins QUIC's UDP payload at 1200 B, so a 1200-byte datagram does not fit;
 #                   each QUIC row has its own C fwd row at the same load for the ratio)
+#        FP_WORKERS=1 (fast-path worker threads of the measured relay: 1 = like fwd.c, one socket
+#                   and one thread; 0 = the relay's default, one per CPU)
+#        FP_WORKERS_ALT=0 (an extra fast-path row per case with these workers; empty skips it)
 #        D=5 (send seconds per row)  IDLE_N=1000 (0 skips)  OUT=target/bench-system
 #        SKIP_BUILD=1 (reuse the binaries)  PROFILE=release (debug: functional check only)  BASE=../shared/baseline
 # Traffic stays on 127.0.0.1; every process is bounded by `timeout`; a trap kills what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+FP_WORKERS=${FP_WORKERS:-1}; FP_WORKERS_ALT=${FP_WORKERS_ALT-0}
 D=${D:-5}; IDLE_N=${IDLE_N:-1000}; OUT=${OUT:-target/bench-system}
 CASES=${CASES:-"160x1:1:160:40000 160x1000:1000:160:40000 1200x1:1:1200:30000 1200x1000:1000:1200:30000"}
 QUIC_CASES=${QUIC_CASES:-"160x1:1:160:10000 160x100:100:160:10000 1100x1:1:1100:10000"}
@@ -56,9 +60,9 @@ stop_fwd() { kill -TERM "$FPID" 2>/dev/null || true; wait "$FPID" 2>/dev/null ||
 
 # Starts a fresh duet-relay (fast path too when it has one); per-endpoint media limits raised
 # far above the offered load so the relay's rate limiter never drops what fwd.c would forward.
-start_relay() {
+start_relay() { # [fast-path workers]
   DATA="$OUT/relay-data"; rm -rf "$DATA"
-  local fp=(); [ "$HAS_FP" = 1 ] && fp=(--fast-path-listen "127.0.0.1:$FP_PORT")
+  local fp=(); [ "$HAS_FP" = 1 ] && fp=(--fast-path-listen "127.0.0.1:$FP_PORT" --fast-path-workers "${1:-$FP_WORKERS}")
   "$RELAY" serve --data-dir "$DATA" --listen "127.0.0.1:$QUIC_PORT" --ops-listen "127.0.0.1:$OPS_PORT" \
     "${fp[@]}" --media-packets-per-sec 10000000 --media-bytes-per-sec 100000000000 \
     --max-sessions 20000 > "$OUT/relay.log" 2>&1 &
@@ -117,13 +121,16 @@ PY
   udp_run "baseline=127.0.0.1:$FWD_PORT" "$K" "$S" "$PPS" "$OUT/$name-baseline.json" --relay-pid "$FPID"
   stop_fwd
   udp_row "C fwd <- duet-loadtest" "$K" "$S" "$OUT/$name-baseline.json"
-  # 3. duet-relay fast path.
+  # 3. duet-relay fast path (FP_WORKERS, then FP_WORKERS_ALT).
   if [ "$HAS_FP" = 1 ]; then
-    start_relay
-    udp_run "fastpath=127.0.0.1:$QUIC_PORT" "$K" "$S" "$PPS" "$OUT/$name-fastpath.json" \
-      --relay-pid "$RPID" --cert "$DATA/cert.pem" --token-key-file "$DATA/token-key"
-    stop_relay
-    udp_row "duet-relay fast path" "$K" "$S" "$OUT/$name-fastpath.json"
+    for w in $FP_WORKERS $FP_WORKERS_ALT; do
+      start_relay "$w"
+      udp_run "fastpath=127.0.0.1:$QUIC_PORT" "$K" "$S" "$PPS" "$OUT/$name-fastpath-w$w.json" \
+        --relay-pid "$RPID" --cert "$DATA/cert.pem" --token-key-file "$DATA/token-key"
+      stop_relay
+      wl=$w; [ "$w" = 0 ] && wl="per CPU"
+      udp_row "duet-relay fast path, workers=$wl" "$K" "$S" "$OUT/$name-fastpath-w$w.json"
+    done
   else
     printf 'duet-relay fast path\t%s\t%s\tn/a (relay has no --fast-path-listen)\tn/a\tn/a\tn/a\tn/a\tn/a\n' "$K" "$S" >> "$ROWS"
   fi
