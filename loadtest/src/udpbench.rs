@@ -131,7 +131,7 @@ struct Measured {
     fast_path_addr: Option<SocketAddr>,
     send: SendStats,
     recv: RecvStats,
-    cpu: Option<(f64, f64)>,
+    cpu: CpuWindow,
     rss: (Option<u64>, Option<u64>),
     warnings: Vec<String>,
 }
@@ -163,6 +163,9 @@ fn relay_sample(pid: Option<u32>) -> (Option<f64>, Option<u64>) {
     }
 }
 
+/// Forwarder CPU seconds at the start and end of the measured window.
+type CpuWindow = Option<(f64, f64)>;
+
 /// The measured window shared by the raw targets: receiver on, pace, drain, receiver off.
 fn raw_window(
     socks: Arc<Vec<UdpSocket>>,
@@ -170,7 +173,7 @@ fn raw_window(
     expect: Vec<Vec<u8>>,
     dests: &[SocketAddrV4],
     a: &UdpArgs,
-) -> anyhow::Result<(SendStats, RecvStats, Option<(f64, f64)>)> {
+) -> anyhow::Result<(SendStats, RecvStats, CpuWindow)> {
     let stop = Arc::new(AtomicBool::new(false));
     let live = Arc::new(AtomicU64::new(0));
     let rx = udp::spawn_receiver(socks.clone(), expect, stop.clone(), live)?;

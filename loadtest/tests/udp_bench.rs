@@ -111,7 +111,10 @@ fn baseline_target_delivers_everything_and_reports() {
     let text = std::fs::read_to_string(&path).unwrap();
     let r: UdpReport = serde_json::from_str(&text).unwrap();
     assert_eq!(r.schema, UDP_SCHEMA);
-    assert_eq!((r.target.as_str(), r.pairs, r.endpoints), ("baseline", 4, 8));
+    assert_eq!(
+        (r.target.as_str(), r.pairs, r.endpoints),
+        ("baseline", 4, 8)
+    );
     assert_eq!(r.stop_reason, "completed");
     assert_eq!(r.setup.hellos_back, Some(4));
     assert_eq!(r.setup.pairs_ready, 4);
@@ -130,7 +133,10 @@ fn baseline_target_delivers_everything_and_reports() {
     // Every documented field is in the JSON, and nothing undocumented.
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/REPORT.md")).unwrap();
-    let section = doc.split("## udp report").nth(1).expect("REPORT.md: udp report section");
+    let section = doc
+        .split("## udp report")
+        .nth(1)
+        .expect("REPORT.md: udp report section");
     let mut fields = Vec::new();
     collect(&v, "", &mut fields);
     for f in &fields {
@@ -169,7 +175,10 @@ fn idle_mode_sets_up_pairs_and_sends_no_media() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("ready_pairs=3") && stdout.contains(" sent=0 "), "{stdout}");
+    assert!(
+        stdout.contains("ready_pairs=3") && stdout.contains(" sent=0 "),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -184,7 +193,13 @@ fn udp_argument_errors_exit_2() {
         vec!["udp", "--target", "baseline=127.0.0.1:1", "--size", "10"],
         // 20 bytes: fits quic's 2-byte header + probe, not baseline's 8-byte session id.
         vec!["udp", "--target", "baseline=127.0.0.1:1", "--size", "20"],
-        vec!["udp", "--target", "baseline=127.0.0.1:1", "--duration", "11m"],
+        vec![
+            "udp",
+            "--target",
+            "baseline=127.0.0.1:1",
+            "--duration",
+            "11m",
+        ],
         vec!["udp", "--target", "fastpath=127.0.0.1:1"],
         vec!["udp", "--target", "quic=127.0.0.1:1", "--cert", "c.pem"],
         vec![
