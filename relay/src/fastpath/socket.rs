@@ -17,8 +17,8 @@
 //!   several same-flow datagrams of one size (the last may be shorter) plus a `UDP_GRO` cmsg
 //!   with that size. Each message then needs a slot for a whole coalesced buffer (64 KiB), so
 //!   in GRO mode a batch uses *fewer, larger* slots: `batch / 4` (1..=16) slots of 64 KiB,
-//!   at most 1 MiB per worker, allocated zeroed so pages only become resident as the kernel
-//!   writes into them (giving every one of 64 messages 64 KiB would be 4 MiB for little gain:
+//!   at most 1 MiB per worker, allocated zeroed (so pages the kernel never writes usually
+//!   never become resident) and shared with the fallback layout (giving every one of 64 messages 64 KiB would be 4 MiB for little gain:
 //!   16 messages per syscall already amortise the syscall, and coalesced messages carry many
 //!   datagrams each). The number of logical datagrams per call stays at most `batch` (the
 //!   worker's `SendBatch` has `batch` entries); segments beyond that are kept and returned by
@@ -1109,5 +1109,53 @@ mod tests {
             .collect();
         assert_eq!(drain(&dst, 7), want);
         assert_quiet(&dst);
+    }
+
+    /// The same split and segmentation over IPv6 (`[::1]`), skipped where there is none.
+    #[test]
+    fn gro_and_gso_over_ipv6_loopback() {
+        let Ok(c) = UdpSocket::bind("[::1]:0") else {
+            return;
+        };
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let s = FastPathSocket::bind_with(
+            "[::1]:0".parse().unwrap(),
+            Duration::from_millis(500),
+            Offload::probe(),
+        )
+        .unwrap();
+        let mut data = Vec::new();
+        for k in 0..5u8 {
+            data.extend(pattern(k, 100));
+        }
+        data.extend(pattern(5, 30));
+        let want: Vec<Vec<u8>> = data.chunks(100).map(<[u8]>::to_vec).collect();
+        gso_send(&c, s.local_addr().unwrap(), &data, 100);
+        let mut rx = RecvBatch::new(16, 2048);
+        let (got, _) = recv_logical(&s, &mut rx, 6);
+        let mut tx = SendBatch::new(16);
+        for (i, (d, from)) in got.iter().enumerate() {
+            assert_eq!(d, &want[i]);
+            assert_eq!(*from, Some(c.local_addr().unwrap()));
+        }
+        // Echo them all back (one call delivered them all when GRO coalesced them).
+        if s.offload().gro {
+            assert_eq!(
+                (got.len(), rx.messages()),
+                (6, 1),
+                "coalesced over IPv6 too"
+            );
+        }
+        if got.len() == rx.len() {
+            for i in 0..rx.len() {
+                assert!(tx.push(i, c.local_addr().unwrap()));
+            }
+            assert_eq!(s.send_batch(&mut tx, &rx), (6, 0));
+            if s.offload().gso {
+                assert_eq!(tx.last_messages(), 1);
+            }
+            assert_eq!(drain(&c, 6), want);
+        }
     }
 }
