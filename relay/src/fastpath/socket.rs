@@ -16,24 +16,26 @@
 //! * Receive (GRO): the socket sets `UDP_GRO`, so the kernel may hand one buffer holding
 //!   several same-flow datagrams of one size (the last may be shorter) plus a `UDP_GRO` cmsg
 //!   with that size. Each message then needs a slot for a whole coalesced buffer (64 KiB), so
-//!   in GRO mode a batch uses *fewer, larger* slots: `batch / 4` (1..=16) slots of 64 KiB,
-//!   at most 1 MiB per worker, allocated zeroed (so pages the kernel never writes usually
-//!   never become resident) and shared with the fallback layout (giving every one of 64 messages 64 KiB would be 4 MiB for little gain:
-//!   16 messages per syscall already amortise the syscall, and coalesced messages carry many
-//!   datagrams each). The number of logical datagrams per call stays at most `batch` (the
-//!   worker's `SendBatch` has `batch` entries); segments beyond that are kept and returned by
-//!   the next call without a syscall. Segment boundaries are computed into preallocated index
-//!   arrays. Without GRO, `batch` slots of `slot` bytes, one datagram each, as before.
+//!   in GRO mode a batch uses *fewer, larger* slots: `batch / 4` (1..=16) slots of 64 KiB, at
+//!   most 1 MiB per worker, allocated zeroed (pages the kernel never writes usually never
+//!   become resident) and shared with the fallback layout. Giving each of 64 messages 64 KiB
+//!   would be 4 MiB per worker for little gain: 16 messages per syscall already amortise the
+//!   syscall, and a coalesced message carries many datagrams. The logical datagrams per call
+//!   stay at most `batch` (the worker's `SendBatch` has `batch` entries); segments beyond that
+//!   are kept and returned by the next call without a syscall. Segment boundaries go into
+//!   preallocated index arrays. Without GRO: `batch` slots of `slot` bytes, one datagram each.
 //! * Send (GSO): a run of consecutive queued datagrams to the same address with the same
 //!   length (the last may be shorter), up to 64 segments, 65507 bytes and segments of at most
 //!   1452 bytes (so a segment fits a 1500-byte path MTU; the kernel refuses a segment larger
 //!   than the path MTU instead of fragmenting it), goes out as one `mmsghdr` whose iovecs are
-//!   the segments in the receive buffers, with a `UDP_SEGMENT` cmsg. Forwarded media of one
-//!   call arrives in such runs (and GRO hands them over as such), so one message replaces up
-//!   to 64. A lone datagram goes out plainly. If the kernel refuses a segmented send (no
-//!   checksum offload on the route, `EIO`; `EINVAL`, `EOPNOTSUPP`, ...), GSO is turned off for
-//!   this socket for good ([`FastPathSocket::gso_fell_back`] tells) and that run is resent one
-//!   datagram per message; the counts stay exact in datagrams.
+//!   the segments in the receive buffers, with a `UDP_SEGMENT` cmsg. Such runs are what GRO
+//!   hands over (one flow, one size) and what a video frame split into equal packets looks
+//!   like, so one message replaces up to 64. A lone datagram goes out plainly. If the kernel
+//!   refuses a segmented send (`EIO`: no checksum offload on the route; `EINVAL`,
+//!   `EOPNOTSUPP`, ...), GSO is turned off for this socket for good
+//!   ([`FastPathSocket::gso_fell_back`] tells, nothing is logged per packet) and that run and
+//!   the rest of the batch are resent one datagram per message; the counts stay exact in
+//!   datagrams.
 //!
 //! A datagram longer than the `slot` a [`RecvBatch`] was made with is presented as empty (so
 //! the table drops it) in both modes.
@@ -432,20 +434,20 @@ impl SendBatch {
             h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
             h.msg_namelen = self.addr_lens[i];
             h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = j - i;
+            h.msg_iovlen = (j - i) as _;
             h.msg_flags = 0;
             if j - i > 1 {
                 let c = &mut self.ctrl[msg];
                 h.msg_control = c.as_mut_ptr().cast();
                 // SAFETY: CMSG_SPACE is a pure size computation.
-                h.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
+                h.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
                 // SAFETY: the control buffer is 64 bytes, aligned for cmsghdr, and larger
                 // than CMSG_SPACE(2), so the first header and its 2 data bytes fit.
                 unsafe {
                     let cm = libc::CMSG_FIRSTHDR(h);
                     (*cm).cmsg_level = libc::SOL_UDP;
                     (*cm).cmsg_type = libc::UDP_SEGMENT;
-                    (*cm).cmsg_len = libc::CMSG_LEN(2) as usize;
+                    (*cm).cmsg_len = libc::CMSG_LEN(2) as _;
                     std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<u16>(), len as u16);
                 }
             } else {
@@ -571,7 +573,7 @@ impl FastPathSocket {
             h.msg_hdr.msg_iovlen = 1;
             if self.gro {
                 h.msg_hdr.msg_control = rx.ctrl[i].as_mut_ptr().cast();
-                h.msg_hdr.msg_controllen = mem::size_of::<Ctrl>();
+                h.msg_hdr.msg_controllen = mem::size_of::<Ctrl>() as _;
             } else {
                 h.msg_hdr.msg_control = std::ptr::null_mut();
                 h.msg_hdr.msg_controllen = 0;
@@ -762,11 +764,11 @@ mod tests {
         // SAFETY: test code; the control buffer is aligned and larger than CMSG_SPACE(2), and
         // every pointer in `h` is live for the call.
         let rc = unsafe {
-            h.msg_controllen = libc::CMSG_SPACE(2) as usize;
+            h.msg_controllen = libc::CMSG_SPACE(2) as _;
             let cm = libc::CMSG_FIRSTHDR(&h);
             (*cm).cmsg_level = libc::SOL_UDP;
             (*cm).cmsg_type = libc::UDP_SEGMENT;
-            (*cm).cmsg_len = libc::CMSG_LEN(2) as usize;
+            (*cm).cmsg_len = libc::CMSG_LEN(2) as _;
             std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<u16>(), seg);
             libc::sendmsg(c.as_raw_fd(), &h, 0)
         };
