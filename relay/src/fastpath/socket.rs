@@ -676,9 +676,13 @@ impl FastPathSocket {
     }
     /// Another handle on the same socket (same port, same SO_REUSEPORT member), for sending
     /// from outside the worker: the QUIC path's bridge to fast-path endpoints.
+    /// The clone sends one plain datagram at a time (no segmentation) and never receives.
     pub fn try_clone(&self) -> io::Result<Self> {
         Ok(Self {
             socket: self.socket.try_clone()?,
+            gro: false,
+            gso_requested: false,
+            gso: AtomicBool::new(false),
         })
     }
 
