@@ -283,10 +283,10 @@ impl FastPathConfig {
                 ),
             ));
         }
-        if !(10..=86_400).contains(&self.ticket_ttl_secs) {
+        if !(2..=86_400).contains(&self.ticket_ttl_secs) {
             return Err(invalid(
                 "fast_path.ticket_ttl_secs",
-                format!("must be 10..=86400, got {}", self.ticket_ttl_secs),
+                format!("must be 2..=86400, got {}", self.ticket_ttl_secs),
             ));
         }
         if self.advertise.is_some_and(|a| a.port() == 0) {

@@ -36,10 +36,10 @@ use tokio::time::timeout_at;
 use crate::config::Config;
 use crate::fastpath::{
     channel_pair, channel_side, BindOutcome, ControlPlane, DropReason as FastPathDrop,
-    FastPathLimits, FastPathService,
+    EndpointBudget, FastPathLimits, FastPathService,
 };
 use crate::forward::{forward_step, DropReason};
-use crate::limits::{MediaLimiter, TokenBucket};
+use crate::limits::{Admission, MediaLimiter, TokenBucket};
 use crate::metrics::RelayMetrics;
 use crate::session::{Action, CloseReason, ConnId, SessionTable, TableConfig};
 
@@ -592,11 +592,15 @@ async fn media_loop(
         .map(|(fp, c)| (fp, c[slot.index()], c[slot.other().index()]));
     let bridged = &m.fast_path.bridged_to_fastpath;
     let l = &shared.cfg.limits;
-    let mut limiter = MediaLimiter::new(
-        l.media_packets_per_sec,
-        l.media_bytes_per_sec,
-        Instant::now(),
-    );
+    let mut limiter = match fast_path {
+        // One budget per endpoint, whichever transport it sends on.
+        Some((fp, mine, _)) => EndpointLimiter::Shared(fp.table().budget(mine)),
+        None => EndpointLimiter::Own(MediaLimiter::new(
+            l.media_packets_per_sec,
+            l.media_bytes_per_sec,
+            Instant::now(),
+        )),
+    };
     let send_failed = m.media_dropped(DropReason::SendFailed).clone();
     let send_too_large = m.media_dropped(DropReason::TooLargeForPeer).clone();
     loop {
@@ -629,6 +633,22 @@ async fn media_loop(
                 }
             }
             Err(r) => m.media_dropped(r).increment(1),
+        }
+    }
+}
+
+/// Where an endpoint's QUIC media is charged.
+enum EndpointLimiter<'a> {
+    Own(MediaLimiter),
+    Shared(EndpointBudget<'a>),
+}
+
+impl Admission for EndpointLimiter<'_> {
+    #[inline]
+    fn admit(&mut self, len: usize, now: Instant) -> bool {
+        match self {
+            Self::Own(l) => l.admit(len, now),
+            Self::Shared(b) => b.admit(len, now),
         }
     }
 }
