@@ -150,24 +150,27 @@ for c in $QUIC_CASES; do
   udp_row "duet-relay QUIC datagrams" "$K" "$S" "$OUT/$name-quic.json"
 done
 
-IDLE_LINE="relay RSS per idle fast-path session: not measured"
-if [ "$IDLE_N" -gt 0 ] && [ "$HAS_FP" = 1 ]; then
-  echo "== idle fast-path sessions: $IDLE_N" >&2
+# Relay RSS per idle session: IDLE_N sessions joined (fast path: and bound), no media.
+idle_rss() { # target label json
   start_relay
-  udp_run "fastpath=127.0.0.1:$QUIC_PORT" "$IDLE_N" 160 1000 "$OUT/idle-fastpath.json" --idle \
+  udp_run "$1=127.0.0.1:$QUIC_PORT" "$IDLE_N" 160 1000 "$3" --idle \
     --relay-pid "$RPID" --cert "$DATA/cert.pem" --token-key-file "$DATA/token-key"
   stop_relay
-  IDLE_LINE=$(python3 - "$OUT/idle-fastpath.json" <<'PY'
+  python3 - "$3" "$2" <<'PY'
 import json, sys
 try:
     r = json.load(open(sys.argv[1])); rel = r["relay"]
-    print("relay RSS per idle fast-path session: %.1f KiB (RSS %.1f -> %.1f MiB, %d sessions joined and bound, %d endpoints confirmed)" % (
-        rel["rss_per_session_bytes"] / 1024, rel["rss_before_bytes"] / 2**20, rel["rss_after_bytes"] / 2**20,
-        r["setup"]["pairs_ready"], r["setup"]["binds_confirmed"] or 0))
+    print("relay RSS per idle %s session: %.1f KiB (RSS %.1f -> %.1f MiB, %d sessions ready, %s endpoints bound)" % (
+        sys.argv[2], rel["rss_per_session_bytes"] / 1024, rel["rss_before_bytes"] / 2**20,
+        rel["rss_after_bytes"] / 2**20, r["setup"]["pairs_ready"], r["setup"]["binds_confirmed"] if r["setup"]["binds_confirmed"] is not None else "no"))
 except Exception as e:
-    print("relay RSS per idle fast-path session: failed (%s)" % e)
+    print("relay RSS per idle %s session: failed (%s)" % (sys.argv[2], e))
 PY
-)
+}
+IDLE_LINES="relay RSS per idle session: not measured (IDLE_N=0 or no fast path)"
+if [ "$IDLE_N" -gt 0 ] && [ "$HAS_FP" = 1 ]; then
+  echo "== idle sessions: $IDLE_N" >&2
+  IDLE_LINES=$(idle_rss fastpath fast-path "$OUT/idle-fastpath.json"; idle_rss quic "QUIC-only" "$OUT/idle-quic.json")
 fi
 
 # The table: ratio = relay CPU µs/packet over the C fwd's with the same generator and case.
@@ -189,5 +192,5 @@ for r in rows:
     print("| " + " | ".join([path, k, s, pps, us, ratio] + r[5:]) + " |")
 PY
 echo
-echo "$IDLE_LINE"
+echo "$IDLE_LINES"
 echo "(raw lines: $LOG; reports: $OUT/*.json)"
