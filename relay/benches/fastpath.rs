@@ -112,10 +112,15 @@ fn bench_route_contended(c: &mut Criterion) {
     let mut g = c.benchmark_group("fastpath_route_contended");
     g.throughput(Throughput::Elements(1));
     let (table, senders) = setup(1000, 1200);
-    let threads_max = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+    let threads_max = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2);
     for threads in [1usize, 2, threads_max] {
         for hot in [false, true] {
-            let id = format!("{threads}threads/{}", if hot { "one_pair" } else { "spread" });
+            let id = format!(
+                "{threads}threads/{}",
+                if hot { "one_pair" } else { "spread" }
+            );
             g.bench_function(BenchmarkId::new("route", &id), |b| {
                 b.iter_custom(|iters| {
                     let start = Instant::now();

@@ -571,7 +571,10 @@ async fn media_loop(
     let m = shared.metrics.clone();
     let before_join = m.media_dropped(DropReason::BeforeJoin).clone();
     let (sio, slot) = loop {
+        // Joined goes out only after the route was handed over, so a datagram the endpoint
+        // sends on reading Joined finds the route here: look at it first.
         tokio::select! {
+            biased;
             r = &mut joined => match r {
                 Ok(v) => break v,
                 Err(_) => return,
@@ -899,6 +902,10 @@ impl Control {
                 Ok(mut joined) => {
                     let sio = core.session_io(&session);
                     joined.fast_path = core.fast_path_offer(self.id, &sio, joined.slot);
+                    // The media task gets its route before the endpoint can read Joined.
+                    if let Some(tx) = self.joined_tx.take() {
+                        let _ = tx.send((sio.clone(), joined.slot));
+                    }
                     // Joined goes out before anything the table queued for this connection.
                     let _ = self
                         .tx
@@ -921,9 +928,6 @@ impl Control {
                 m.join_latency
                     .record(self.accepted_at.elapsed().as_secs_f64());
                 tracing::debug!(conn = self.id.0, session = %session, slot = ?joined.slot, resumed = joined.resumed, "joined");
-                if let Some(tx) = self.joined_tx.take() {
-                    let _ = tx.send((sio.clone(), joined.slot));
-                }
                 self.route = Some((session, sio, joined.slot));
                 Flow::Continue
             }
