@@ -90,6 +90,10 @@ pub struct CallsReport {
     pub peak_concurrent: u64,
     /// Established calls per relay node (placement by rendezvous hashing).
     pub per_node: BTreeMap<String, u64>,
+    /// Established calls by the media transport their endpoints ended on: `quic` (both on
+    /// QUIC datagrams), `fast_path` (both on the raw UDP fast path) or `mixed`.
+    #[serde(default)]
+    pub by_transport: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -368,6 +372,7 @@ impl Report {
         add_maps(&mut a.failed_by_reason, &b.failed_by_reason);
         add_maps(&mut a.dropped_by_reason, &b.dropped_by_reason);
         add_maps(&mut a.per_node, &b.per_node);
+        add_maps(&mut a.by_transport, &b.by_transport);
         self.join = merge_summaries(&self.join, &other.join)?;
         let theirs = [&other.media.audio, &other.media.video, &other.media.screen];
         for (mine, theirs) in self.media.kinds_mut().into_iter().zip(theirs) {

@@ -101,6 +101,7 @@ pub struct Collector {
     failures: Mutex<BTreeMap<String, u64>>,
     dropped: Mutex<BTreeMap<String, u64>>,
     per_node: Mutex<BTreeMap<String, u64>>,
+    by_transport: Mutex<BTreeMap<String, u64>>,
     datagrams_sent: AtomicU64,
     datagrams_received: AtomicU64,
     incomplete: AtomicU64,
@@ -149,6 +150,7 @@ impl Collector {
             failures: Mutex::default(),
             dropped: Mutex::default(),
             per_node: Mutex::default(),
+            by_transport: Mutex::default(),
             datagrams_sent: AtomicU64::new(0),
             datagrams_received: AtomicU64::new(0),
             incomplete: AtomicU64::new(0),
@@ -213,6 +215,12 @@ impl Collector {
 
     pub fn misrouted(&self, kind: MediaKind) {
         self.kinds[kind.index()].misrouted.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one established call under the transport its endpoints ended on
+    /// (`quic`, `fast_path` or `mixed`).
+    pub fn call_transport(&self, label: &str) {
+        bump(&self.by_transport, label);
     }
 
     pub fn bad_probe(&self) {
@@ -293,6 +301,7 @@ impl Collector {
             dropped_by_reason: map(&self.dropped),
             peak_concurrent: self.peak_active.load(Relaxed),
             per_node: map(&self.per_node),
+            by_transport: map(&self.by_transport),
         };
         let min_dg = self.min_datagram.load(Relaxed);
         let transport = TransportReport {

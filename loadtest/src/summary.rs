@@ -45,6 +45,14 @@ pub fn render(r: &Report) -> String {
         "calls: {} established / {} attempted / {} planned, {} failed",
         k.established, k.attempted, k.planned, k.failed
     );
+    if !k.by_transport.is_empty() {
+        let parts: Vec<String> = k
+            .by_transport
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect();
+        let _ = writeln!(s, "calls by transport: {}", parts.join(", "));
+    }
     if !k.failed_by_reason.is_empty() {
         let reasons: Vec<String> = k
             .failed_by_reason

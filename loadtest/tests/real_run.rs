@@ -33,6 +33,7 @@ fn three_calls_for_two_seconds() {
     assert!(!r.partial);
     assert_eq!(r.stop_reason, StopReason::Completed);
     assert_eq!(r.calls.established, 3, "{:?}", r.calls);
+    assert_eq!(r.calls.by_transport.get("quic"), Some(&3), "{:?}", r.calls);
     assert_eq!(r.calls.failed, 0);
     assert_eq!(r.join.count, 6, "both endpoints of every call joined");
     assert!(r.config.embedded_relay);

@@ -79,6 +79,7 @@ const MAPS: &[&str] = &[
     "failed_by_reason",
     "dropped_by_reason",
     "per_node",
+    "by_transport",
     "media_dropped",
     "refusals",
 ];

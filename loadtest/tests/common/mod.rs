@@ -77,6 +77,7 @@ pub fn report_with(lat: &[u64], join: &[u64], sent: u64, run_id: &str) -> Report
             dropped_by_reason: BTreeMap::new(),
             peak_concurrent: 9,
             per_node: BTreeMap::from([("n1".to_owned(), 9)]),
+            by_transport: BTreeMap::from([("quic".to_owned(), 9)]),
         },
         join: hist_of(join).summary().unwrap(),
         media: MediaReport {
