@@ -61,6 +61,7 @@ pub mod call;
 pub mod client;
 pub mod e2ee;
 pub mod error;
+pub mod fastpath;
 pub mod fragment;
 pub mod options;
 pub mod secure;
@@ -72,6 +73,7 @@ pub use e2ee::{
     PeerIdentity, RekeyPolicy, SecurityCode, UnavailableReason,
 };
 pub use error::SdkError;
+pub use fastpath::{FastPathMode, Transport};
 pub use fragment::{MediaFrame, MAX_FRAME};
 pub use options::ConnectOptions;
 pub use secure::{token_claims, E2eeConfig};
