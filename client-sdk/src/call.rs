@@ -1006,7 +1006,11 @@ async fn media_task(
     let c = &shared.counters;
     let link = shared.fast.clone();
     let mut sockets_rx = link.as_ref().map(|l| l.subscribe());
-    let mut sockets = RecvSockets::default();
+    // The driver may have opened its socket already: start from what is there now.
+    let mut sockets = sockets_rx
+        .as_mut()
+        .map(|rx| rx.borrow_and_update().clone())
+        .unwrap_or_default();
     let mut buf = BytesMut::new();
     loop {
         let deadline = inbound.reassembler.next_deadline();

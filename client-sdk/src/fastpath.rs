@@ -13,7 +13,7 @@
 //! changed the source port gets the binding moved, the fresh ticket having a higher seq).
 //! `Call::rebind_fast_path` opens a new socket and binds it with a fresh ticket.
 //!
-//! Owns: the sockets, [`BindMachine`] (sans-IO: when to send BIND, ask for a ticket, give
+//! Owns: the sockets, `BindMachine` (sans-IO: when to send BIND, ask for a ticket, give
 //! up, switch transport) and its driver task, and turning a received fast-path datagram
 //! into the QUIC media-datagram form the reassembler takes. Does not own fragmentation
 //! (`fragment`), sealing (`e2ee`) or the control stream (`call`).

@@ -54,6 +54,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Media rides QUIC datagrams on the control connection unless
+//! [`ConnectOptions::fast_path`] is [`FastPathMode::Prefer`] and the relay offers its raw-UDP
+//! fast path: then, once the relay confirms the binding ([`Event::FastPathBound`]), pieces
+//! go over plain UDP (the same SFrame ciphertext; the relay does no per-packet crypto). If
+//! the bind is not confirmed or UDP is blocked, media stays on QUIC
+//! ([`Event::FastPathFallback`]); [`Call::transport`] says which is in use and
+//! [`Call::rebind_fast_path`] moves the binding to a new socket after a network change.
+//!
 //! [`Client::join`] is the plain transport (no E2EE), used by the relay's tests and load
 //! generator.
 
