@@ -38,9 +38,7 @@ use crate::e2ee::{
     Established, FrameOpener, FrameSealer, IdentityCheck, PeerIdentity, RecvStats, SecurityCode,
 };
 use crate::error::SdkError;
-use crate::fastpath::{
-    self, BindConfig, FastLink, FastPathMode, GenSocket, RecvSockets, Transport,
-};
+use crate::fastpath::{self, BindConfig, FastLink, FastPathMode, GenSocket, Transport};
 use crate::fragment::{Fragmenter, MediaFrame, Reassembler};
 use crate::options::ConnectOptions;
 
