@@ -62,7 +62,13 @@ fn bench_route(c: &mut Criterion) {
                 b.iter(|| {
                     let (h, src, d) = &senders[i % senders.len()];
                     i = i.wrapping_add(7);
-                    black_box(table.route(*src, black_box(h), d.len(), Instant::now()))
+                    black_box(table.route(
+                        *src,
+                        black_box(h.channel),
+                        MediaKind::Video,
+                        d.len(),
+                        Instant::now(),
+                    ))
                 })
             });
             let unix = SystemTime::now()
@@ -84,7 +90,15 @@ fn bench_route(c: &mut Criterion) {
     let (h, _, d) = &senders[0];
     let spoof = addr(999, 1);
     g.bench_function("route/spoofed_drop", |b| {
-        b.iter(|| black_box(table.route(spoof, black_box(h), d.len(), Instant::now())))
+        b.iter(|| {
+            black_box(table.route(
+                spoof,
+                black_box(h.channel),
+                MediaKind::Video,
+                d.len(),
+                Instant::now(),
+            ))
+        })
     });
     g.finish();
 }

@@ -190,6 +190,112 @@ impl LimitsConfig {
     }
 }
 
+/// The raw-UDP fast path (`[fast_path]` in the file).
+///
+/// Its ticket key is random per process on purpose: tickets only make sense for channels
+/// of live sessions, which a restart ends anyway, so there is no secret to store or rotate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct FastPathConfig {
+    /// Serve the raw-UDP fast path beside QUIC [default: true]
+    #[arg(id = "fast_path_enabled", long = "fast-path-enabled", required = false, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub enabled: bool,
+    /// Fast-path UDP listen address [default: the QUIC listen IP, QUIC port + 1; port 0 when QUIC's is 0]
+    #[arg(
+        id = "fast_path_listen",
+        long = "fast-path-listen",
+        value_name = "ADDR"
+    )]
+    pub listen: Option<SocketAddr>,
+    /// Address told to clients instead of the listen address's port on the IP they reached
+    /// QUIC at (a relay behind a load balancer or NAT).
+    #[arg(
+        id = "fast_path_advertise",
+        long = "fast-path-advertise",
+        value_name = "ADDR"
+    )]
+    pub advertise: Option<SocketAddr>,
+    /// Worker threads, each with its own SO_REUSEPORT socket; 0 = one per CPU [default: 0]
+    #[arg(
+        id = "fast_path_workers",
+        long = "fast-path-workers",
+        required = false,
+        value_name = "N"
+    )]
+    pub workers: usize,
+    /// How long a bind ticket may be used after it was handed out, seconds [default: 600]
+    #[arg(
+        id = "fast_path_ticket_ttl_secs",
+        long = "fast-path-ticket-ttl-secs",
+        required = false,
+        value_name = "SECS"
+    )]
+    pub ticket_ttl_secs: u64,
+}
+
+impl Default for FastPathConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            advertise: None,
+            workers: 0,
+            ticket_ttl_secs: 600,
+        }
+    }
+}
+
+/// Most fast-path worker threads; more would only contend for the same cores.
+pub const MAX_FAST_PATH_WORKERS: usize = 64;
+
+impl FastPathConfig {
+    /// The address to bind, given the QUIC listen address.
+    pub fn listen_addr(&self, quic: SocketAddr) -> SocketAddr {
+        self.listen.unwrap_or_else(|| {
+            let port = match quic.port() {
+                0 => 0,
+                p => p.wrapping_add(1),
+            };
+            SocketAddr::new(quic.ip(), port)
+        })
+    }
+
+    /// Worker threads to start.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+        .min(MAX_FAST_PATH_WORKERS)
+    }
+
+    pub fn ticket_ttl(&self) -> Duration {
+        Duration::from_secs(self.ticket_ttl_secs)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers > MAX_FAST_PATH_WORKERS {
+            return Err(invalid(
+                "fast_path.workers",
+                format!(
+                    "must be at most {MAX_FAST_PATH_WORKERS}, got {}",
+                    self.workers
+                ),
+            ));
+        }
+        if !(2..=86_400).contains(&self.ticket_ttl_secs) {
+            return Err(invalid(
+                "fast_path.ticket_ttl_secs",
+                format!("must be 2..=86400, got {}", self.ticket_ttl_secs),
+            ));
+        }
+        if self.advertise.is_some_and(|a| a.port() == 0) {
+            return Err(invalid("fast_path.advertise", "needs a port"));
+        }
+        Ok(())
+    }
+}
+
 /// The relay's configuration: TOML file and command-line flags.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
@@ -233,6 +339,8 @@ pub struct Config {
     pub drain_deadline_ms: u64,
     #[command(flatten)]
     pub limits: LimitsConfig,
+    #[command(flatten)]
+    pub fast_path: FastPathConfig,
 }
 
 impl Default for Config {
@@ -251,6 +359,7 @@ impl Default for Config {
             token_clock_skew_secs: 60,
             drain_deadline_ms: 30_000,
             limits: LimitsConfig::default(),
+            fast_path: FastPathConfig::default(),
         }
     }
 }
@@ -356,7 +465,8 @@ impl Config {
                 format!("must be at most 3600, got {}", self.token_clock_skew_secs),
             ));
         }
-        self.limits.validate()
+        self.limits.validate()?;
+        self.fast_path.validate()
     }
 
     /// Path of the generated default token key.
@@ -568,6 +678,43 @@ mod tests {
             .unwrap();
         cfg.update_from_arg_matches(&m).unwrap();
         assert_eq!(cfg.token_keys[0].id, "k1");
+        let m = Cli::command()
+            .try_get_matches_from([
+                "x",
+                "--fast-path-enabled",
+                "false",
+                "--fast-path-listen",
+                "127.0.0.1:7000",
+                "--fast-path-workers",
+                "3",
+            ])
+            .unwrap();
+        cfg.update_from_arg_matches(&m).unwrap();
+        assert!(!cfg.fast_path.enabled);
+        assert_eq!(cfg.fast_path.worker_count(), 3);
+        assert_eq!(
+            cfg.fast_path.listen_addr(cfg.listen),
+            "127.0.0.1:7000".parse().unwrap()
+        );
+        assert_eq!(cfg.fast_path.ticket_ttl_secs, 600, "not given, not changed");
+    }
+
+    #[test]
+    fn fast_path_defaults_follow_the_quic_address() {
+        let f = FastPathConfig::default();
+        let at = |s: &str| f.listen_addr(s.parse().unwrap());
+        assert_eq!(at("127.0.0.1:4433"), "127.0.0.1:4434".parse().unwrap());
+        assert_eq!(at("[::1]:0"), "[::1]:0".parse().unwrap());
+        let e = Config::from_toml("[fast_path]\nworkers = 65", Path::new("x.toml"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("fast_path.workers"), "{e}");
+        let e = Config::from_toml("[fast_path]\nticket_ttl_secs = 1", Path::new("x.toml"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("fast_path.ticket_ttl_secs"), "{e}");
     }
 
     #[test]

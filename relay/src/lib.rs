@@ -27,9 +27,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use duet_proto::{DeviceId, E2eeClaim, JoinClaims, JoinToken, NodeId, SessionId, TokenKey, UserId};
 use tokio::task::JoinHandle;
 
-pub use config::{Config, ConfigError, LimitsConfig, TokenKeyConfig};
+pub use config::{Config, ConfigError, FastPathConfig, LimitsConfig, TokenKeyConfig};
 pub use tls::TlsError;
 
+use crate::fastpath::FastPathService;
 use crate::metrics::RelayMetrics;
 use crate::server::Shared;
 use crate::session::TableConfig;
@@ -105,12 +106,28 @@ impl Relay {
             max_lifetime: config.limits.max_session(),
             limits: config.limits.to_wire(),
         };
+        let fast_path = if config.fast_path.enabled {
+            let routes = Arc::new(server::FastPathRoutes::new(table.max_sessions));
+            let addr = config.fast_path.listen_addr(config.listen);
+            let capacity = u32::try_from(table.max_sessions).unwrap_or(u32::MAX);
+            let service = FastPathService::start(&config.fast_path, addr, capacity, routes.clone())
+                .map_err(|source| RelayError::Bind {
+                    what: "fast path",
+                    addr,
+                    source,
+                })?;
+            Some((Arc::new(service), routes))
+        } else {
+            None
+        };
+        let fast_path_addr = fast_path.as_ref().map(|(s, _)| s.local_addr());
         let config = Arc::new(config);
         let shared = Shared::new(
             config.clone(),
             config::Config::keyring(&keys),
             metrics,
             table,
+            fast_path,
         );
 
         let mut tasks = Vec::new();
@@ -165,11 +182,12 @@ impl Relay {
             }
             _ => None,
         };
-        tracing::info!(%quic_addr, %ops_addr, ?admin_addr, node = %node, "relay listening");
+        tracing::info!(%quic_addr, ?fast_path_addr, %ops_addr, ?admin_addr, node = %node, "relay listening");
         Ok(RelayHandle {
             shared,
             endpoint,
             quic_addr,
+            fast_path_addr,
             ops_addr,
             admin_addr,
             store,
@@ -185,6 +203,7 @@ pub struct RelayHandle {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     quic_addr: SocketAddr,
+    fast_path_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     ops_addr: SocketAddr,
     store: Arc<CertStore>,
@@ -197,6 +216,11 @@ impl RelayHandle {
     /// The bound QUIC (UDP) address.
     pub fn quic_addr(&self) -> SocketAddr {
         self.quic_addr
+    }
+
+    /// The bound fast-path (raw UDP) address, when the fast path is on.
+    pub fn fast_path_addr(&self) -> Option<SocketAddr> {
+        self.fast_path_addr
     }
 
     /// The bound ops HTTP address.
@@ -273,7 +297,7 @@ impl RelayHandle {
 
     /// The Prometheus text of this relay's metrics (what `/metrics` serves).
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.render()
+        self.shared.render_metrics()
     }
 
     pub fn session_count(&self) -> usize {
@@ -320,6 +344,10 @@ impl RelayHandle {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         for t in self.tasks {
             t.abort();
+        }
+        if let Some(fp) = self.shared.fast_path.clone() {
+            // Joining threads blocks for up to one poll interval: not on the runtime.
+            let _ = tokio::task::spawn_blocking(move || fp.stop()).await;
         }
     }
 }

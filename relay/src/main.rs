@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a relay node (with no config: self-signed cert and token key in ./duet-data, loopback)
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Join tokens
     #[command(subcommand)]
     Token(TokenCmd),

@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
+use crate::fastpath::{BindOutcome, DropReason as FastPathDrop, FastPathTotals};
 use crate::forward::DropReason;
 
 pub const JOIN_LATENCY: &str = "duet_join_latency_seconds";
@@ -49,6 +50,35 @@ pub struct RelayMetrics {
     pub quic_refused_handshakes: Gauge,
     pub quic_ignored_handshakes: Gauge,
     pub quic_accepted_handshakes: Gauge,
+    pub fast_path: FastPathMetrics,
+}
+
+/// The fast path's series. Workers count in their own atomics; these are set from the sums
+/// when `/metrics` is read, except `bridged_to_fastpath`, which the QUIC path counts.
+pub struct FastPathMetrics {
+    received: Counter,
+    forwarded_packets: Counter,
+    forwarded_bytes: Counter,
+    bridged_to_quic: Counter,
+    pub bridged_to_fastpath: Counter,
+    binds: [Counter; BindOutcome::COUNT],
+    drops: [Counter; FastPathDrop::COUNT],
+}
+
+impl FastPathMetrics {
+    /// Sets the worker-counted series to the workers' sums.
+    pub fn sync(&self, t: &FastPathTotals) {
+        self.received.absolute(t.received);
+        self.forwarded_packets.absolute(t.forwarded);
+        self.forwarded_bytes.absolute(t.forwarded_bytes);
+        self.bridged_to_quic.absolute(t.bridged_to_quic);
+        for (c, v) in self.binds.iter().zip(t.binds) {
+            c.absolute(v);
+        }
+        for (c, v) in self.drops.iter().zip(t.drops) {
+            c.absolute(v);
+        }
+    }
 }
 
 impl std::fmt::Debug for RelayMetrics {
@@ -104,6 +134,31 @@ impl RelayMetrics {
             quic_refused_handshakes: g("duet_quic_refused_handshakes"),
             quic_ignored_handshakes: g("duet_quic_ignored_handshakes"),
             quic_accepted_handshakes: g("duet_quic_accepted_handshakes"),
+            fast_path: FastPathMetrics {
+                received: c("duet_fastpath_received_packets_total", vec![]),
+                forwarded_packets: c("duet_fastpath_forwarded_packets_total", vec![]),
+                forwarded_bytes: c("duet_fastpath_forwarded_bytes_total", vec![]),
+                bridged_to_quic: c(
+                    "duet_fastpath_bridged_packets_total",
+                    vec![Label::from_static_parts("direction", "to_quic")],
+                ),
+                bridged_to_fastpath: c(
+                    "duet_fastpath_bridged_packets_total",
+                    vec![Label::from_static_parts("direction", "to_fastpath")],
+                ),
+                binds: BindOutcome::LABELS.map(|o| {
+                    c(
+                        "duet_fastpath_binds_total",
+                        vec![Label::from_static_parts("outcome", o)],
+                    )
+                }),
+                drops: FastPathDrop::LABELS.map(|r| {
+                    c(
+                        "duet_fastpath_dropped_total",
+                        vec![Label::from_static_parts("reason", r)],
+                    )
+                }),
+            },
             recorder,
             handle,
         };

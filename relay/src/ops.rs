@@ -38,7 +38,7 @@ async fn metrics(State(s): State<OpsState>) -> impl IntoResponse {
     m.quic_ignored_handshakes.set(st.ignored_handshakes as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        m.render(),
+        s.shared.render_metrics(),
     )
 }
 

@@ -9,24 +9,35 @@
 //! Per connection: one control task (reads and answers the one bidirectional stream), one
 //! writer task (the only writer of that stream), one media task (reads datagrams and hands
 //! the same `Bytes` to the peer). One ticker task per relay runs the table's timers.
+//!
+//! The fast path meets QUIC here: a session gets a pair of fast-path channels when it is
+//! created (released when it closes), each endpoint's `Joined` carries its offer, and media
+//! crosses between transports when one endpoint is bound on the fast path and the other is
+//! not ([`FastPathRoutes`] for fast path -> QUIC, `media_loop` for QUIC -> fast path).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use duet_proto::control::encode;
 use duet_proto::{
-    ClientMessage, EndReason, Feature, FrameDecoder, RefusalReason, RelayMessage, SessionId, Slot,
-    TokenKeyring, MAX_CONTROL_FRAME,
+    ClientMessage, EndReason, FastPathOffer, Feature, FrameDecoder, MediaHeader, MediaKind,
+    RefusalReason, RelayMessage, SessionId, Slot, TokenKeyring, MAX_CONTROL_FRAME,
+    MEDIA_HEADER_LEN,
 };
 use quinn::VarInt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::timeout_at;
 
 use crate::config::Config;
+use crate::fastpath::{
+    channel_pair, channel_side, BindOutcome, ControlPlane, DropReason as FastPathDrop,
+    FastPathLimits, FastPathService,
+};
 use crate::forward::{forward_step, DropReason};
 use crate::limits::{MediaLimiter, TokenBucket};
 use crate::metrics::RelayMetrics;
@@ -88,15 +99,113 @@ pub struct SessionIo {
     /// Bumped on every packet or message received; the ticker turns changes into activity.
     activity: AtomicU64,
     seen: AtomicU64,
+    /// The session's fast-path channels `[slot A, slot B]`, when the fast path is on and its
+    /// table had room.
+    fast_path: Option<[u64; 2]>,
+    /// Last ticket sequence number handed to each slot (a move needs a higher one).
+    ticket_seq: [AtomicU32; 2],
+}
+
+/// What fast-path workers reach through the control plane: the session behind each
+/// channel pair, indexed like the channel table, so a lookup is an index and a load.
+pub struct FastPathRoutes {
+    sessions: Box<[ArcSwapOption<SessionIo>]>,
+}
+
+impl FastPathRoutes {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            sessions: (0..capacity).map(|_| ArcSwapOption::empty()).collect(),
+        }
+    }
+
+    fn set(&self, channels: [u64; 2], sio: Option<Arc<SessionIo>>) {
+        if let Some(slot) = self.sessions.get(channel_pair(channels[0])) {
+            slot.store(sio);
+        }
+    }
+
+    /// The QUIC side of the endpoint owning `channel`, if that channel is still live.
+    fn endpoint(&self, channel: u64) -> Option<Arc<PeerIo>> {
+        let sio = self.sessions.get(channel_pair(channel))?.load_full()?;
+        let side = channel_side(channel);
+        if sio.fast_path?[side] != channel {
+            return None;
+        }
+        sio.slots[side].load_full()
+    }
+}
+
+impl ControlPlane for FastPathRoutes {
+    fn bridge_to_quic(
+        &self,
+        channel: u64,
+        kind: MediaKind,
+        payload: &[u8],
+    ) -> Result<(), FastPathDrop> {
+        let peer = self.endpoint(channel).ok_or(FastPathDrop::NoPeer)?;
+        // quinn takes owned bytes: the one allocation of a bridged packet.
+        let mut d = BytesMut::with_capacity(MEDIA_HEADER_LEN + payload.len());
+        d.put_slice(&MediaHeader::new(kind).to_bytes());
+        d.put_slice(payload);
+        peer.conn
+            .send_datagram(d.freeze())
+            .map_err(|_| FastPathDrop::SendFailed)
+    }
+
+    fn bound(&self, channel: u64, addr: SocketAddr, outcome: BindOutcome) {
+        // A refresh from the same address changes nothing the endpoint needs to hear.
+        if outcome == BindOutcome::Refreshed {
+            return;
+        }
+        if let Some(peer) = self.endpoint(channel) {
+            let _ = peer
+                .ctl
+                .try_send(Outgoing::Msg(RelayMessage::FastPathBound { channel, addr }));
+        }
+    }
 }
 
 pub(crate) struct Core {
     pub table: SessionTable,
     conns: HashMap<ConnId, Arc<PeerIo>>,
     sessions: HashMap<SessionId, Arc<SessionIo>>,
+    fast_path: Option<Arc<FastPathService>>,
+    routes: Arc<FastPathRoutes>,
+    fast_path_limits: FastPathLimits,
 }
 
 impl Core {
+    /// The session's routing state, created (with its fast-path channels) on first use.
+    fn session_io(&mut self, id: &SessionId) -> Arc<SessionIo> {
+        if let Some(s) = self.sessions.get(id) {
+            return s.clone();
+        }
+        let channels = self
+            .fast_path
+            .as_ref()
+            .and_then(|fp| fp.table().allocate(self.fast_path_limits));
+        let sio = Arc::new(SessionIo {
+            fast_path: channels,
+            ..SessionIo::default()
+        });
+        if let Some(c) = channels {
+            self.routes.set(c, Some(sio.clone()));
+        }
+        self.sessions.insert(id.clone(), sio.clone());
+        sio
+    }
+
+    /// A fresh offer for `conn` in `slot` of `sio`: a ticket for the IP its QUIC connection
+    /// comes from now, with the next sequence number.
+    fn fast_path_offer(&self, conn: ConnId, sio: &SessionIo, slot: Slot) -> Option<FastPathOffer> {
+        let fp = self.fast_path.as_ref()?;
+        let channel = sio.fast_path?[slot.index()];
+        let ip = self.conns.get(&conn)?.conn.remote_address().ip();
+        let seq = sio.ticket_seq[slot.index()].fetch_add(1, Ordering::Relaxed) + 1;
+        Some(fp.offer(channel, ip, seq))
+    }
+
     /// Carries out the table's queued actions.
     fn apply(&mut self, metrics: &RelayMetrics) {
         while let Some(action) = self.table.poll_action() {
@@ -122,13 +231,17 @@ impl Core {
                     conn,
                 } => {
                     let to = conn.and_then(|c| self.conns.get(&c).cloned());
-                    let sio = self.sessions.entry(session).or_default();
+                    let sio = self.session_io(&session);
                     sio.slots[slot.index()].store(to);
                 }
                 Action::SessionClosed(session) => {
                     if let Some(sio) = self.sessions.remove(&session) {
                         for s in &sio.slots {
                             s.store(None);
+                        }
+                        if let (Some(c), Some(fp)) = (sio.fast_path, &self.fast_path) {
+                            fp.table().release(c[0]);
+                            self.routes.set(c, None);
                         }
                     }
                 }
@@ -144,6 +257,7 @@ pub(crate) struct Shared {
     pub cfg: Arc<Config>,
     pub keyring: TokenKeyring,
     pub metrics: Arc<RelayMetrics>,
+    pub fast_path: Option<Arc<FastPathService>>,
     core: Mutex<Core>,
     pub draining: AtomicBool,
     drain_deadline: Mutex<Option<Instant>>,
@@ -157,15 +271,25 @@ impl Shared {
         keyring: TokenKeyring,
         metrics: Arc<RelayMetrics>,
         table: TableConfig,
+        fast_path: Option<(Arc<FastPathService>, Arc<FastPathRoutes>)>,
     ) -> Arc<Self> {
+        let fast_path_limits = FastPathLimits::from(&table.limits);
+        let (service, routes) = match fast_path {
+            Some((s, r)) => (Some(s), r),
+            None => (None, Arc::new(FastPathRoutes::new(0))),
+        };
         Arc::new(Self {
             cfg,
             keyring,
             metrics,
+            fast_path: service.clone(),
             core: Mutex::new(Core {
                 table: SessionTable::new(table),
                 conns: HashMap::new(),
                 sessions: HashMap::new(),
+                fast_path: service,
+                routes,
+                fast_path_limits,
             }),
             draining: AtomicBool::new(false),
             drain_deadline: Mutex::new(None),
@@ -181,6 +305,14 @@ impl Shared {
 
     pub fn session_count(&self) -> usize {
         self.core().table.session_count()
+    }
+
+    /// The Prometheus text, with the fast-path workers' counters brought up to date.
+    pub fn render_metrics(&self) -> String {
+        if let Some(fp) = &self.fast_path {
+            self.metrics.fast_path.sync(&fp.totals());
+        }
+        self.metrics.render()
     }
 
     pub fn endpoint_count(&self) -> usize {
@@ -212,10 +344,18 @@ impl Shared {
             .is_some_and(|d| now >= d);
         let mut core = self.core();
         let Core {
-            table, sessions, ..
+            table,
+            sessions,
+            fast_path,
+            ..
         } = &mut *core;
         for (id, sio) in sessions.iter() {
-            let a = sio.activity.load(Ordering::Relaxed);
+            let on_fast_path = fast_path
+                .as_ref()
+                .zip(sio.fast_path)
+                .and_then(|(fp, c)| fp.table().activity(c[0]))
+                .unwrap_or(0);
+            let a = sio.activity.load(Ordering::Relaxed) + on_fast_path;
             if sio.seen.swap(a, Ordering::Relaxed) != a {
                 table.touch(id, now);
             }
@@ -443,6 +583,14 @@ async fn media_loop(
         }
     };
     let peer = &sio.slots[slot.other().index()];
+    // (service, this endpoint's channel, the peer's channel): QUIC media to a peer bound on
+    // the fast path leaves on the fast path.
+    let fast_path = shared
+        .fast_path
+        .as_deref()
+        .zip(sio.fast_path)
+        .map(|(fp, c)| (fp, c[slot.index()], c[slot.other().index()]));
+    let bridged = &m.fast_path.bridged_to_fastpath;
     let l = &shared.cfg.limits;
     let mut limiter = MediaLimiter::new(
         l.media_packets_per_sec,
@@ -458,6 +606,17 @@ async fn media_loop(
         sio.activity.fetch_add(1, Ordering::Relaxed);
         match forward_step(&d, &mut limiter, peer, Instant::now()) {
             Ok((kind, to)) => {
+                if let Some((fp, mine, theirs)) = fast_path {
+                    if let Some(addr) = fp.table().bound_addr(theirs) {
+                        let body = d.get(MEDIA_HEADER_LEN..).unwrap_or_default();
+                        if fp.send_bridged(addr, kind, mine, body) {
+                            bridged.increment(1);
+                        } else {
+                            send_failed.increment(1);
+                        }
+                        continue;
+                    }
+                }
                 let len = d.len() as u64;
                 let Some(to) = to.as_ref() else { continue };
                 match to.conn.send_datagram(d) {
@@ -607,9 +766,35 @@ impl Control {
                 Flow::Continue
             }
             ClientMessage::FastPathTicket => {
-                self.reply(RelayMessage::Dropped(RefusalReason::FastPathUnavailable))
-                    .await;
+                self.fast_path_ticket().await;
                 Flow::Continue
+            }
+        }
+    }
+
+    /// A fresh ticket (next seq, the connection's current IP), charged to the signal
+    /// budget since each costs an HMAC; refused before join or without a fast path.
+    async fn fast_path_ticket(&mut self) {
+        let m = &self.shared.metrics;
+        let Some((_, sio, slot)) = &self.route else {
+            m.refusal(RefusalReason::FastPathUnavailable).increment(1);
+            self.reply(RelayMessage::Dropped(RefusalReason::FastPathUnavailable))
+                .await;
+            return;
+        };
+        if !self.signals.try_take(1, Instant::now()) {
+            m.refusal(RefusalReason::RateLimited).increment(1);
+            self.reply(RelayMessage::Dropped(RefusalReason::RateLimited))
+                .await;
+            return;
+        }
+        let offer = self.shared.core().fast_path_offer(self.id, sio, *slot);
+        match offer {
+            Some(o) => self.reply(RelayMessage::FastPathTicket(o)).await,
+            None => {
+                m.refusal(RefusalReason::FastPathUnavailable).increment(1);
+                self.reply(RelayMessage::Dropped(RefusalReason::FastPathUnavailable))
+                    .await
             }
         }
     }
@@ -690,22 +875,22 @@ impl Control {
             let r = core
                 .table
                 .join(self.id, &session, &claims, resume.as_ref(), Instant::now());
-            let out = match r {
-                Ok(joined) => {
+            match r {
+                Ok(mut joined) => {
+                    let sio = core.session_io(&session);
+                    joined.fast_path = core.fast_path_offer(self.id, &sio, joined.slot);
                     // Joined goes out before anything the table queued for this connection.
                     let _ = self
                         .tx
                         .try_send(Outgoing::Msg(RelayMessage::Joined(joined.clone())));
                     core.apply(m);
-                    let sio = core.sessions.get(&session).cloned().unwrap_or_default();
                     Ok((joined, sio))
                 }
                 Err(r) => {
                     core.apply(m);
                     Err(r)
                 }
-            };
-            out
+            }
         };
         match result {
             Ok((joined, sio)) => {

@@ -368,6 +368,20 @@ impl FastPathSocket {
         tx.n = 0;
         (sent, failed)
     }
+    /// Another handle on the same socket (same port, same SO_REUSEPORT member), for sending
+    /// from outside the worker: the QUIC path's bridge to fast-path endpoints.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            socket: self.socket.try_clone()?,
+        })
+    }
+
+    /// Sends one datagram without blocking (a full send buffer is an error, not a wait):
+    /// callers are async tasks that must never stall on a worker's socket.
+    pub fn send_to_now(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.socket
+            .send_to_with_flags(datagram, &to.into(), libc::MSG_DONTWAIT)
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use arc_swap::ArcSwapOption;
 use duet_proto::fastpath::{
     FastPathHeader, FastPathHeaderError, FastPathKey, FastPathTicket, PacketType, TicketError,
 };
+use duet_proto::MediaKind;
 
 /// One second, the burst window of both buckets, in nanoseconds.
 const WINDOW_NS: u64 = 1_000_000_000;
@@ -119,13 +120,44 @@ pub enum BindOutcome {
     Moved,
 }
 
+impl BindOutcome {
+    pub const COUNT: usize = 3;
+    /// Every label, in [`BindOutcome::index`] order.
+    pub const LABELS: [&'static str; Self::COUNT] = ["new", "refreshed", "moved"];
+
+    #[inline]
+    pub fn index(self) -> usize {
+        match self {
+            Self::New => 0,
+            Self::Refreshed => 1,
+            Self::Moved => 2,
+        }
+    }
+}
+
 /// What to do with one datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Send the same bytes, unchanged, to this (bound peer) address.
     Forward(SocketAddr),
-    /// A BIND was accepted; nothing is sent.
-    Bound(BindOutcome),
+    /// The peer has no fast-path binding: it is on QUIC datagrams (or not there at all).
+    /// Hand the payload after the header to the control plane's connection of
+    /// `peer_channel`; it alone knows whether that endpoint is reachable.
+    Bridge { peer_channel: u64, kind: MediaKind },
+    /// A BIND was accepted on `channel`; nothing is sent on UDP.
+    Bound { channel: u64, outcome: BindOutcome },
+}
+
+/// The pair index a channel id names (the index of the session's slot in the table).
+#[inline]
+pub fn channel_pair(channel: u64) -> usize {
+    ((channel as u32) >> 1) as usize
+}
+
+/// The side (0 or 1, the session's slot A or B) a channel id names.
+#[inline]
+pub fn channel_side(channel: u64) -> usize {
+    (channel & 1) as usize
 }
 
 /// Per-endpoint limits, as on the QUIC path (one second of burst each).
@@ -215,6 +247,9 @@ fn gcra(tat: &AtomicU64, cost: u64, now: u64) -> bool {
 struct Pair {
     /// Odd while allocated.
     generation: AtomicU32,
+    /// Packets admitted on either side; the control plane reads it to tell a live session
+    /// from an idle one.
+    activity: AtomicU64,
     ends: [Endpoint; 2],
 }
 
@@ -247,6 +282,7 @@ impl ChannelTable {
         let pairs = (0..capacity)
             .map(|_| Pair {
                 generation: AtomicU32::new(0),
+                activity: AtomicU64::new(0),
                 ends: Default::default(),
             })
             .collect();
@@ -308,7 +344,14 @@ impl ChannelTable {
         true
     }
 
-    /// The bound address of `channel`, if any (for tests and ops).
+    /// Packets admitted so far on the pair `channel` belongs to; `None` once released.
+    pub fn activity(&self, channel: u64) -> Option<u64> {
+        let (pair, _, _) = self.locate(channel).ok()?;
+        Some(pair.activity.load(Ordering::Relaxed))
+    }
+
+    /// The bound address of `channel`, if any. Lock-free: the QUIC path asks it per packet
+    /// to learn whether the receiving endpoint is on the fast path.
     pub fn bound_addr(&self, channel: u64) -> Option<SocketAddr> {
         let (pair, side, generation) = self.locate(channel).ok()?;
         let b = pair.ends[side].binding.load();
@@ -350,30 +393,27 @@ impl ChannelTable {
         match header.ty {
             PacketType::Bind => self
                 .bind(src, header.channel, payload, now_unix)
-                .map(Action::Bound),
-            PacketType::Media(_) => self
-                .route(src, &header, datagram.len(), now)
-                .map(Action::Forward),
+                .map(|outcome| Action::Bound {
+                    channel: header.channel,
+                    outcome,
+                }),
+            PacketType::Media(kind) => self.route(src, header.channel, kind, datagram.len(), now),
         }
     }
 
-    /// The forwarding decision for a media packet of `len` bytes (whole datagram) from `src`:
-    /// the peer's bound address, or why not. Lock-free, no allocation.
+    /// The forwarding decision for a media packet of `kind` and `len` bytes (whole datagram)
+    /// from `src` on `channel`: the peer's bound address, the bridge to QUIC, or why not.
+    /// Lock-free, no allocation.
     #[inline]
     pub fn route(
         &self,
         src: SocketAddr,
-        header: &FastPathHeader,
+        channel: u64,
+        kind: MediaKind,
         len: usize,
         now: Instant,
-    ) -> Result<SocketAddr, DropReason> {
-        if header.ty == PacketType::Bind {
-            // BIND packets are never forwarded.
-            return Err(DropReason::Header(FastPathHeaderError::Type(
-                duet_proto::fastpath::BIND_TYPE,
-            )));
-        }
-        let (pair, side, generation) = self.locate(header.channel)?;
+    ) -> Result<Action, DropReason> {
+        let (pair, side, generation) = self.locate(channel)?;
         let me = &pair.ends[side];
         {
             let mine = me.binding.load();
@@ -386,15 +426,18 @@ impl ChannelTable {
                 _ => return Err(DropReason::Unbound),
             }
         }
-        let peer = pair.ends[side ^ 1].binding.load();
-        let to = match peer.as_deref() {
-            Some(b) if b.generation == generation => b.addr,
-            _ => return Err(DropReason::NoPeer),
-        };
         if !me.admit(len, self.now_ns(now)) {
             return Err(DropReason::RateLimited);
         }
-        Ok(to)
+        pair.activity.fetch_add(1, Ordering::Relaxed);
+        let peer = pair.ends[side ^ 1].binding.load();
+        Ok(match peer.as_deref() {
+            Some(b) if b.generation == generation => Action::Forward(b.addr),
+            _ => Action::Bridge {
+                peer_channel: channel ^ 1,
+                kind,
+            },
+        })
     }
 
     /// A BIND from `src` on `channel` carrying `ticket` (the bytes after the header).
@@ -445,7 +488,6 @@ impl ChannelTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use duet_proto::MediaKind;
     use std::time::Duration;
 
     const NOW: u64 = 1_000_000;
@@ -473,10 +515,6 @@ mod tests {
         .encode(&key())
     }
 
-    fn media(ch: u64) -> FastPathHeader {
-        FastPathHeader::new(PacketType::Media(MediaKind::Audio), ch)
-    }
-
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
@@ -487,25 +525,41 @@ mod tests {
         let now = Instant::now();
         let [c0, c1] = t.allocate(UNLIMITED).unwrap();
         let (e0, e1, x) = (a("10.0.0.1:1000"), a("10.0.0.2:2000"), a("10.0.0.3:3000"));
-        assert_eq!(t.route(e0, &media(c0), 100, now), Err(DropReason::Unbound));
+        assert_eq!(
+            t.route(e0, c0, MediaKind::Audio, 100, now),
+            Err(DropReason::Unbound)
+        );
         assert_eq!(
             t.bind(e0, c0, &ticket(c0, e0, 1), NOW),
             Ok(BindOutcome::New)
         );
-        assert_eq!(t.route(e0, &media(c0), 100, now), Err(DropReason::NoPeer));
+        assert_eq!(
+            t.route(e0, c0, MediaKind::Audio, 100, now),
+            Ok(Action::Bridge {
+                peer_channel: c1,
+                kind: MediaKind::Audio
+            }),
+            "the peer is not on the fast path: bridge to its QUIC connection"
+        );
         assert_eq!(
             t.bind(e1, c1, &ticket(c1, e1, 1), NOW),
             Ok(BindOutcome::New)
         );
-        assert_eq!(t.route(e0, &media(c0), 100, now), Ok(e1));
-        assert_eq!(t.route(e1, &media(c1), 100, now), Ok(e0));
         assert_eq!(
-            t.route(x, &media(c0), 100, now),
+            t.route(e0, c0, MediaKind::Audio, 100, now),
+            Ok(Action::Forward(e1))
+        );
+        assert_eq!(
+            t.route(e1, c1, MediaKind::Audio, 100, now),
+            Ok(Action::Forward(e0))
+        );
+        assert_eq!(
+            t.route(x, c0, MediaKind::Audio, 100, now),
             Err(DropReason::SpoofedSource)
         );
         // Same IP, other port: still spoofed until re-bound.
         assert_eq!(
-            t.route(a("10.0.0.1:1001"), &media(c0), 100, now),
+            t.route(a("10.0.0.1:1001"), c0, MediaKind::Audio, 100, now),
             Err(DropReason::SpoofedSource)
         );
         // A ticket for c0 presented on c1, another IP, an expired one, a bad MAC.
@@ -532,17 +586,17 @@ mod tests {
         );
         // Unknown ids: out of range, never issued generation, released.
         assert_eq!(
-            t.route(e0, &media(c0 | 0xFFFF_FFF0), 1, now),
+            t.route(e0, c0 | 0xFFFF_FFF0, MediaKind::Audio, 1, now),
             Err(DropReason::UnknownChannel)
         );
         assert_eq!(
-            t.route(e0, &media(c0 + (2 << 32)), 1, now),
+            t.route(e0, c0 + (2 << 32), MediaKind::Audio, 1, now),
             Err(DropReason::UnknownChannel)
         );
         assert!(t.release(c1));
         assert!(!t.release(c0), "already released");
         assert_eq!(
-            t.route(e0, &media(c0), 1, now),
+            t.route(e0, c0, MediaKind::Audio, 1, now),
             Err(DropReason::UnknownChannel)
         );
         // The slot is reused with a new generation; the old ids stay dead.
@@ -552,7 +606,10 @@ mod tests {
             t.bind(e0, c0, &ticket(c0, e0, 9), NOW),
             Err(DropReason::UnknownChannel)
         );
-        assert_eq!(t.route(e0, &media(d0), 1, now), Err(DropReason::Unbound));
+        assert_eq!(
+            t.route(e0, d0, MediaKind::Audio, 1, now),
+            Err(DropReason::Unbound)
+        );
         let mut seen: Vec<_> = (0..DropReason::COUNT)
             .map(|i| DropReason::LABELS[i])
             .collect();
@@ -600,20 +657,30 @@ mod tests {
         // Spoofed packets spend nothing.
         for _ in 0..10 {
             assert_eq!(
-                t.route(a("10.9.9.9:9"), &media(c0), 10, now),
+                t.route(a("10.9.9.9:9"), c0, MediaKind::Audio, 10, now),
                 Err(DropReason::SpoofedSource)
             );
         }
         for _ in 0..3 {
-            assert_eq!(t.route(e0, &media(c0), 10, now), Ok(e1));
+            assert_eq!(
+                t.route(e0, c0, MediaKind::Audio, 10, now),
+                Ok(Action::Forward(e1))
+            );
         }
         assert_eq!(
-            t.route(e0, &media(c0), 10, now),
+            t.route(e0, c0, MediaKind::Audio, 10, now),
             Err(DropReason::RateLimited)
         );
-        assert_eq!(t.route(e1, &media(c1), 10, now), Ok(e0), "per endpoint");
+        assert_eq!(
+            t.route(e1, c1, MediaKind::Audio, 10, now),
+            Ok(Action::Forward(e0)),
+            "per endpoint"
+        );
         let later = now + Duration::from_millis(400);
-        assert_eq!(t.route(e0, &media(c0), 10, later), Ok(e1));
+        assert_eq!(
+            t.route(e0, c0, MediaKind::Audio, 10, later),
+            Ok(Action::Forward(e1))
+        );
         // Bytes: 1 MB/s, a 600 kB "packet" twice does not fit.
         let [b0, b1] = t
             .allocate(FastPathLimits {
@@ -623,12 +690,18 @@ mod tests {
             .unwrap();
         t.bind(e0, b0, &ticket(b0, e0, 0), NOW).unwrap();
         t.bind(e1, b1, &ticket(b1, e1, 0), NOW).unwrap();
-        assert_eq!(t.route(e0, &media(b0), 600_000, now), Ok(e1));
         assert_eq!(
-            t.route(e0, &media(b0), 600_000, now),
+            t.route(e0, b0, MediaKind::Audio, 600_000, now),
+            Ok(Action::Forward(e1))
+        );
+        assert_eq!(
+            t.route(e0, b0, MediaKind::Audio, 600_000, now),
             Err(DropReason::RateLimited)
         );
-        assert_eq!(t.route(e0, &media(b0), 400_000, now), Ok(e1));
+        assert_eq!(
+            t.route(e0, b0, MediaKind::Audio, 400_000, now),
+            Ok(Action::Forward(e1))
+        );
     }
 
     #[test]
@@ -647,12 +720,12 @@ mod tests {
         let now = Instant::now();
         assert_eq!(
             t.process(e0, &pkt, now, NOW),
-            Ok(Action::Bound(BindOutcome::New))
+            Ok(Action::Bound {
+                channel: c0,
+                outcome: BindOutcome::New
+            })
         );
-        assert_eq!(
-            t.route(e0, &FastPathHeader::new(PacketType::Bind, c0), 64, now),
-            Err(DropReason::Header(FastPathHeaderError::Type(0x80)))
-        );
+        assert_eq!(t.bound_addr(c0), Some(e0));
         assert_eq!(
             t.process(e0, &[1, 1, 0], now, NOW),
             Err(DropReason::Header(FastPathHeaderError::Truncated(3)))

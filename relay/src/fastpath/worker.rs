@@ -2,16 +2,46 @@
 //!
 //! Owns the loop `recv batch -> ChannelTable::process per datagram -> queue forwards of the
 //! same bytes to the bound peer -> send batch`, and the worker's counters (plain atomics,
-//! one set per worker, so no contention; the server will export them). It does not decide
-//! (the table does), never sends anything but a forward to a bound peer, and logs nothing
-//! per packet. It stops when its flag is set (checked at least every read timeout).
+//! one set per worker, so no contention; the server sums them for `/metrics`). It does not
+//! decide (the table does), never sends anything on UDP but a forward to a bound peer, and
+//! logs nothing per packet. What the fast path cannot do alone (reach an endpoint that is on
+//! QUIC, confirm a bind on the control stream) goes through [`ControlPlane`]. It stops when
+//! its flag is set (checked at least every read timeout).
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use duet_proto::fastpath::FASTPATH_HEADER_LEN;
+use duet_proto::MediaKind;
+
 use super::socket::{FastPathSocket, RecvBatch, SendBatch};
-use super::table::{Action, ChannelTable, DropReason};
+use super::table::{Action, BindOutcome, ChannelTable, DropReason};
+
+/// The control plane as seen from a worker thread. Called only for bridged media and for
+/// binds, never for media between two fast-path endpoints; must not block.
+pub trait ControlPlane: Send + Sync {
+    /// Delivers `payload` (the bytes after the fast-path header) of `kind` to the endpoint
+    /// owning `channel` over its QUIC connection; `NoPeer` when it has none, `SendFailed`
+    /// when its connection refused the datagram.
+    fn bridge_to_quic(
+        &self,
+        channel: u64,
+        kind: MediaKind,
+        payload: &[u8],
+    ) -> Result<(), DropReason>;
+    /// A BIND from `addr` took effect on `channel`.
+    fn bound(&self, channel: u64, addr: SocketAddr, outcome: BindOutcome);
+}
+
+/// No control plane: nothing is bridged (counted as `no_peer`), binds are not confirmed.
+impl ControlPlane for () {
+    fn bridge_to_quic(&self, _: u64, _: MediaKind, _: &[u8]) -> Result<(), DropReason> {
+        Err(DropReason::NoPeer)
+    }
+    fn bound(&self, _: u64, _: SocketAddr, _: BindOutcome) {}
+}
 
 /// Batch and buffer sizes of one worker.
 #[derive(Debug, Clone, Copy)]
@@ -37,7 +67,10 @@ pub struct WorkerCounters {
     pub received: AtomicU64,
     pub forwarded: AtomicU64,
     pub forwarded_bytes: AtomicU64,
-    pub binds: AtomicU64,
+    /// Media handed to a peer's QUIC connection because the peer is not on the fast path.
+    pub bridged: AtomicU64,
+    /// Accepted binds, indexed by [`BindOutcome::index`].
+    pub binds: [AtomicU64; BindOutcome::COUNT],
     /// Indexed by [`DropReason::index`]; labels in [`DropReason::LABELS`].
     pub drops: [AtomicU64; DropReason::COUNT],
 }
@@ -45,6 +78,11 @@ pub struct WorkerCounters {
 impl WorkerCounters {
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Accepted binds of every outcome.
+    pub fn binds_total(&self) -> u64 {
+        self.binds.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
     pub fn drops_by_label(&self, label: &str) -> u64 {
@@ -70,6 +108,7 @@ fn unix_now() -> u64 {
 pub fn run_worker(
     sock: &FastPathSocket,
     table: &ChannelTable,
+    control: &dyn ControlPlane,
     counters: &WorkerCounters,
     stop: &AtomicBool,
     cfg: WorkerConfig,
@@ -108,8 +147,18 @@ pub fn run_worker(
                     // `tx` has as many entries as `rx`: push cannot fail here.
                     tx.push(i, to);
                 }
-                Ok(Action::Bound(_)) => {
-                    counters.binds.fetch_add(1, Ordering::Relaxed);
+                Ok(Action::Bridge { peer_channel, kind }) => {
+                    let payload = data.get(FASTPATH_HEADER_LEN..).unwrap_or_default();
+                    match control.bridge_to_quic(peer_channel, kind, payload) {
+                        Ok(()) => {
+                            counters.bridged.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(r) => counters.drop(r),
+                    }
+                }
+                Ok(Action::Bound { channel, outcome }) => {
+                    counters.binds[outcome.index()].fetch_add(1, Ordering::Relaxed);
+                    control.bound(channel, src, outcome);
                 }
                 Err(r) => counters.drop(r),
             }
@@ -159,7 +208,9 @@ mod tests {
             let addr = sock.local_addr().unwrap();
             let thread = {
                 let (t, c, s) = (table.clone(), counters.clone(), stop.clone());
-                std::thread::spawn(move || run_worker(&sock, &t, &c, &s, WorkerConfig::default()))
+                std::thread::spawn(move || {
+                    run_worker(&sock, &t, &(), &c, &s, WorkerConfig::default())
+                })
             };
             Self {
                 table,
@@ -200,11 +251,9 @@ mod tests {
         }
 
         fn bind_ok(&self, sock: &UdpSocket, channel: u64, seq: u32) {
-            let before = self.counters.binds.load(Ordering::Relaxed);
+            let before = self.counters.binds_total();
             self.bind(sock, channel, seq, unix_now() + 60);
-            self.wait("bind", |r| {
-                r.counters.binds.load(Ordering::Relaxed) > before
-            });
+            self.wait("bind", |r| r.counters.binds_total() > before);
             assert_eq!(
                 self.table.bound_addr(channel),
                 Some(sock.local_addr().unwrap())

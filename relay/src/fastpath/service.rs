@@ -1,0 +1,234 @@
+//! The running fast path: its worker threads and sockets, its ticket key, and what the
+//! control plane asks of it (allocate channels, mint offers, send a bridged packet, sum the
+//! counters).
+//!
+//! Owns the lifecycle: `start` binds one `SO_REUSEPORT` socket per worker on one port (the
+//! kernel spreads flows over them by 4-tuple; the channel table is shared, so a flow that
+//! lands on another worker after a NAT change still finds its channel) and `stop` joins the
+//! threads. The ticket key is random per process (see `FastPathConfig`). It does not own the
+//! session rules (`session`), the QUIC connections (`server`), or the per-packet decision
+//! (`table`).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use duet_proto::fastpath::{
+    FastPathHeader, FastPathKey, FastPathTicket, PacketType, FASTPATH_HEADER_LEN,
+};
+use duet_proto::{FastPathOffer, MediaKind};
+
+use super::socket::{FastPathSocket, Offload};
+use super::table::{BindOutcome, ChannelTable, DropReason};
+use super::worker::{run_worker, ControlPlane, WorkerConfig, WorkerCounters};
+use crate::config::FastPathConfig;
+
+/// How often a worker wakes up without traffic to check its stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+/// Largest bridged packet: a QUIC datagram payload is below this by far.
+const BRIDGE_BUF: usize = 2048;
+
+/// Every worker's counters summed (what `/metrics` shows).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FastPathTotals {
+    pub received: u64,
+    pub forwarded: u64,
+    pub forwarded_bytes: u64,
+    pub bridged_to_quic: u64,
+    pub binds: [u64; BindOutcome::COUNT],
+    pub drops: [u64; DropReason::COUNT],
+}
+
+/// The fast path of one relay.
+pub struct FastPathService {
+    table: Arc<ChannelTable>,
+    key: FastPathKey,
+    local_addr: SocketAddr,
+    advertise: Option<SocketAddr>,
+    ticket_ttl: Duration,
+    offload: Offload,
+    /// A handle on worker 0's socket: bridged packets leave from the fast-path port.
+    sender: FastPathSocket,
+    counters: Vec<Arc<WorkerCounters>>,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<io::Result<()>>>>,
+}
+
+impl std::fmt::Debug for FastPathService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPathService")
+            .field("local_addr", &self.local_addr)
+            .field("workers", &self.counters.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FastPathService {
+    /// Binds the sockets on `listen` and starts the workers over a table of `capacity`
+    /// sessions. `control` is how workers reach QUIC endpoints and confirm binds.
+    pub fn start(
+        cfg: &FastPathConfig,
+        listen: SocketAddr,
+        capacity: u32,
+        control: Arc<dyn ControlPlane>,
+    ) -> io::Result<Self> {
+        let secret: [u8; 32] = rand::random();
+        let key = FastPathKey::new(&secret).map_err(|e| io::Error::other(e.to_string()))?;
+        let table = Arc::new(ChannelTable::new(capacity, key.clone()));
+        let offload = Offload::probe();
+        let first = FastPathSocket::bind(listen, STOP_POLL)?;
+        let local_addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..cfg.worker_count() {
+            // Same port: joins the first socket's SO_REUSEPORT group.
+            sockets.push(FastPathSocket::bind(local_addr, STOP_POLL)?);
+        }
+        let sender = sockets[0].try_clone()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut counters = Vec::new();
+        let mut threads = Vec::new();
+        for (i, sock) in sockets.into_iter().enumerate() {
+            let c = Arc::new(WorkerCounters::default());
+            counters.push(c.clone());
+            let (table, control, flag) = (table.clone(), control.clone(), stop.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("duet-fastpath-{i}"))
+                .spawn(move || {
+                    let r = run_worker(
+                        &sock,
+                        &table,
+                        control.as_ref(),
+                        &c,
+                        &flag,
+                        WorkerConfig::default(),
+                    );
+                    if let Err(e) = &r {
+                        tracing::error!(worker = i, error = %e, "fast-path worker stopped");
+                    }
+                    r
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        tracing::info!(
+            addr = %local_addr,
+            workers = threads.len(),
+            offload = %offload.describe(),
+            "fast path listening"
+        );
+        Ok(Self {
+            table,
+            key,
+            local_addr,
+            advertise: cfg.advertise,
+            ticket_ttl: cfg.ticket_ttl(),
+            offload,
+            sender,
+            counters,
+            stop,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    pub fn table(&self) -> &ChannelTable {
+        &self.table
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn offload(&self) -> Offload {
+        self.offload
+    }
+
+    /// An offer for `channel`, binding from `ip` (as the QUIC connection came from), with
+    /// sequence number `seq` (higher than every earlier ticket of that channel).
+    pub fn offer(&self, channel: u64, ip: IpAddr, seq: u32) -> FastPathOffer {
+        let expires_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_add(self.ticket_ttl.as_secs());
+        let ticket = FastPathTicket {
+            channel,
+            ip,
+            expires_unix,
+            seq,
+        }
+        .encode(&self.key);
+        FastPathOffer {
+            addr: self.advertise,
+            port: self.local_addr.port(),
+            channel,
+            ticket: Bytes::copy_from_slice(&ticket),
+            expires_unix,
+        }
+    }
+
+    /// Sends a packet that came over QUIC to a fast-path endpoint at `to`:
+    /// `header(kind, from_channel) | payload`, the same shape a fast-path sender produces.
+    /// Never blocks and never allocates; false when it could not be sent.
+    pub fn send_bridged(
+        &self,
+        to: SocketAddr,
+        kind: MediaKind,
+        from_channel: u64,
+        payload: &[u8],
+    ) -> bool {
+        let len = FASTPATH_HEADER_LEN + payload.len();
+        let mut buf = [0u8; BRIDGE_BUF];
+        let Some(out) = buf.get_mut(..len) else {
+            return false;
+        };
+        out[..FASTPATH_HEADER_LEN].copy_from_slice(
+            &FastPathHeader::new(PacketType::Media(kind), from_channel).to_bytes(),
+        );
+        out[FASTPATH_HEADER_LEN..].copy_from_slice(payload);
+        self.sender.send_to_now(out, to).is_ok()
+    }
+
+    /// The workers' counters, summed.
+    pub fn totals(&self) -> FastPathTotals {
+        let mut t = FastPathTotals::default();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        for c in &self.counters {
+            t.received += get(&c.received);
+            t.forwarded += get(&c.forwarded);
+            t.forwarded_bytes += get(&c.forwarded_bytes);
+            t.bridged_to_quic += get(&c.bridged);
+            for (sum, b) in t.binds.iter_mut().zip(&c.binds) {
+                *sum += get(b);
+            }
+            for (sum, d) in t.drops.iter_mut().zip(&c.drops) {
+                *sum += get(d);
+            }
+        }
+        t
+    }
+
+    /// Stops the workers and waits for them (each notices within `STOP_POLL`).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("fast-path worker panicked");
+            }
+        }
+    }
+}
+
+impl Drop for FastPathService {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
