@@ -1,0 +1,370 @@
+//! The raw-UDP fast path over real loopback sockets and an in-process relay: two `Prefer`
+//! endpoints send over UDP (the relay forwards without QUIC), a closed fast-path port falls
+//! back to QUIC, a `Prefer` and an `Off` endpoint are bridged by the relay, and a rebind
+//! moves the binding to a new local port. Frames are checked byte for byte both ways.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use duet_proto::{
+    DeviceId, E2eeClaim, JoinClaims, JoinToken, MediaHeader, MediaKind, SessionId, UserId,
+};
+use duet_relay::{Config, LimitsConfig, Relay, RelayHandle};
+use duet_sdk::{
+    Call, CallOptions, Client, ConnectOptions, E2eeConfig, Event, FastPathMode, IdentityKey,
+    Transport,
+};
+
+const STEP: Duration = Duration::from_secs(10);
+
+struct TestRelay {
+    relay: RelayHandle,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(tweak: impl FnOnce(&mut Config)) -> TestRelay {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config {
+        data_dir: dir.path().to_owned(),
+        node_id: "test-node".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ops_listen: "127.0.0.1:0".parse().unwrap(),
+        limits: LimitsConfig {
+            media_packets_per_sec: 1_000_000,
+            media_bytes_per_sec: 1_000_000_000,
+            signals_per_sec: 1000,
+            join_timeout_ms: 2_000,
+            idle_timeout_ms: 20_000,
+            resume_window_ms: 5_000,
+            ..LimitsConfig::default()
+        },
+        ..Config::default()
+    };
+    cfg.fast_path.workers = 1;
+    tweak(&mut cfg);
+    let relay = Relay::start(cfg).await.expect("relay starts");
+    TestRelay { relay, _dir: dir }
+}
+
+fn token(relay: &RelayHandle, session: &str, user: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    JoinToken::mint(
+        relay.token_key(),
+        &JoinClaims {
+            session: SessionId::new(session).unwrap(),
+            user: UserId::new(user).unwrap(),
+            device: DeviceId::new(format!("{user}-phone")).unwrap(),
+            iat: now,
+            exp: now + 600,
+            node: None,
+            e2ee: E2eeClaim::Allowed,
+        },
+    )
+}
+
+fn e2ee() -> E2eeConfig {
+    E2eeConfig {
+        options: CallOptions {
+            e2ee: true,
+            ..CallOptions::default()
+        },
+        handshake_timeout: STEP,
+        ..E2eeConfig::new(Arc::new(IdentityKey::generate().unwrap()))
+    }
+}
+
+fn opts(relay: &RelayHandle, mode: FastPathMode) -> ConnectOptions {
+    ConnectOptions {
+        fast_path: mode,
+        // Generous: two shared cores under a parallel test run.
+        fast_path_bind_timeout: Duration::from_secs(3),
+        ..ConnectOptions::trusting(relay.cert_pem())
+    }
+}
+
+async fn join(relay: &RelayHandle, session: &str, user: &str, mode: FastPathMode) -> Result<Call> {
+    let client = Client::connect(
+        relay.quic_addr(),
+        token(relay, session, user),
+        opts(relay, mode),
+    )
+    .await?;
+    Ok(client
+        .join_e2ee(SessionId::new(session).unwrap(), e2ee())
+        .await?)
+}
+
+/// An E2EE call: alice (slot A) joins first, bob once alice is in.
+async fn pair(
+    relay: &RelayHandle,
+    session: &str,
+    (mode_a, mode_b): (FastPathMode, FastPathMode),
+) -> Result<(Call, Call)> {
+    let before = relay.endpoint_count();
+    let a = join(relay, session, "alice", mode_a);
+    let b = async {
+        let deadline = tokio::time::Instant::now() + STEP;
+        while relay.endpoint_count() == before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        join(relay, session, "bob", mode_b).await
+    };
+    let (a, b) = tokio::join!(a, b);
+    Ok((a.context("alice")?, b.context("bob")?))
+}
+
+/// The first event `pick` accepts (others are skipped), within `STEP`.
+async fn wait_for<T>(call: &Call, mut pick: impl FnMut(&Event) -> Option<T>) -> Result<T> {
+    tokio::time::timeout(STEP, async {
+        loop {
+            match call.next_event().await {
+                Some(ev) => {
+                    if let Some(t) = pick(&ev) {
+                        return Ok(t);
+                    }
+                }
+                None => bail!("the call ended"),
+            }
+        }
+    })
+    .await
+    .context("timed out waiting for an event")?
+}
+
+async fn bound(call: &Call) -> Result<SocketAddr> {
+    wait_for(call, |e| match e {
+        Event::FastPathBound { addr } => Some(Ok(*addr)),
+        Event::FastPathFallback { reason } => Some(Err(reason.clone())),
+        _ => None,
+    })
+    .await?
+    .map_err(|r| anyhow::anyhow!("fell back: {r}"))
+}
+
+async fn fallback(call: &Call) -> Result<String> {
+    wait_for(call, |e| match e {
+        Event::FastPathFallback { reason } => Some(reason.clone()),
+        _ => None,
+    })
+    .await
+}
+
+fn frame(kind: MediaKind, i: usize, len: usize) -> Vec<u8> {
+    let mut f = format!("{kind:?} frame {i} ").into_bytes();
+    f.resize(len, (i % 251) as u8);
+    f
+}
+
+/// Audio and video frames (one of them fragments) from `from` arrive intact at `to`.
+async fn frames_flow(from: &Call, to: &Call, tag: usize) -> Result<()> {
+    let sent = [
+        (MediaKind::Audio, frame(MediaKind::Audio, tag, 160)),
+        (MediaKind::Video, frame(MediaKind::Video, tag + 1, 5000)),
+        (MediaKind::Audio, frame(MediaKind::Audio, tag + 2, 80)),
+        (MediaKind::Screen, frame(MediaKind::Screen, tag + 3, 1500)),
+    ];
+    for (kind, data) in &sent {
+        from.send_media(*kind, data).await?;
+        let got = tokio::time::timeout(STEP, to.recv_media())
+            .await
+            .context("timed out waiting for a frame")??;
+        assert_eq!(got.kind, *kind);
+        assert_eq!(
+            &got.data[..],
+            &data[..],
+            "{kind:?} frame changed on the way"
+        );
+    }
+    Ok(())
+}
+
+/// Sum of every sample of `name` whose labels contain all of `labels`.
+fn metric(relay: &RelayHandle, name: &str, labels: &[&str]) -> f64 {
+    relay
+        .metrics_text()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+const FP_FORWARDED: &str = "duet_fastpath_forwarded_packets_total";
+const FP_BRIDGED: &str = "duet_fastpath_bridged_packets_total";
+const FP_BINDS: &str = "duet_fastpath_binds_total";
+const QUIC_FORWARDED: &str = "duet_forwarded_packets_total";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_prefer_endpoints_send_media_over_the_fast_path_both_ways() -> Result<()> {
+    let relay = start(|_| {}).await;
+    let r = &relay.relay;
+    assert!(r.fast_path_addr().is_some(), "fast path on by default");
+    let (a, b) = pair(r, "fp-both", (FastPathMode::Prefer, FastPathMode::Prefer)).await?;
+    assert!(a.fast_path_offer().is_some() && b.fast_path_offer().is_some());
+    bound(&a).await?;
+    bound(&b).await?;
+    assert_eq!(a.transport(), Transport::FastPath);
+    assert_eq!(b.transport(), Transport::FastPath);
+    let quic_before = metric(r, QUIC_FORWARDED, &[]);
+    let fp_before = metric(r, FP_FORWARDED, &[]);
+    let mut tap = b.tap_raw();
+
+    frames_flow(&a, &b, 0).await?;
+    frames_flow(&b, &a, 10).await?;
+
+    // The tap shows fast-path arrivals in the QUIC media-datagram form.
+    let mut tapped = 0;
+    while let Ok(d) = tap.try_recv() {
+        let (h, _) = MediaHeader::parse(&d).context("tapped datagram has a media header")?;
+        assert!(MediaKind::ALL.contains(&h.kind));
+        tapped += 1;
+    }
+    assert!(tapped >= 4, "tap saw {tapped} datagrams");
+
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(sa.fast_path_datagrams_sent >= 4, "{sa:?}");
+    assert!(sb.fast_path_datagrams_received >= 4, "{sb:?}");
+    assert!(sb.fast_path_datagrams_sent >= 4, "{sb:?}");
+    assert!(sa.fast_path_datagrams_received >= 4, "{sa:?}");
+    assert_eq!(sa.fast_path_malformed + sb.fast_path_malformed, 0);
+    let fp_after = metric(r, FP_FORWARDED, &[]);
+    assert!(
+        fp_after >= fp_before + 16.0,
+        "fast-path forwarded {fp_before} -> {fp_after}"
+    );
+    assert_eq!(
+        metric(r, QUIC_FORWARDED, &[]),
+        quic_before,
+        "no media went through QUIC datagrams"
+    );
+    assert_eq!(metric(r, FP_BRIDGED, &[]), 0.0, "nothing was bridged");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_fast_path_port_falls_back_to_quic_and_media_flows() -> Result<()> {
+    // A port where nothing listens: the BIND draws an ICMP port unreachable.
+    let closed = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        s.local_addr()?
+    };
+    let relay = start(|c| c.fast_path.advertise = Some(closed)).await;
+    let r = &relay.relay;
+    let (a, b) = pair(
+        r,
+        "fp-fallback",
+        (FastPathMode::Prefer, FastPathMode::Prefer),
+    )
+    .await?;
+    assert_eq!(
+        a.fast_path_offer().and_then(|o| o.addr),
+        Some(closed),
+        "the relay advertises the closed port"
+    );
+    let why = fallback(&a).await?;
+    fallback(&b).await?;
+    assert!(!why.is_empty());
+    assert_eq!(a.transport(), Transport::Quic);
+    assert_eq!(b.transport(), Transport::Quic);
+    let quic_before = metric(r, QUIC_FORWARDED, &[]);
+
+    frames_flow(&a, &b, 0).await?;
+    frames_flow(&b, &a, 10).await?;
+
+    assert_eq!(a.stats().fast_path_datagrams_sent, 0);
+    assert_eq!(b.stats().fast_path_datagrams_sent, 0);
+    assert!(metric(r, QUIC_FORWARDED, &[]) >= quic_before + 16.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefer_and_an_off_endpoint_are_bridged_both_ways() -> Result<()> {
+    let relay = start(|_| {}).await;
+    let r = &relay.relay;
+    let (a, b) = pair(r, "fp-mixed", (FastPathMode::Prefer, FastPathMode::Off)).await?;
+    bound(&a).await?;
+    assert_eq!(a.transport(), Transport::FastPath);
+    assert_eq!(b.transport(), Transport::Quic);
+    assert!(b.fast_path_local_addr().is_none(), "Off opens no socket");
+    let to_quic = metric(r, FP_BRIDGED, &["to_quic"]);
+    let to_fast = metric(r, FP_BRIDGED, &["to_fastpath"]);
+
+    frames_flow(&a, &b, 0).await?;
+    frames_flow(&b, &a, 10).await?;
+
+    assert!(a.stats().fast_path_datagrams_sent >= 4);
+    assert!(a.stats().fast_path_datagrams_received >= 4);
+    assert_eq!(b.stats().fast_path_datagrams_received, 0);
+    let (to_quic2, to_fast2) = (
+        metric(r, FP_BRIDGED, &["to_quic"]),
+        metric(r, FP_BRIDGED, &["to_fastpath"]),
+    );
+    assert!(to_quic2 >= to_quic + 4.0, "to_quic {to_quic} -> {to_quic2}");
+    assert!(
+        to_fast2 >= to_fast + 4.0,
+        "to_fastpath {to_fast} -> {to_fast2}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebind_moves_the_binding_to_a_new_port_and_media_continues() -> Result<()> {
+    let relay = start(|_| {}).await;
+    let r = &relay.relay;
+    let (a, b) = pair(r, "fp-rebind", (FastPathMode::Prefer, FastPathMode::Prefer)).await?;
+    let first = bound(&a).await?;
+    bound(&b).await?;
+    frames_flow(&a, &b, 0).await?;
+    let old = a.fast_path_local_addr().context("a socket")?;
+    let moved_before = metric(r, FP_BINDS, &["moved"]);
+
+    let new = tokio::time::timeout(STEP, a.rebind_fast_path())
+        .await
+        .context("rebind timed out")??;
+    assert_ne!(new.port(), old.port(), "a new local port");
+    assert_eq!(a.fast_path_local_addr(), Some(new));
+    assert_eq!(a.transport(), Transport::FastPath);
+    let second = bound(&a).await?;
+    assert_ne!(first, second, "the relay saw the new source address");
+    assert_eq!(second.port(), new.port());
+    assert!(metric(r, FP_BINDS, &["moved"]) >= moved_before + 1.0);
+
+    let fp_before = metric(r, FP_FORWARDED, &[]);
+    frames_flow(&a, &b, 20).await?;
+    frames_flow(&b, &a, 30).await?;
+    assert!(metric(r, FP_FORWARDED, &[]) >= fp_before + 16.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_relay_fast_path_prefer_stays_on_quic() -> Result<()> {
+    let relay = start(|c| c.fast_path.enabled = false).await;
+    let r = &relay.relay;
+    let (a, b) = pair(r, "fp-none", (FastPathMode::Prefer, FastPathMode::Prefer)).await?;
+    assert!(a.fast_path_offer().is_none());
+    fallback(&a).await?;
+    assert_eq!(a.transport(), Transport::Quic);
+    assert!(matches!(
+        a.rebind_fast_path().await,
+        Err(duet_sdk::SdkError::FastPathUnavailable(_))
+    ));
+    frames_flow(&a, &b, 0).await?;
+    frames_flow(&b, &a, 10).await?;
+    Ok(())
+}
