@@ -493,8 +493,15 @@ impl Driver {
                                     generation += 1;
                                     self.link.on_fast.store(false, Ordering::Release);
                                     let new = GenSocket { generation, socket: Arc::new(s) };
+                                    // Keep reading the socket the relay has bound (it sends
+                                    // there until the new binding takes effect); a socket
+                                    // that never got bound is dropped.
+                                    let bound = self.bound_generation();
                                     self.link.recv_sockets.send_modify(|r| {
-                                        r.previous = r.current.replace(new);
+                                        let old = r.current.replace(new);
+                                        if old.as_ref().map(|o| o.generation) == bound {
+                                            r.previous = old;
+                                        }
                                     });
                                     pending = Some(reply);
                                     machine.rebind(Instant::now())
@@ -511,6 +518,12 @@ impl Driver {
             };
             actions.extend(more);
         }
+    }
+
+    /// The generation of the socket the relay confirmed last.
+    fn bound_generation(&self) -> Option<u64> {
+        let s = self.link.send_socket.lock().ok()?;
+        s.as_ref().map(|s| s.generation)
     }
 
     fn current(&self) -> Option<GenSocket> {

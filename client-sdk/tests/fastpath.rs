@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use duet_proto::fastpath::{FastPathHeader, PacketType};
 use duet_proto::{
     DeviceId, E2eeClaim, JoinClaims, JoinToken, MediaHeader, MediaKind, SessionId, UserId,
 };
@@ -366,5 +367,110 @@ async fn without_a_relay_fast_path_prefer_stays_on_quic() -> Result<()> {
     ));
     frames_flow(&a, &b, 0).await?;
     frames_flow(&b, &a, 10).await?;
+    Ok(())
+}
+
+/// A plain (no E2EE) call of one endpoint, for tests that drive the other side by hand.
+async fn join_plain(relay: &RelayHandle, session: &str, opts: ConnectOptions) -> Result<Call> {
+    let client = Client::connect(relay.quic_addr(), token(relay, session, "carol"), opts).await?;
+    Ok(client.join(SessionId::new(session).unwrap()).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_bind_times_out_to_quic_and_fast_path_arrivals_are_read() -> Result<()> {
+    // A "relay" fast-path port that takes the BINDs and never confirms.
+    let hole = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let hole_addr = hole.local_addr()?;
+    let relay = start(|c| c.fast_path.advertise = Some(hole_addr)).await;
+    let r = &relay.relay;
+    let call = join_plain(
+        r,
+        "fp-hole",
+        ConnectOptions {
+            fast_path: FastPathMode::Prefer,
+            fast_path_bind_timeout: Duration::from_millis(400),
+            ..ConnectOptions::trusting(r.cert_pem())
+        },
+    )
+    .await?;
+    let mut tap = call.tap_raw();
+    let offer = call.fast_path_offer().cloned().context("an offer")?;
+    let bind = offer.bind_packet().context("a well-formed ticket")?;
+
+    // The BIND arrives exactly as offered, from the call's fast-path socket.
+    let mut buf = [0u8; 2048];
+    let (n, from) = tokio::time::timeout(STEP, hole.recv_from(&mut buf)).await??;
+    assert_eq!(&buf[..n], &bind[..]);
+    assert_eq!(Some(from), call.fast_path_local_addr());
+
+    // From the fast-path address: three datagrams that are not media, then one media piece.
+    hole.send_to(&FastPathHeader::new(PacketType::Bind, 5).to_bytes(), from)
+        .await?;
+    hole.send_to(&[1, 2, 3], from).await?;
+    hole.send_to(
+        &[2, 2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1, 0, 0, 0, 1],
+        from,
+    )
+    .await?;
+    let mut piece = FastPathHeader::new(PacketType::Media(MediaKind::Video), 5)
+        .to_bytes()
+        .to_vec();
+    piece.extend_from_slice(&[0, 0, 0, 7, 0, 0, 0, 1]); // frame 7, piece 0 of 1
+    piece.extend_from_slice(b"hello over udp");
+    hole.send_to(&piece, from).await?;
+
+    let got = tokio::time::timeout(STEP, call.recv_media()).await??;
+    assert_eq!(got.kind, MediaKind::Video);
+    assert_eq!(&got.data[..], b"hello over udp");
+    // The tap shows it as a QUIC media datagram: media header, then the same body.
+    let tapped = tokio::time::timeout(STEP, tap.recv())
+        .await?
+        .context("tap open")?;
+    assert_eq!(&tapped[..2], &[1, MediaKind::Video as u8]);
+    assert_eq!(&tapped[2..], &piece[10..]);
+    let s = call.stats();
+    assert_eq!(s.fast_path_datagrams_received, 1, "{s:?}");
+    assert_eq!(s.fast_path_malformed, 3, "{s:?}");
+    assert_eq!(s.frames_received, 1, "{s:?}");
+
+    // Nothing confirms: media stays on QUIC after the bind timeout.
+    let why = fallback(&call).await?;
+    assert!(why.contains("400 ms"), "{why}");
+    assert_eq!(call.transport(), Transport::Quic);
+    // BIND was resent with backoff meanwhile (0, 100, 300 ms), always the same packet.
+    let mut binds = 1;
+    while let Ok((n, _)) = hole.try_recv_from(&mut buf) {
+        assert_eq!(&buf[..n], &bind[..]);
+        binds += 1;
+    }
+    assert!(binds >= 3, "{binds} BINDs");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_fast_path_refreshes_its_binding_with_fresh_tickets() -> Result<()> {
+    let relay = start(|_| {}).await;
+    let r = &relay.relay;
+    let call = join_plain(
+        r,
+        "fp-refresh",
+        ConnectOptions {
+            fast_path: FastPathMode::Prefer,
+            fast_path_bind_timeout: Duration::from_secs(3),
+            fast_path_refresh: Duration::from_millis(100),
+            ..ConnectOptions::trusting(r.cert_pem())
+        },
+    )
+    .await?;
+    bound(&call).await?;
+    let refreshed = metric(r, FP_BINDS, &["refreshed"]);
+    // No event marks a refresh (same address: the relay says nothing): watch the relay.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while metric(r, FP_BINDS, &["refreshed"]) < refreshed + 2.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no refresh seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(call.transport(), Transport::FastPath);
+    assert_eq!(metric(r, FP_BINDS, &["moved"]), 0.0);
     Ok(())
 }
