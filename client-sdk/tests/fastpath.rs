@@ -372,7 +372,16 @@ async fn without_a_relay_fast_path_prefer_stays_on_quic() -> Result<()> {
 
 /// A plain (no E2EE) call of one endpoint, for tests that drive the other side by hand.
 async fn join_plain(relay: &RelayHandle, session: &str, opts: ConnectOptions) -> Result<Call> {
-    let client = Client::connect(relay.quic_addr(), token(relay, session, "carol"), opts).await?;
+    join_plain_as(relay, session, "carol", opts).await
+}
+
+async fn join_plain_as(
+    relay: &RelayHandle,
+    session: &str,
+    user: &str,
+    opts: ConnectOptions,
+) -> Result<Call> {
+    let client = Client::connect(relay.quic_addr(), token(relay, session, user), opts).await?;
     Ok(client.join(SessionId::new(session).unwrap()).await?)
 }
 
@@ -472,5 +481,103 @@ async fn a_bound_fast_path_refreshes_its_binding_with_fresh_tickets() -> Result<
     }
     assert_eq!(call.transport(), Transport::FastPath);
     assert_eq!(metric(r, FP_BINDS, &["moved"]), 0.0);
+    // The relay never answers on UDP, and a refresh from the same address is no news.
+    let s = call.stats();
+    assert_eq!(
+        s.fast_path_datagrams_received + s.fast_path_malformed,
+        0,
+        "{s:?}"
+    );
+    while let Ok(Some(ev)) =
+        tokio::time::timeout(Duration::from_millis(50), call.next_event()).await
+    {
+        assert!(
+            !matches!(ev, Event::FastPathBound { .. }),
+            "unexpected {ev:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A one-client NAT between the SDK and the relay's fast path: forwards both ways from one
+/// outside socket, and on request moves to a new outside port (dropping the old mapping).
+async fn nat(
+    inside: tokio::net::UdpSocket,
+    relay: SocketAddr,
+    mut remap: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<SocketAddr>>,
+    first: tokio::sync::oneshot::Sender<SocketAddr>,
+) -> std::io::Result<()> {
+    let mut outside = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let _ = first.send(outside.local_addr()?);
+    let mut client = None;
+    let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+    loop {
+        tokio::select! {
+            r = inside.recv_from(&mut a) => {
+                let (n, from) = r?;
+                client = Some(from);
+                outside.send_to(&a[..n], relay).await?;
+            }
+            r = outside.recv_from(&mut b) => {
+                let Ok((n, _)) = r else { continue };
+                if let Some(c) = client {
+                    inside.send_to(&b[..n], c).await?;
+                }
+            }
+            cmd = remap.recv() => {
+                let Some(reply) = cmd else { return Ok(()) };
+                outside = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+                let _ = reply.send(outside.local_addr()?);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nat_port_change_is_healed_by_the_next_refresh() -> Result<()> {
+    let inside = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let inside_addr = inside.local_addr()?;
+    let relay = start(|c| c.fast_path.advertise = Some(inside_addr)).await;
+    let r = &relay.relay;
+    let (remap_tx, remap_rx) = tokio::sync::mpsc::channel(1);
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let fp = r.fast_path_addr().context("fast path on")?;
+    let nat_task = tokio::spawn(nat(inside, fp, remap_rx, first_tx));
+    let outside1 = first_rx.await?;
+
+    // Alice is behind the NAT on the fast path; Bob is on QUIC (the relay bridges).
+    let alice = join_plain_as(
+        r,
+        "fp-nat",
+        "alice",
+        ConnectOptions {
+            fast_path: FastPathMode::Prefer,
+            fast_path_bind_timeout: Duration::from_secs(3),
+            fast_path_refresh: Duration::from_millis(200),
+            ..ConnectOptions::trusting(r.cert_pem())
+        },
+    )
+    .await?;
+    let bob = join_plain_as(r, "fp-nat", "bob", ConnectOptions::trusting(r.cert_pem())).await?;
+    assert_eq!(
+        bound(&alice).await?,
+        outside1,
+        "the relay sees the NAT's address"
+    );
+    frames_flow(&alice, &bob, 0).await?;
+    frames_flow(&bob, &alice, 10).await?;
+    let moved = metric(r, FP_BINDS, &["moved"]);
+
+    // The NAT moves Alice to a new port; the next refresh's fresh ticket moves the binding.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    remap_tx.send(tx).await?;
+    let outside2 = rx.await?;
+    assert_ne!(outside1, outside2);
+    assert_eq!(bound(&alice).await?, outside2);
+    assert_eq!(alice.transport(), Transport::FastPath);
+    assert!(metric(r, FP_BINDS, &["moved"]) >= moved + 1.0);
+    frames_flow(&alice, &bob, 20).await?;
+    frames_flow(&bob, &alice, 30).await?;
+    nat_task.abort();
     Ok(())
 }
