@@ -190,9 +190,27 @@ pub(crate) struct Shared {
     /// Copies of every received datagram, before reassembly and opening (`tap_raw`).
     tap: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
     tapping: std::sync::atomic::AtomicBool,
+    /// Fast-path events held back while an E2EE call waits for its keys, so that
+    /// `E2eeEstablished` stays the call's first event; `None` once they flow.
+    fast_events: Mutex<Option<Vec<Event>>>,
+    events: mpsc::Sender<Event>,
 }
 
 impl Shared {
+    /// Queues a fast-path event (never blocks: `Call::transport` is the state, events tell
+    /// of changes).
+    pub(crate) fn emit_fast_event(&self, ev: Event) {
+        if let Ok(mut gate) = self.fast_events.lock() {
+            if let Some(held) = gate.as_mut() {
+                held.push(ev);
+                return;
+            }
+        }
+        if self.events.try_send(ev).is_err() {
+            tracing::debug!("event queue full; a fast-path event was dropped");
+        }
+    }
+
     pub(crate) async fn send_control(&self, msg: &ClientMessage) -> Result<(), SdkError> {
         let frame = encode(msg)?;
         self.control_send.lock().await.write_all(&frame).await?;
@@ -225,8 +243,6 @@ pub struct Call {
     request_timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
     event_tx: mpsc::Sender<Event>,
-    /// Events the E2EE handshake saw but does not handle, re-queued after `E2eeEstablished`.
-    deferred: Mutex<Vec<Event>>,
     /// Whether media must be sealed (a call from `join_e2ee`): then no media moves until
     /// `e2ee` is set.
     e2ee_required: bool,
@@ -243,6 +259,7 @@ impl Call {
         opts: &ConnectOptions,
         e2ee_required: bool,
     ) -> Call {
+        let (event_tx, event_rx) = mpsc::channel(256);
         let prefer = opts.fast_path == FastPathMode::Prefer;
         let (fast, fast_inputs) = match joined.fast_path.as_ref().filter(|_| prefer) {
             Some(offer) => {
@@ -266,8 +283,9 @@ impl Call {
             dropped_before_keys: AtomicU64::new(0),
             tap: Mutex::new(None),
             tapping: std::sync::atomic::AtomicBool::new(false),
+            fast_events: Mutex::new(e2ee_required.then(Vec::new)),
+            events: event_tx.clone(),
         });
-        let (event_tx, event_rx) = mpsc::channel(256);
         let (signal_tx, signal_rx) = mpsc::channel(256);
         let (media_tx, media_rx) = mpsc::channel(1024);
         let (opener_tx, opener_rx) = if e2ee_required {
@@ -305,16 +323,13 @@ impl Call {
                             refresh: opts.fast_path_refresh,
                             ticket_timeout: opts.join_timeout,
                         },
-                        events: event_tx.clone(),
                     }
                     .run(),
                 ));
             }
-            _ if prefer => {
-                let _ = event_tx.try_send(Event::FastPathFallback {
-                    reason: "the relay offers no fast path".into(),
-                });
-            }
+            _ if prefer => shared.emit_fast_event(Event::FastPathFallback {
+                reason: "the relay offers no fast path".into(),
+            }),
             _ => {}
         }
         Call {
@@ -329,7 +344,6 @@ impl Call {
             request_timeout: opts.join_timeout,
             tasks,
             event_tx,
-            deferred: Mutex::new(Vec::new()),
             e2ee_required,
             e2ee: std::sync::OnceLock::new(),
             opener_tx: Mutex::new(opener_tx),
@@ -354,6 +368,8 @@ impl Call {
             .take()
             .ok_or(SdkError::Closed)?;
         tx.send(opener).map_err(|_| SdkError::Closed)?;
+        // Under the gate's lock, so no fast-path event slips in before these.
+        let mut gate = self.shared.fast_events.lock().ok();
         let _ = self.event_tx.try_send(Event::E2eeEstablished {
             code: code.clone(),
             identity_check,
@@ -361,11 +377,12 @@ impl Call {
         if identity_check == IdentityCheck::Changed {
             let _ = self.event_tx.try_send(Event::PeerIdentityChanged { peer });
         }
-        if let Ok(mut d) = self.deferred.lock() {
-            for ev in d.drain(..) {
+        if let Some(held) = gate.as_mut().and_then(|g| g.take()) {
+            for ev in held {
                 let _ = self.event_tx.try_send(ev);
             }
         }
+        drop(gate);
         self.e2ee
             .set(E2eeSend {
                 sealer: Mutex::new(sealer),
@@ -374,13 +391,6 @@ impl Call {
                 identity_check,
             })
             .map_err(|_| SdkError::Protocol("keys installed twice".into()))
-    }
-
-    /// Keeps an event the handshake saw but does not handle, for after `E2eeEstablished`.
-    pub(crate) fn defer_event(&self, ev: Event) {
-        if let Ok(mut d) = self.deferred.lock() {
-            d.push(ev);
-        }
     }
 
     /// The locked event and signal receivers, for the E2EE handshake driver.

@@ -423,14 +423,11 @@ pub(crate) struct Driver {
     pub offer: FastPathOffer,
     pub target: SocketAddr,
     pub cfg: BindConfig,
-    pub events: mpsc::Sender<Event>,
 }
 
 impl Driver {
     fn emit(&self, ev: Event) {
-        if self.events.try_send(ev).is_err() {
-            tracing::debug!("event queue full; a fast-path event was dropped");
-        }
+        self.shared.emit_fast_event(ev);
     }
 
     /// Runs until the call ends.

@@ -134,8 +134,6 @@ pub(crate) async fn handshake(
                             Event::SessionEnded(_) | Event::Disconnected(_) => {
                                 return Err(SdkError::Closed);
                             }
-                            ev @ (Event::FastPathBound { .. }
-                            | Event::FastPathFallback { .. }) => call.defer_event(ev),
                             _ => {}
                         },
                     }

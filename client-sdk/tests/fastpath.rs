@@ -229,6 +229,14 @@ async fn two_prefer_endpoints_send_media_over_the_fast_path_both_ways() -> Resul
     assert!(r.fast_path_addr().is_some(), "fast path on by default");
     let (a, b) = pair(r, "fp-both", (FastPathMode::Prefer, FastPathMode::Prefer)).await?;
     assert!(a.fast_path_offer().is_some() && b.fast_path_offer().is_some());
+    for call in [&a, &b] {
+        // The bind completes during the handshake; its event still comes after this one.
+        let first = tokio::time::timeout(STEP, call.next_event()).await?;
+        assert!(
+            matches!(first, Some(Event::E2eeEstablished { .. })),
+            "{first:?}"
+        );
+    }
     bound(&a).await?;
     bound(&b).await?;
     assert_eq!(a.transport(), Transport::FastPath);
