@@ -226,9 +226,12 @@ const QUIC_FORWARDED: &str = "duet_forwarded_packets_total";
 async fn two_prefer_endpoints_send_media_over_the_fast_path_both_ways() -> Result<()> {
     let relay = start(|_| {}).await;
     let r = &relay.relay;
-    assert!(r.fast_path_addr().is_some(), "fast path on by default");
+    let fp = r.fast_path_addr().context("fast path on by default")?;
     let (a, b) = pair(r, "fp-both", (FastPathMode::Prefer, FastPathMode::Prefer)).await?;
-    assert!(a.fast_path_offer().is_some() && b.fast_path_offer().is_some());
+    for call in [&a, &b] {
+        let offer = call.fast_path_offer().context("an offer")?;
+        assert_eq!(offer.target(call.connection().remote_address()), fp);
+    }
     for call in [&a, &b] {
         // The bind completes during the handshake; its event still comes after this one.
         let first = tokio::time::timeout(STEP, call.next_event()).await?;
@@ -322,6 +325,10 @@ async fn a_prefer_and_an_off_endpoint_are_bridged_both_ways() -> Result<()> {
     assert_eq!(a.transport(), Transport::FastPath);
     assert_eq!(b.transport(), Transport::Quic);
     assert!(b.fast_path_local_addr().is_none(), "Off opens no socket");
+    assert!(
+        b.fast_path_offer().is_some(),
+        "the offer is there for tools"
+    );
     let to_quic = metric(r, FP_BRIDGED, &["to_quic"]);
     let to_fast = metric(r, FP_BRIDGED, &["to_fastpath"]);
 
