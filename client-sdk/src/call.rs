@@ -211,6 +211,11 @@ impl Shared {
         }
     }
 
+    /// Resolves once the QUIC connection is closed.
+    pub(crate) async fn closed(&self) {
+        self.conn.closed().await;
+    }
+
     pub(crate) async fn send_control(&self, msg: &ClientMessage) -> Result<(), SdkError> {
         let frame = encode(msg)?;
         self.control_send.lock().await.write_all(&frame).await?;

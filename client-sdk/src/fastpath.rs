@@ -512,6 +512,7 @@ impl Driver {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => machine.poll(Instant::now()),
+                _ = self.shared.closed() => return,
             };
             actions.extend(more);
         }
