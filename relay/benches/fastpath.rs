@@ -1,7 +1,8 @@
 //! The fast path's per-packet decision, sans-IO: `ChannelTable::route` (generation compare,
 //! source check, peer lookup, atomic rate limit) and `ChannelTable::process` (header parse
 //! first), for 1 pair and 1,000 pairs, 160 B and 1200 B datagrams. No sockets: this is the
-//! relay's own CPU cost per forwarded packet, before the kernel's.
+//! relay's own CPU cost per forwarded packet, before the kernel's. Also the same lookup from
+//! several threads at once over one shared table (`fastpath_route_contended`).
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -103,5 +104,55 @@ fn bench_route(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_route);
+/// The session lookup under contention: every worker thread routes over the same shared
+/// table at once (as SO_REUSEPORT workers do), 1,000 bound pairs, each thread on its own
+/// senders (like flows spread by 4-tuple) or all on the same pair (one hot call).
+/// Time per routed packet per thread; compare with 1 thread to see what sharing costs.
+fn bench_route_contended(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fastpath_route_contended");
+    g.throughput(Throughput::Elements(1));
+    let (table, senders) = setup(1000, 1200);
+    let threads_max = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2);
+    for threads in [1usize, 2, threads_max] {
+        for hot in [false, true] {
+            let id = format!(
+                "{threads}threads/{}",
+                if hot { "one_pair" } else { "spread" }
+            );
+            g.bench_function(BenchmarkId::new("route", &id), |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    std::thread::scope(|s| {
+                        for t in 0..threads {
+                            let (table, senders) = (&table, &senders);
+                            s.spawn(move || {
+                                let mut i = if hot { 0 } else { t * 97 };
+                                for _ in 0..iters {
+                                    let (h, src, d) = &senders[i % senders.len()];
+                                    if !hot {
+                                        i = i.wrapping_add(7);
+                                    }
+                                    black_box(table.route(
+                                        *src,
+                                        black_box(h.channel),
+                                        MediaKind::Video,
+                                        d.len(),
+                                        Instant::now(),
+                                    ))
+                                    .ok();
+                                }
+                            });
+                        }
+                    });
+                    start.elapsed()
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_route, bench_route_contended);
 criterion_main!(benches);

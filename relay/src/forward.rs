@@ -12,7 +12,7 @@ use std::time::Instant;
 use arc_swap::{ArcSwapOption, Guard};
 use duet_proto::{MediaHeader, MediaHeaderError, MediaKind};
 
-use crate::limits::MediaLimiter;
+use crate::limits::Admission;
 
 /// Why a datagram was not forwarded. Stable metrics labels via `as_str`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +59,9 @@ pub type PeerGuard<P> = Guard<Option<Arc<P>>>;
 /// Decides the fate of one media datagram from this endpoint.
 /// On `Ok` the caller sends the datagram, unchanged, to the returned peer.
 #[inline]
-pub fn forward_step<P>(
+pub fn forward_step<P, L: Admission>(
     datagram: &[u8],
-    limiter: &mut MediaLimiter,
+    limiter: &mut L,
     peer: &ArcSwapOption<P>,
     now: Instant,
 ) -> Result<(MediaKind, PeerGuard<P>), DropReason> {
@@ -79,6 +79,7 @@ pub fn forward_step<P>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::MediaLimiter;
 
     #[test]
     fn forwards_good_datagrams_and_names_each_drop() {

@@ -59,6 +59,12 @@ impl TokenBucket {
     }
 }
 
+/// Admits or refuses one media packet of `len` bytes at `now`: the per-endpoint budget,
+/// whichever structure holds it.
+pub trait Admission {
+    fn admit(&mut self, len: usize, now: Instant) -> bool;
+}
+
 /// Media limits of one endpoint: packets per second and bytes per second, one second of
 /// burst each. A packet passes only if both buckets have room; a refused packet takes nothing.
 #[derive(Debug, Clone)]
@@ -74,10 +80,12 @@ impl MediaLimiter {
             bytes: TokenBucket::new(bytes_per_sec, bytes_per_sec, now),
         }
     }
+}
 
+impl Admission for MediaLimiter {
     /// Admits one packet of `len` bytes, or refuses it.
     #[inline]
-    pub fn admit(&mut self, len: usize, now: Instant) -> bool {
+    fn admit(&mut self, len: usize, now: Instant) -> bool {
         let len = len as u64;
         if self.packets.has(1, now) && self.bytes.has(len, now) {
             self.packets.take_unchecked(1);

@@ -176,6 +176,10 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
             }
         }
         println!("  quic        {}", relay.quic_addr());
+        match relay.fast_path_addr() {
+            Some(fp) => println!("  fast path   {fp} (raw UDP; tickets handed out over QUIC)"),
+            None => println!("  fast path   off"),
+        }
         println!("  ops http    http://{}/metrics /healthz /readyz", relay.ops_addr());
         if let Some(admin) = relay.admin_addr() {
             println!("  admin api   http://{admin}/v1/ (bearer credential from admin_token_file)");

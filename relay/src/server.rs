@@ -36,10 +36,10 @@ use tokio::time::timeout_at;
 use crate::config::Config;
 use crate::fastpath::{
     channel_pair, channel_side, BindOutcome, ControlPlane, DropReason as FastPathDrop,
-    FastPathLimits, FastPathService,
+    EndpointBudget, FastPathLimits, FastPathService,
 };
 use crate::forward::{forward_step, DropReason};
-use crate::limits::{MediaLimiter, TokenBucket};
+use crate::limits::{Admission, MediaLimiter, TokenBucket};
 use crate::metrics::RelayMetrics;
 use crate::session::{Action, CloseReason, ConnId, SessionTable, TableConfig};
 
@@ -571,7 +571,10 @@ async fn media_loop(
     let m = shared.metrics.clone();
     let before_join = m.media_dropped(DropReason::BeforeJoin).clone();
     let (sio, slot) = loop {
+        // Joined goes out only after the route was handed over, so a datagram the endpoint
+        // sends on reading Joined finds the route here: look at it first.
         tokio::select! {
+            biased;
             r = &mut joined => match r {
                 Ok(v) => break v,
                 Err(_) => return,
@@ -592,11 +595,15 @@ async fn media_loop(
         .map(|(fp, c)| (fp, c[slot.index()], c[slot.other().index()]));
     let bridged = &m.fast_path.bridged_to_fastpath;
     let l = &shared.cfg.limits;
-    let mut limiter = MediaLimiter::new(
-        l.media_packets_per_sec,
-        l.media_bytes_per_sec,
-        Instant::now(),
-    );
+    let mut limiter = match fast_path {
+        // One budget per endpoint, whichever transport it sends on.
+        Some((fp, mine, _)) => EndpointLimiter::Shared(fp.table().budget(mine)),
+        None => EndpointLimiter::Own(MediaLimiter::new(
+            l.media_packets_per_sec,
+            l.media_bytes_per_sec,
+            Instant::now(),
+        )),
+    };
     let send_failed = m.media_dropped(DropReason::SendFailed).clone();
     let send_too_large = m.media_dropped(DropReason::TooLargeForPeer).clone();
     loop {
@@ -629,6 +636,22 @@ async fn media_loop(
                 }
             }
             Err(r) => m.media_dropped(r).increment(1),
+        }
+    }
+}
+
+/// Where an endpoint's QUIC media is charged.
+enum EndpointLimiter<'a> {
+    Own(MediaLimiter),
+    Shared(EndpointBudget<'a>),
+}
+
+impl Admission for EndpointLimiter<'_> {
+    #[inline]
+    fn admit(&mut self, len: usize, now: Instant) -> bool {
+        match self {
+            Self::Own(l) => l.admit(len, now),
+            Self::Shared(b) => b.admit(len, now),
         }
     }
 }
@@ -879,6 +902,10 @@ impl Control {
                 Ok(mut joined) => {
                     let sio = core.session_io(&session);
                     joined.fast_path = core.fast_path_offer(self.id, &sio, joined.slot);
+                    // The media task gets its route before the endpoint can read Joined.
+                    if let Some(tx) = self.joined_tx.take() {
+                        let _ = tx.send((sio.clone(), joined.slot));
+                    }
                     // Joined goes out before anything the table queued for this connection.
                     let _ = self
                         .tx
@@ -901,9 +928,6 @@ impl Control {
                 m.join_latency
                     .record(self.accepted_at.elapsed().as_secs_f64());
                 tracing::debug!(conn = self.id.0, session = %session, slot = ?joined.slot, resumed = joined.resumed, "joined");
-                if let Some(tx) = self.joined_tx.take() {
-                    let _ = tx.send((sio.clone(), joined.slot));
-                }
                 self.route = Some((session, sio, joined.slot));
                 Flow::Continue
             }

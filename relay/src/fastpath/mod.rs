@@ -14,6 +14,7 @@ pub mod worker;
 pub use service::{FastPathService, FastPathTotals};
 pub use socket::{FastPathSocket, Offload, RecvBatch, SendBatch};
 pub use table::{
-    channel_pair, channel_side, Action, BindOutcome, ChannelTable, DropReason, FastPathLimits,
+    channel_pair, channel_side, Action, BindOutcome, ChannelTable, DropReason, EndpointBudget,
+    FastPathLimits,
 };
 pub use worker::{run_worker, ControlPlane, WorkerConfig, WorkerCounters};

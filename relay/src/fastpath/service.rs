@@ -79,8 +79,8 @@ impl FastPathService {
         let secret: [u8; 32] = rand::random();
         let key = FastPathKey::new(&secret).map_err(|e| io::Error::other(e.to_string()))?;
         let table = Arc::new(ChannelTable::new(capacity, key.clone()));
-        let offload = Offload::probe();
         let first = FastPathSocket::bind(listen, STOP_POLL)?;
+        let offload = first.offload();
         let local_addr = first.local_addr()?;
         let mut sockets = vec![first];
         for _ in 1..cfg.worker_count() {

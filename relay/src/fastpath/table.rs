@@ -35,6 +35,8 @@ use duet_proto::fastpath::{
 };
 use duet_proto::MediaKind;
 
+use crate::limits::Admission;
+
 /// One second, the burst window of both buckets, in nanoseconds.
 const WINDOW_NS: u64 = 1_000_000_000;
 
@@ -253,6 +255,30 @@ struct Pair {
     ends: [Endpoint; 2],
 }
 
+/// One endpoint's fast-path rate budget, charged by its QUIC media too. A released channel
+/// admits nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointBudget<'a> {
+    table: &'a ChannelTable,
+    channel: u64,
+}
+
+impl Admission for EndpointBudget<'_> {
+    #[inline]
+    fn admit(&mut self, len: usize, now: Instant) -> bool {
+        match self.table.locate(self.channel) {
+            Ok((pair, side, _)) => {
+                let ok = pair.ends[side].admit(len, self.table.now_ns(now));
+                if ok {
+                    pair.activity.fetch_add(1, Ordering::Relaxed);
+                }
+                ok
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 /// The fixed-capacity table of channel pairs. See the module doc for the rules.
 pub struct ChannelTable {
     pairs: Box<[Pair]>,
@@ -342,6 +368,15 @@ impl ChannelTable {
             free.push((channel as u32) >> 1);
         }
         true
+    }
+
+    /// The rate budget of the endpoint owning `channel`, for its media on the QUIC path:
+    /// one budget per endpoint whichever transport it sends on.
+    pub fn budget(&self, channel: u64) -> EndpointBudget<'_> {
+        EndpointBudget {
+            table: self,
+            channel,
+        }
     }
 
     /// Packets admitted so far on the pair `channel` belongs to; `None` once released.
@@ -680,6 +715,16 @@ mod tests {
         assert_eq!(
             t.route(e0, c0, MediaKind::Audio, 10, later),
             Ok(Action::Forward(e1))
+        );
+        // The endpoint's QUIC media draws on the same budget, and the other way round.
+        let mut quic = t.budget(c0);
+        assert!(!quic.admit(10, later), "spent by the fast path");
+        let again = later + Duration::from_millis(340);
+        assert!(quic.admit(10, again));
+        assert_eq!(
+            t.route(e0, c0, MediaKind::Audio, 10, again),
+            Err(DropReason::RateLimited),
+            "spent by QUIC"
         );
         // Bytes: 1 MB/s, a 600 kB "packet" twice does not fit.
         let [b0, b1] = t
