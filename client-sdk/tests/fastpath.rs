@@ -595,3 +595,35 @@ async fn a_nat_port_change_is_healed_by_the_next_refresh() -> Result<()> {
     nat_task.abort();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_sent_right_after_join_reaches_a_fast_path_peer() -> Result<()> {
+    let relay = start(|_| {}).await;
+    let r = &relay.relay;
+    let alice = join_plain(
+        r,
+        "fp-early",
+        ConnectOptions {
+            fast_path: FastPathMode::Prefer,
+            ..ConnectOptions::trusting(r.cert_pem())
+        },
+    )
+    .await?;
+    bound(&alice).await?;
+    let client = Client::connect(
+        r.quic_addr(),
+        token(r, "fp-early", "bob"),
+        ConnectOptions::trusting(r.cert_pem()),
+    )
+    .await?;
+    let bob = client.join(SessionId::new("fp-early").unwrap()).await?;
+    // No wait of any kind: the relay must route the first QUIC datagram after Joined.
+    let data = frame(MediaKind::Audio, 1, 120);
+    bob.send_media(MediaKind::Audio, &data).await?;
+    let got = tokio::time::timeout(STEP, alice.recv_media())
+        .await
+        .context("the first frame after join was lost")??;
+    assert_eq!(&got.data[..], &data[..]);
+    assert_eq!(alice.stats().fast_path_datagrams_received, 1);
+    Ok(())
+}
