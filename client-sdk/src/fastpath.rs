@@ -76,6 +76,8 @@ pub(crate) enum RebindFailure {
 /// What the machine wants done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
+    /// Open a new socket (a new local port) and make it the current one.
+    NewSocket,
     /// Send BIND with the latest ticket from the current socket.
     SendBind,
     /// Ask the relay for a fresh ticket (`ClientMessage::FastPathTicket`).
@@ -90,7 +92,7 @@ pub(crate) enum Action {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// A rebind waits for its fresh ticket.
+    /// A new socket waits for the fresh ticket it will bind with.
     AwaitTicket {
         deadline: Instant,
     },
@@ -103,8 +105,10 @@ enum Phase {
     Bound {
         addr: SocketAddr,
     },
-    /// Media on QUIC. `retry`: refreshes still resend BIND (it timed out and may yet get
-    /// through); not after a socket error (nothing listens there).
+    /// Media on QUIC. `retry`: each refresh tries again from a new socket with a fresh
+    /// ticket (the BIND or its confirmation may have been lost; a new source address makes
+    /// the relay confirm even a binding it already has). Not after a socket error: nothing
+    /// listens there.
     Fallback {
         retry: bool,
     },
@@ -117,7 +121,10 @@ pub(crate) struct BindMachine {
     cfg: BindConfig,
     channel: u64,
     phase: Phase,
+    /// The app waits in `rebind_fast_path` for this attempt.
     rebinding: bool,
+    /// This attempt is a retry from `Fallback`: its failure is no news to the app.
+    quiet: bool,
     next_refresh: Instant,
 }
 
@@ -129,6 +136,7 @@ impl BindMachine {
             channel,
             phase: Self::binding(cfg, now),
             rebinding: false,
+            quiet: false,
             next_refresh: now + cfg.refresh,
         };
         (m, vec![Action::SendBind])
@@ -164,44 +172,44 @@ impl BindMachine {
         phase.map_or(self.next_refresh, |p| p.min(self.next_refresh))
     }
 
-    fn fallback(&mut self, retry: bool, reason: String, out: &mut Vec<Action>) {
+    /// This attempt failed: media on QUIC, the app told (unless a quiet retry) and a
+    /// waiting rebind answered.
+    fn fail(&mut self, retry: bool, reason: String, failure: RebindFailure) -> Vec<Action> {
         self.phase = Phase::Fallback { retry };
-        out.push(Action::Fallback {
-            reason: reason.clone(),
-        });
-        if std::mem::take(&mut self.rebinding) {
-            out.push(Action::RebindDone(Err(RebindFailure::Unavailable(reason))));
+        let mut out = Vec::new();
+        if !std::mem::take(&mut self.quiet) {
+            out.push(Action::Fallback { reason });
         }
+        if std::mem::take(&mut self.rebinding) {
+            out.push(Action::RebindDone(Err(failure)));
+        }
+        out
     }
 
-    /// Timers: BIND resends, giving up, refreshes.
+    /// A new socket, then a fresh ticket to bind it with.
+    fn new_socket(&mut self, now: Instant) -> Vec<Action> {
+        self.phase = Phase::AwaitTicket {
+            deadline: now + self.cfg.ticket_timeout,
+        };
+        vec![Action::NewSocket, Action::RequestTicket]
+    }
+
+    /// Timers: BIND resends, giving up, refreshes and retries.
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
-        let mut out = Vec::new();
-        match self.phase {
-            Phase::AwaitTicket { deadline } if now >= deadline => {
-                self.phase = Phase::Fallback { retry: false };
-                out.push(Action::Fallback {
-                    reason: "no fresh fast-path ticket in time".into(),
-                });
-                self.rebinding = false;
-                out.push(Action::RebindDone(Err(RebindFailure::Timeout(
-                    "a fresh fast-path ticket",
-                ))));
-            }
-            Phase::Binding { deadline, .. } if now >= deadline => {
-                self.phase = Phase::Fallback { retry: true };
-                out.push(Action::Fallback {
-                    reason: format!(
-                        "the relay did not confirm the fast-path bind within {} ms",
-                        self.cfg.bind_timeout.as_millis()
-                    ),
-                });
-                if std::mem::take(&mut self.rebinding) {
-                    out.push(Action::RebindDone(Err(RebindFailure::Timeout(
-                        "the fast-path bind confirmation",
-                    ))));
-                }
-            }
+        let mut out = match self.phase {
+            Phase::AwaitTicket { deadline } if now >= deadline => self.fail(
+                true,
+                "no fresh fast-path ticket in time".into(),
+                RebindFailure::Timeout("a fresh fast-path ticket"),
+            ),
+            Phase::Binding { deadline, .. } if now >= deadline => self.fail(
+                true,
+                format!(
+                    "the relay did not confirm the fast-path bind within {} ms",
+                    self.cfg.bind_timeout.as_millis()
+                ),
+                RebindFailure::Timeout("the fast-path bind confirmation"),
+            ),
             Phase::Binding {
                 deadline,
                 next_send,
@@ -213,17 +221,19 @@ impl BindMachine {
                     next_send: now + backoff,
                     backoff,
                 };
-                out.push(Action::SendBind);
+                vec![Action::SendBind]
             }
-            _ => {}
-        }
+            _ => Vec::new(),
+        };
         if now >= self.next_refresh {
             self.next_refresh = now + self.cfg.refresh;
-            if matches!(
-                self.phase,
-                Phase::Bound { .. } | Phase::Fallback { retry: true }
-            ) {
-                out.push(Action::RequestTicket);
+            match self.phase {
+                Phase::Bound { .. } => out.push(Action::RequestTicket),
+                Phase::Fallback { retry: true } => {
+                    self.quiet = true;
+                    out.extend(self.new_socket(now));
+                }
+                _ => {}
             }
         }
         out
@@ -240,6 +250,7 @@ impl BindMachine {
             Phase::Bound { addr: old } if old == addr => Vec::new(),
             _ => {
                 self.phase = Phase::Bound { addr };
+                self.quiet = false;
                 let mut out = vec![Action::Confirmed { addr }];
                 if std::mem::take(&mut self.rebinding) {
                     out.push(Action::RebindDone(Ok(())));
@@ -256,38 +267,42 @@ impl BindMachine {
                 self.phase = Self::binding(self.cfg, now);
                 vec![Action::SendBind]
             }
-            Phase::Fallback { retry: false } => Vec::new(),
             // A refresh: same socket, so the relay answers nothing unless a NAT moved us.
-            _ => vec![Action::SendBind],
+            Phase::Bound { .. } | Phase::Binding { .. } => vec![Action::SendBind],
+            Phase::Fallback { .. } => Vec::new(),
         }
     }
 
     /// The relay has no ticket for us.
     pub fn on_ticket_unavailable(&mut self) -> Vec<Action> {
-        let mut out = Vec::new();
-        if let Phase::AwaitTicket { .. } = self.phase {
-            self.fallback(false, "the relay has no fast-path ticket".into(), &mut out);
+        match self.phase {
+            Phase::AwaitTicket { .. } => {
+                let why = "the relay has no fast-path ticket".to_string();
+                self.fail(true, why.clone(), RebindFailure::Unavailable(why))
+            }
+            // A failed refresh keeps the binding.
+            _ => Vec::new(),
         }
-        out
     }
 
     /// The current socket failed (ECONNREFUSED: the port is closed, UDP is blocked).
     pub fn on_socket_error(&mut self, reason: String) -> Vec<Action> {
-        let mut out = Vec::new();
-        if !matches!(self.phase, Phase::Fallback { retry: false }) {
-            self.fallback(false, reason, &mut out);
+        match self.phase {
+            // Already on QUIC and not trying: no news, but no more retries either.
+            Phase::Fallback { .. } => {
+                self.phase = Phase::Fallback { retry: false };
+                Vec::new()
+            }
+            _ => self.fail(false, reason.clone(), RebindFailure::Unavailable(reason)),
         }
-        out
     }
 
-    /// The app moved networks: a new socket is open; ask for a fresh ticket to bind it.
-    /// Media is on QUIC until the new binding is confirmed.
+    /// The app moved networks: a new socket, and a fresh ticket to bind it. Media is on
+    /// QUIC until the new binding is confirmed.
     pub fn rebind(&mut self, now: Instant) -> Vec<Action> {
         self.rebinding = true;
-        self.phase = Phase::AwaitTicket {
-            deadline: now + self.cfg.ticket_timeout,
-        };
-        vec![Action::RequestTicket]
+        self.quiet = false;
+        self.new_socket(now)
     }
 }
 
@@ -453,7 +468,9 @@ impl Driver {
         }
         loop {
             while let Some(a) = actions.pop_front() {
-                let more = self.execute(&mut machine, a, &mut pending).await;
+                let more = self
+                    .execute(&mut machine, a, &mut pending, &mut generation)
+                    .await;
                 actions.extend(more);
             }
             let deadline = machine.next_deadline();
@@ -480,34 +497,13 @@ impl Driver {
                             }
                         }
                         Input::Rebind(reply) => {
-                            if let Some(old) = pending.take() {
+                            if let Some(old) = pending.replace(reply) {
                                 let _ = old.send(Err(SdkError::FastPathUnavailable(
                                     "superseded by a newer rebind".into(),
                                 )));
                             }
-                            match open_socket(self.target).await {
-                                Ok(s) => {
-                                    generation += 1;
-                                    self.link.on_fast.store(false, Ordering::Release);
-                                    let new = GenSocket { generation, socket: Arc::new(s) };
-                                    // Keep reading the socket the relay has bound (it sends
-                                    // there until the new binding takes effect); a socket
-                                    // that never got bound is dropped.
-                                    let bound = self.bound_generation();
-                                    self.link.recv_sockets.send_modify(|r| {
-                                        let old = r.current.replace(new);
-                                        if old.as_ref().map(|o| o.generation) == bound {
-                                            r.previous = old;
-                                        }
-                                    });
-                                    pending = Some(reply);
-                                    machine.rebind(Instant::now())
-                                }
-                                Err(e) => {
-                                    let _ = reply.send(Err(SdkError::Io(e)));
-                                    Vec::new()
-                                }
-                            }
+                            self.link.on_fast.store(false, Ordering::Release);
+                            machine.rebind(Instant::now())
                         }
                     }
                 }
@@ -533,8 +529,34 @@ impl Driver {
         machine: &mut BindMachine,
         action: Action,
         pending: &mut Option<oneshot::Sender<Result<SocketAddr, SdkError>>>,
+        generation: &mut u64,
     ) -> Vec<Action> {
         match action {
+            Action::NewSocket => {
+                self.link.on_fast.store(false, Ordering::Release);
+                let s = match open_socket(self.target).await {
+                    Ok(s) => s,
+                    Err(e) => return machine.on_socket_error(format!("fast-path socket: {e}")),
+                };
+                *generation += 1;
+                let new = GenSocket {
+                    generation: *generation,
+                    socket: Arc::new(s),
+                };
+                // Keep reading the socket the relay has bound (it sends there until the new
+                // binding takes effect), or else the one before this (it may be bound
+                // without our having heard).
+                let bound = self.bound_generation();
+                self.link.recv_sockets.send_modify(|r| {
+                    let old = r.current.replace(new);
+                    let is_bound = |s: &Option<GenSocket>| {
+                        bound.is_some() && s.as_ref().map(|s| s.generation) == bound
+                    };
+                    if is_bound(&old) || !is_bound(&r.previous) {
+                        r.previous = old;
+                    }
+                });
+            }
             Action::SendBind => {
                 let Some(packet) = self.offer.bind_packet() else {
                     return machine.on_socket_error("the fast-path ticket is malformed".into());
@@ -656,14 +678,50 @@ mod tests {
         assert_eq!(sends, 3, "resends at 100, 300, 700 ms");
         assert!(fallback.contains("1000 ms"), "{fallback}");
         assert_eq!(m.transport(), Transport::Quic);
-        // The refresh still tries (the BIND may yet get through), and a late word counts.
-        assert_eq!(m.poll(ms(t0, 10_000)), vec![Action::RequestTicket]);
-        assert_eq!(m.on_ticket(ms(t0, 10_001)), vec![Action::SendBind]);
+        // A late word counts.
         assert_eq!(
             m.on_bound(CH, addr(7)),
             vec![Action::Confirmed { addr: addr(7) }]
         );
         assert_eq!(m.transport(), Transport::FastPath);
+    }
+
+    #[test]
+    fn after_a_timeout_each_refresh_retries_quietly_from_a_new_socket() {
+        let t0 = Instant::now();
+        let (mut m, _) = BindMachine::new(CH, CFG, t0);
+        assert!(matches!(
+            m.poll(ms(t0, 1000))[..],
+            [Action::Fallback { .. }]
+        ));
+        // A retry: new socket, fresh ticket, BIND with backoff.
+        assert_eq!(
+            m.poll(ms(t0, 10_000)),
+            vec![Action::NewSocket, Action::RequestTicket]
+        );
+        assert_eq!(m.on_ticket(ms(t0, 10_010)), vec![Action::SendBind]);
+        assert_eq!(m.poll(ms(t0, 10_110)), vec![Action::SendBind]);
+        // It fails too: no second Fallback event, and the next refresh tries again.
+        assert!(m.poll(ms(t0, 11_010)).is_empty());
+        assert_eq!(m.transport(), Transport::Quic);
+        assert_eq!(
+            m.poll(ms(t0, 20_000)),
+            vec![Action::NewSocket, Action::RequestTicket]
+        );
+        // No ticket this time: still quiet, still retrying later.
+        assert!(m.on_ticket_unavailable().is_empty());
+        assert_eq!(
+            m.poll(ms(t0, 30_000)),
+            vec![Action::NewSocket, Action::RequestTicket]
+        );
+        m.on_ticket(ms(t0, 30_001));
+        // This one gets through.
+        assert_eq!(
+            m.on_bound(CH, addr(8)),
+            vec![Action::Confirmed { addr: addr(8) }]
+        );
+        assert_eq!(m.transport(), Transport::FastPath);
+        assert_eq!(m.poll(ms(t0, 40_000)), vec![Action::RequestTicket]);
     }
 
     #[test]
@@ -704,7 +762,10 @@ mod tests {
         let t0 = Instant::now();
         let (mut m, _) = BindMachine::new(CH, CFG, t0);
         m.on_bound(CH, addr(5));
-        assert_eq!(m.rebind(ms(t0, 50)), vec![Action::RequestTicket]);
+        assert_eq!(
+            m.rebind(ms(t0, 50)),
+            vec![Action::NewSocket, Action::RequestTicket]
+        );
         assert_eq!(m.transport(), Transport::Quic);
         // A late word about the old socket while we move changes nothing.
         assert!(m.on_bound(CH, addr(8)).is_empty());

@@ -518,20 +518,27 @@ async fn a_bound_fast_path_refreshes_its_binding_with_fresh_tickets() -> Result<
 
 /// A one-client NAT between the SDK and the relay's fast path: forwards both ways from one
 /// outside socket, and on request moves to a new outside port (dropping the old mapping).
+/// With `block_first`, everything from the first client port it sees is dropped (a
+/// middlebox that ate the first socket's packets).
 async fn nat(
     inside: tokio::net::UdpSocket,
     relay: SocketAddr,
+    block_first: bool,
     mut remap: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<SocketAddr>>,
     first: tokio::sync::oneshot::Sender<SocketAddr>,
 ) -> std::io::Result<()> {
     let mut outside = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     let _ = first.send(outside.local_addr()?);
     let mut client = None;
+    let mut blocked = None;
     let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
     loop {
         tokio::select! {
             r = inside.recv_from(&mut a) => {
                 let (n, from) = r?;
+                if block_first && *blocked.get_or_insert(from) == from {
+                    continue;
+                }
                 client = Some(from);
                 outside.send_to(&a[..n], relay).await?;
             }
@@ -559,7 +566,7 @@ async fn a_nat_port_change_is_healed_by_the_next_refresh() -> Result<()> {
     let (remap_tx, remap_rx) = tokio::sync::mpsc::channel(1);
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let fp = r.fast_path_addr().context("fast path on")?;
-    let nat_task = tokio::spawn(nat(inside, fp, remap_rx, first_tx));
+    let nat_task = tokio::spawn(nat(inside, fp, false, remap_rx, first_tx));
     let outside1 = first_rx.await?;
 
     // Alice is behind the NAT on the fast path; Bob is on QUIC (the relay bridges).
@@ -625,5 +632,41 @@ async fn media_sent_right_after_join_reaches_a_fast_path_peer() -> Result<()> {
         .context("the first frame after join was lost")??;
     assert_eq!(&got.data[..], &data[..]);
     assert_eq!(alice.stats().fast_path_datagrams_received, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_fallback_the_refresh_retries_from_a_new_socket_and_binds() -> Result<()> {
+    let inside = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let inside_addr = inside.local_addr()?;
+    let relay = start(|c| c.fast_path.advertise = Some(inside_addr)).await;
+    let r = &relay.relay;
+    let (_remap_tx, remap_rx) = tokio::sync::mpsc::channel(1);
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let fp = r.fast_path_addr().context("fast path on")?;
+    let nat_task = tokio::spawn(nat(inside, fp, true, remap_rx, first_tx));
+    let outside = first_rx.await?;
+
+    let (alice, bob) = pair_with(
+        r,
+        "fp-retry",
+        ConnectOptions {
+            fast_path_bind_timeout: Duration::from_millis(300),
+            fast_path_refresh: Duration::from_millis(500),
+            ..opts(r, FastPathMode::Prefer)
+        },
+        opts(r, FastPathMode::Off),
+    )
+    .await?;
+    // The first socket's BINDs are eaten: fallback, media on QUIC.
+    let why = fallback(&alice).await?;
+    assert!(why.contains("300 ms"), "{why}");
+    // A refresh later, a new socket (the NAT drops all of the first's) gets through.
+    assert_eq!(bound(&alice).await?, outside);
+    assert_eq!(alice.transport(), Transport::FastPath);
+    frames_flow(&alice, &bob, 0).await?;
+    frames_flow(&bob, &alice, 10).await?;
+    assert!(alice.stats().fast_path_datagrams_sent >= 4);
+    nat_task.abort();
     Ok(())
 }
