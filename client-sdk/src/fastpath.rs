@@ -11,6 +11,9 @@
 //! call never fails because of the fast path. Every `fast_path_refresh` a fresh ticket is
 //! asked for and BIND is resent from the current socket (keeps NAT mappings open; a NAT that
 //! changed the source port gets the binding moved, the fresh ticket having a higher seq).
+//! After a fallback by timeout (not after a socket error), each refresh instead retries
+//! quietly from a new socket with a fresh ticket: that recovers a lost BIND and also a lost
+//! confirmation (a BIND from a new address is a move, which the relay always confirms).
 //! `Call::rebind_fast_path` opens a new socket and binds it with a fresh ticket.
 //!
 //! Owns: the sockets, `BindMachine` (sans-IO: when to send BIND, ask for a ticket, give

@@ -24,7 +24,8 @@ pub struct ConnectOptions {
     /// How long a fast-path BIND may go unconfirmed before media stays on QUIC.
     pub fast_path_bind_timeout: Duration,
     /// How often a bound fast path asks for a fresh ticket and binds again (keeps NAT
-    /// mappings open; a NAT that changed the source port gets the binding moved).
+    /// mappings open; a NAT that changed the source port gets the binding moved), and how
+    /// often a fast path that was not confirmed in time tries again from a new socket.
     pub fast_path_refresh: Duration,
 }
 
