@@ -547,7 +547,8 @@ async fn nat(
     let (mut blocked, mut last) = (None, None);
     let mut buf = vec![0u8; 65536];
     let map = |client: SocketAddr| {
-        let (inside, mapped) = (inside.clone(), mapped.clone());
+        // Weak: once the NAT stops, its inside port is closed at once.
+        let (inside, mapped) = (Arc::downgrade(&inside), mapped.clone());
         async move {
             let out = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
             let _ = mapped.send(out.local_addr()?);
@@ -555,6 +556,9 @@ async fn nat(
             let back = tokio::spawn(async move {
                 let mut b = vec![0u8; 65536];
                 while let Ok((n, _)) = rx.recv_from(&mut b).await {
+                    let Some(inside) = inside.upgrade() else {
+                        return;
+                    };
                     let _ = inside.send_to(&b[..n], client).await;
                 }
             });
@@ -624,6 +628,14 @@ impl Nat {
             .context("the NAT stopped")?;
         self.last = Some(a);
         Ok(a)
+    }
+}
+
+impl Nat {
+    /// Stops the NAT: its inside port is closed when this returns.
+    async fn kill(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
     }
 }
 
@@ -734,5 +746,37 @@ async fn after_a_fallback_the_refresh_retries_from_a_new_socket_and_binds() -> R
     frames_flow(&alice, &bob, 0).await?;
     frames_flow(&bob, &alice, 10).await?;
     assert!(alice.stats().fast_path_datagrams_sent >= 4);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_path_that_dies_mid_call_moves_sending_back_to_quic() -> Result<()> {
+    let inside = UdpSocket::bind("127.0.0.1:0").await?;
+    let inside_addr = inside.local_addr()?;
+    let relay = start(|c| c.fast_path.advertise = Some(inside_addr)).await;
+    let r = &relay.relay;
+    let nat = Nat::spawn(inside, r.fast_path_addr().context("fast path on")?, false);
+    let (alice, bob) = pair_with(
+        r,
+        "fp-dies",
+        opts(r, FastPathMode::Prefer),
+        opts(r, FastPathMode::Off),
+    )
+    .await?;
+    bound(&alice).await?;
+    frames_flow(&alice, &bob, 0).await?;
+
+    // The path's first hop closes: the next datagram draws "port unreachable".
+    nat.kill().await;
+    alice
+        .send_media(MediaKind::Audio, &frame(MediaKind::Audio, 99, 60))
+        .await?;
+    let why = fallback(&alice).await?;
+    assert!(why.contains("fast-path socket"), "{why}");
+    assert_eq!(alice.transport(), Transport::Quic);
+    // Sending carries on over QUIC (Bob, on QUIC, gets it relayed as is).
+    let sent_before = alice.stats().fast_path_datagrams_sent;
+    frames_flow(&alice, &bob, 10).await?;
+    assert_eq!(alice.stats().fast_path_datagrams_sent, sent_before);
     Ok(())
 }
