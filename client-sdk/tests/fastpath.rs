@@ -429,7 +429,7 @@ async fn an_unconfirmed_bind_times_out_to_quic_and_fast_path_arrivals_are_read()
         "fp-hole",
         ConnectOptions {
             fast_path: FastPathMode::Prefer,
-            fast_path_bind_timeout: Duration::from_millis(400),
+            fast_path_bind_timeout: Duration::from_millis(1000),
             ..ConnectOptions::trusting(r.cert_pem())
         },
     )
@@ -476,9 +476,10 @@ async fn an_unconfirmed_bind_times_out_to_quic_and_fast_path_arrivals_are_read()
 
     // Nothing confirms: media stays on QUIC after the bind timeout.
     let why = fallback(&call).await?;
-    assert!(why.contains("400 ms"), "{why}");
+    assert!(why.contains("1000 ms"), "{why}");
     assert_eq!(call.transport(), Transport::Quic);
-    // BIND was resent with backoff meanwhile (0, 100, 300 ms), always the same packet.
+    // BIND was resent with backoff meanwhile (0, 100, 300, 700 ms; timers may run late
+    // on a loaded machine), always the same packet.
     let mut binds = 1;
     while let Ok((n, _)) = hole.try_recv_from(&mut buf) {
         assert_eq!(&buf[..n], &bind[..]);
