@@ -691,15 +691,7 @@ async fn a_nat_port_change_is_healed_by_the_next_refresh() -> Result<()> {
 async fn media_sent_right_after_join_reaches_a_fast_path_peer() -> Result<()> {
     let relay = start(|_| {}).await;
     let r = &relay.relay;
-    let alice = join_plain(
-        r,
-        "fp-early",
-        ConnectOptions {
-            fast_path: FastPathMode::Prefer,
-            ..ConnectOptions::trusting(r.cert_pem())
-        },
-    )
-    .await?;
+    let alice = join_plain(r, "fp-early", opts(r, FastPathMode::Prefer)).await?;
     bound(&alice).await?;
     let client = Client::connect(
         r.quic_addr(),
