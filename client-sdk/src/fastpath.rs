@@ -11,9 +11,10 @@
 //! call never fails because of the fast path. Every `fast_path_refresh` a fresh ticket is
 //! asked for and BIND is resent from the current socket (keeps NAT mappings open; a NAT that
 //! changed the source port gets the binding moved, the fresh ticket having a higher seq).
-//! After a fallback by timeout (not after a socket error), each refresh instead retries
-//! quietly from a new socket with a fresh ticket: that recovers a lost BIND and also a lost
-//! confirmation (a BIND from a new address is a move, which the relay always confirms).
+//! After a fallback by timeout (not after a socket error) the SDK retries quietly, at once
+//! and then at each refresh, from a new socket with a fresh ticket: that recovers a lost BIND
+//! and also a lost confirmation (a BIND from a new address is a move, which the relay
+//! confirms).
 //! `Call::rebind_fast_path` opens a new socket and binds it with a fresh ticket.
 //!
 //! Owns: the sockets, `BindMachine` (sans-IO: when to send BIND, ask for a ticket, give
@@ -205,14 +206,20 @@ impl BindMachine {
                 "no fresh fast-path ticket in time".into(),
                 RebindFailure::Timeout("a fresh fast-path ticket"),
             ),
-            Phase::Binding { deadline, .. } if now >= deadline => self.fail(
-                true,
-                format!(
-                    "the relay did not confirm the fast-path bind within {} ms",
-                    self.cfg.bind_timeout.as_millis()
-                ),
-                RebindFailure::Timeout("the fast-path bind confirmation"),
-            ),
+            Phase::Binding { deadline, .. } if now >= deadline => {
+                if !self.quiet {
+                    // The first retry at once: a lost confirmation is then a short detour.
+                    self.next_refresh = now;
+                }
+                self.fail(
+                    true,
+                    format!(
+                        "the relay did not confirm the fast-path bind within {} ms",
+                        self.cfg.bind_timeout.as_millis()
+                    ),
+                    RebindFailure::Timeout("the fast-path bind confirmation"),
+                )
+            }
             Phase::Binding {
                 deadline,
                 next_send,
@@ -681,7 +688,8 @@ mod tests {
         assert_eq!(sends, 3, "resends at 100, 300, 700 ms");
         assert!(fallback.contains("1000 ms"), "{fallback}");
         assert_eq!(m.transport(), Transport::Quic);
-        // A late word counts.
+        // The retry's ticket came; a late word (for either socket) counts.
+        m.on_ticket(ms(t0, 1001));
         assert_eq!(
             m.on_bound(CH, addr(7)),
             vec![Action::Confirmed { addr: addr(7) }]
@@ -693,38 +701,39 @@ mod tests {
     fn after_a_timeout_each_refresh_retries_quietly_from_a_new_socket() {
         let t0 = Instant::now();
         let (mut m, _) = BindMachine::new(CH, CFG, t0);
-        assert!(matches!(
-            m.poll(ms(t0, 1000))[..],
-            [Action::Fallback { .. }]
-        ));
-        // A retry: new socket, fresh ticket, BIND with backoff.
+        let acts = m.poll(ms(t0, 1000));
+        assert!(matches!(acts[0], Action::Fallback { .. }));
+        assert_eq!(acts[1..], [Action::NewSocket, Action::RequestTicket]);
+        // No ticket in time: a quiet failure.
+        assert!(m.poll(ms(t0, 6000)).is_empty());
+        // A refresh later: new socket, fresh ticket, BIND with backoff.
         assert_eq!(
-            m.poll(ms(t0, 10_000)),
+            m.poll(ms(t0, 11_000)),
             vec![Action::NewSocket, Action::RequestTicket]
         );
-        assert_eq!(m.on_ticket(ms(t0, 10_010)), vec![Action::SendBind]);
-        assert_eq!(m.poll(ms(t0, 10_110)), vec![Action::SendBind]);
+        assert_eq!(m.on_ticket(ms(t0, 11_010)), vec![Action::SendBind]);
+        assert_eq!(m.poll(ms(t0, 11_110)), vec![Action::SendBind]);
         // It fails too: no second Fallback event, and the next refresh tries again.
-        assert!(m.poll(ms(t0, 11_010)).is_empty());
+        assert!(m.poll(ms(t0, 12_010)).is_empty());
         assert_eq!(m.transport(), Transport::Quic);
         assert_eq!(
-            m.poll(ms(t0, 20_000)),
+            m.poll(ms(t0, 21_000)),
             vec![Action::NewSocket, Action::RequestTicket]
         );
         // No ticket this time: still quiet, still retrying later.
         assert!(m.on_ticket_unavailable().is_empty());
         assert_eq!(
-            m.poll(ms(t0, 30_000)),
+            m.poll(ms(t0, 31_000)),
             vec![Action::NewSocket, Action::RequestTicket]
         );
-        m.on_ticket(ms(t0, 30_001));
+        m.on_ticket(ms(t0, 31_001));
         // This one gets through.
         assert_eq!(
             m.on_bound(CH, addr(8)),
             vec![Action::Confirmed { addr: addr(8) }]
         );
         assert_eq!(m.transport(), Transport::FastPath);
-        assert_eq!(m.poll(ms(t0, 40_000)), vec![Action::RequestTicket]);
+        assert_eq!(m.poll(ms(t0, 41_000)), vec![Action::RequestTicket]);
     }
 
     #[test]
