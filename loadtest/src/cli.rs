@@ -95,7 +95,7 @@ pub struct RunArgs {
     /// Concurrent calls (each two SDK endpoints)
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub calls: u64,
-    /// Media profile: audio, video (audio+video), screen (audio+screen share), mixed
+    /// Media profile: audio, video (audio+video), screen (audio+screen share), mixed, idle (held calls, one frame per 2 s)
     #[arg(long, default_value = "video")]
     pub profile: Profile,
     /// How long every call carries media once all calls are up (e.g. 30s, 2m)

@@ -17,6 +17,7 @@
 //! | video | audio + video (a video call) |
 //! | screen | audio + screen share |
 //! | mixed | per call, drawn from the seed: 50 % audio only, 35 % audio + video, 15 % audio + screen |
+//! | idle | audio calls held open (on hold, both muted): one 60-80 B frame every 2 s per endpoint, so 10,000 established sessions fit one box while loss and latency are still measured |
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,6 +31,9 @@ use crate::rng::Rng;
 /// Audio frame interval: 50 packets per second.
 pub const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
 pub const AUDIO_BYTES: (u64, u64) = (100, 200);
+/// An idle (held, muted) call's keep-alive frame interval and size.
+pub const IDLE_INTERVAL: Duration = Duration::from_secs(2);
+pub const IDLE_BYTES: (u64, u64) = (60, 80);
 pub const VIDEO_FPS: u64 = 30;
 pub const VIDEO_BITS_PER_SEC: u64 = 1_500_000;
 /// Frames from one keyframe to the next (4 s at 30 fps).
@@ -52,10 +56,11 @@ pub enum Profile {
     Video,
     Screen,
     Mixed,
+    Idle,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown profile {0:?}: expected audio, video, screen or mixed")]
+#[error("unknown profile {0:?}: expected audio, video, screen, mixed or idle")]
 pub struct ProfileError(String);
 
 impl FromStr for Profile {
@@ -66,6 +71,7 @@ impl FromStr for Profile {
             "video" => Ok(Self::Video),
             "screen" => Ok(Self::Screen),
             "mixed" => Ok(Self::Mixed),
+            "idle" => Ok(Self::Idle),
             other => Err(ProfileError(other.to_owned())),
         }
     }
@@ -78,6 +84,7 @@ impl fmt::Display for Profile {
             Self::Video => "video",
             Self::Screen => "screen",
             Self::Mixed => "mixed",
+            Self::Idle => "idle",
         })
     }
 }
@@ -88,12 +95,14 @@ pub enum CallShape {
     Audio,
     AudioVideo,
     AudioScreen,
+    /// Audio keep-alives only (`--profile idle`).
+    Idle,
 }
 
 impl CallShape {
     pub fn kinds(self) -> &'static [MediaKind] {
         match self {
-            Self::Audio => &[MediaKind::Audio],
+            Self::Audio | Self::Idle => &[MediaKind::Audio],
             Self::AudioVideo => &[MediaKind::Audio, MediaKind::Video],
             Self::AudioScreen => &[MediaKind::Audio, MediaKind::Screen],
         }
@@ -107,6 +116,7 @@ impl Profile {
             Self::Audio => CallShape::Audio,
             Self::Video => CallShape::AudioVideo,
             Self::Screen => CallShape::AudioScreen,
+            Self::Idle => CallShape::Idle,
             Self::Mixed => {
                 let u = Rng::derive(seed, &[call, 0x5AA9E]).unit();
                 if u < 0.50 {
@@ -133,6 +143,7 @@ pub struct PlannedFrame {
 #[derive(Debug, Clone)]
 enum Shape {
     Audio,
+    Idle,
     Video {
         delta_avg: u64,
     },
@@ -156,6 +167,16 @@ fn scaled(avg: u64, lo_pct: u64, hi_pct: u64, rng: &mut Rng) -> u64 {
 }
 
 impl FrameGen {
+    /// The stream of `kind` in a call of `shape`: `new`, except that an idle call's audio
+    /// is its keep-alive.
+    pub fn for_call(shape: CallShape, kind: MediaKind, seed: u64, labels: &[u64]) -> Self {
+        let mut g = Self::new(kind, seed, labels);
+        if shape == CallShape::Idle {
+            g.shape = Shape::Idle;
+        }
+        g
+    }
+
     /// The stream of `kind`, for the sub-seed named by `labels` (call index, side...).
     pub fn new(kind: MediaKind, seed: u64, labels: &[u64]) -> Self {
         let mut all = labels.to_vec();
@@ -199,6 +220,11 @@ impl FrameGen {
             Shape::Audio => PlannedFrame {
                 at: AUDIO_INTERVAL * n as u32,
                 size: rng.range(AUDIO_BYTES.0, AUDIO_BYTES.1) as usize,
+                key: false,
+            },
+            Shape::Idle => PlannedFrame {
+                at: IDLE_INTERVAL * n as u32,
+                size: rng.range(IDLE_BYTES.0, IDLE_BYTES.1) as usize,
                 key: false,
             },
             Shape::Video { delta_avg } => {
@@ -312,6 +338,17 @@ mod tests {
             };
             assert_ne!(sizes(9), sizes(10));
         }
+    }
+
+    #[test]
+    fn idle_calls_send_one_small_frame_every_two_seconds() {
+        assert_eq!("idle".parse::<Profile>().unwrap(), Profile::Idle);
+        let shape = Profile::Idle.shape(1, 0);
+        assert_eq!(shape.kinds(), &[MediaKind::Audio]);
+        let mut g = FrameGen::for_call(shape, MediaKind::Audio, 1, &[0, 0]);
+        let frames: Vec<_> = (0..5).map(|_| g.next_frame()).collect();
+        assert_eq!(frames[4].at, Duration::from_secs(8));
+        assert!(frames.iter().all(|f| (60..=80).contains(&f.size)));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use crate::hist::HistError;
 use crate::placement;
 use crate::probe::{now_us, Probe};
-use crate::profile::{FrameGen, Profile};
+use crate::profile::{CallShape, FrameGen, Profile};
 use crate::progress::{rates, Progress, ProgressMode};
 use crate::report::{
     GeneratorReport, RelayReport, Report, ReportError, RunConfig, StopReason, SCHEMA_VERSION,
@@ -215,10 +215,19 @@ async fn call_task(i: u64, ctx: Arc<Ctx>) {
             let call = calls[s];
             let senders = async {
                 tokio::join!(
-                    sender(ctx, call, i, s, kinds[0], start, &sides[s], dropped),
+                    sender(
+                        ctx,
+                        call,
+                        i,
+                        s,
+                        (shape, kinds[0]),
+                        start,
+                        &sides[s],
+                        dropped
+                    ),
                     async {
                         if let Some(k) = kinds.get(1) {
-                            sender(ctx, call, i, s, *k, start, &sides[s], dropped).await;
+                            sender(ctx, call, i, s, (shape, *k), start, &sides[s], dropped).await;
                         }
                     }
                 );
@@ -255,12 +264,12 @@ async fn sender(
     call: &Call,
     i: u64,
     side: usize,
-    kind: MediaKind,
+    (shape, kind): (CallShape, MediaKind),
     start: Instant,
     me: &SideState,
     dropped: &Mutex<Option<String>>,
 ) {
-    let mut gen = FrameGen::new(kind, ctx.opts.seed, &[i, side as u64]);
+    let mut gen = FrameGen::for_call(shape, kind, ctx.opts.seed, &[i, side as u64]);
     let mut phase = ctx.phase.clone();
     let mut buf = Vec::new();
     // Count bound on top of the time bound: no stream sends more than 100 frames a second.
