@@ -698,6 +698,32 @@ mod tests {
     }
 
     #[test]
+    fn the_first_timeout_retries_at_once_from_a_new_socket() {
+        let t0 = Instant::now();
+        let (mut m, _) = BindMachine::new(CH, CFG, t0);
+        let acts = m.poll(ms(t0, 1000));
+        assert!(matches!(acts[0], Action::Fallback { .. }));
+        assert_eq!(acts[1..], [Action::NewSocket, Action::RequestTicket]);
+        assert_eq!(m.next_deadline(), ms(t0, 6000), "the ticket wait");
+        assert_eq!(m.on_ticket(ms(t0, 1001)), vec![Action::SendBind]);
+        // Its failure is quiet, and the next try waits for the refresh period.
+        let quiet: Vec<_> = (0..4)
+            .flat_map(|_| {
+                let t = m.next_deadline();
+                m.poll(t)
+            })
+            .filter(|a| *a != Action::SendBind)
+            .collect();
+        assert!(quiet.is_empty(), "{quiet:?}");
+        assert_eq!(m.next_deadline(), ms(t0, 11_000));
+        // A late confirmation of either socket still counts.
+        assert_eq!(
+            m.on_bound(CH, addr(4)),
+            vec![Action::Confirmed { addr: addr(4) }]
+        );
+    }
+
+    #[test]
     fn after_a_timeout_each_refresh_retries_quietly_from_a_new_socket() {
         let t0 = Instant::now();
         let (mut m, _) = BindMachine::new(CH, CFG, t0);
