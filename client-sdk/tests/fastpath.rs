@@ -297,11 +297,14 @@ async fn two_prefer_endpoints_send_media_over_the_fast_path_both_ways() -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_fast_path_port_falls_back_to_quic_and_media_flows() -> Result<()> {
-    // A port where nothing listens: the BIND draws an ICMP port unreachable.
-    let closed = {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        s.local_addr()?
-    };
+    // A port where nothing listens: the BIND draws an ICMP port unreachable. Taken below
+    // the usual ephemeral range, so no socket of a parallel test (all on port 0) lands on it.
+    let closed = (20_000..32_000)
+        .find_map(|p| {
+            let s = std::net::UdpSocket::bind(("127.0.0.1", p)).ok()?;
+            s.local_addr().ok()
+        })
+        .context("a free port")?;
     let relay = start(|c| c.fast_path.advertise = Some(closed)).await;
     let r = &relay.relay;
     let (a, b) = pair(
@@ -315,15 +318,15 @@ async fn a_closed_fast_path_port_falls_back_to_quic_and_media_flows() -> Result<
         Some(closed),
         "the relay advertises the closed port"
     );
-    let why = fallback(&a).await?;
-    fallback(&b).await?;
+    let why = fallback(&a).await.context("alice's fallback")?;
+    fallback(&b).await.context("bob's fallback")?;
     assert!(!why.is_empty());
     assert_eq!(a.transport(), Transport::Quic);
     assert_eq!(b.transport(), Transport::Quic);
     let quic_before = metric(r, QUIC_FORWARDED, &[]);
 
-    frames_flow(&a, &b, 0).await?;
-    frames_flow(&b, &a, 10).await?;
+    frames_flow(&a, &b, 0).await.context("alice to bob")?;
+    frames_flow(&b, &a, 10).await.context("bob to alice")?;
 
     assert_eq!(a.stats().fast_path_datagrams_sent, 0);
     assert_eq!(b.stats().fast_path_datagrams_sent, 0);
