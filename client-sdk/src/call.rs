@@ -1,8 +1,12 @@
-//! A joined call: events, signals, feature requests and media over one QUIC connection.
+//! A joined call: events, signals, feature requests and media over one QUIC connection
+//! (and, when bound, the relay's raw-UDP fast path).
 //!
 //! Two background tasks drive it: one reads the control stream and dispatches what the
-//! relay says, one reads datagrams and reassembles frames. The app's calls (`send_media`,
-//! `recv_media`, `send_signal`, ...) only touch channels and the connection. This module
+//! relay says, one reads datagrams (QUIC, and the fast-path socket) and reassembles frames.
+//! With the fast path on, a third, in [`crate::fastpath`], binds it. The app's calls
+//! (`send_media`, `recv_media`, `send_signal`, ...) only touch channels, the connection and
+//! the fast-path socket.
+//!
 //! On an end-to-end encrypted call (`Client::join_e2ee`) `send_media` seals each whole
 //! frame once with the call's [`FrameSealer`] and then splits it; the media task opens each
 //! reassembled frame with the [`FrameOpener`] and drops (and counts) any that fail. Without
@@ -14,15 +18,17 @@
 //! dropped and counted in [`E2eeStats::dropped_before_keys`].
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use duet_proto::control::encode;
+use duet_proto::fastpath::{FastPathHeader, PacketType};
 use duet_proto::{
-    ClientMessage, E2eeClaim, EndReason, Feature, FrameDecoder, Joined, Limits, MediaKind,
-    PeerLeftReason, RefusalReason, RelayMessage, SessionId, Slot,
+    ClientMessage, E2eeClaim, EndReason, FastPathOffer, Feature, FrameDecoder, Joined, Limits,
+    MediaKind, PeerLeftReason, RefusalReason, RelayMessage, SessionId, Slot,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -32,6 +38,7 @@ use crate::e2ee::{
     Established, FrameOpener, FrameSealer, IdentityCheck, PeerIdentity, RecvStats, SecurityCode,
 };
 use crate::error::SdkError;
+use crate::fastpath::{self, BindConfig, FastLink, FastPathMode, GenSocket, Transport};
 use crate::fragment::{Fragmenter, MediaFrame, Reassembler};
 use crate::options::ConnectOptions;
 
@@ -67,6 +74,17 @@ pub enum Event {
     Rekeyed {
         by_peer: bool,
         epoch: u64,
+    },
+    /// The relay confirmed the fast-path binding (it saw this endpoint at `addr`): media is
+    /// now sent over raw UDP. Also after a rebind, or when a NAT moved the binding.
+    FastPathBound {
+        addr: SocketAddr,
+    },
+    /// Media stays on (or went back to) QUIC datagrams: the bind was not confirmed in time,
+    /// the fast-path socket failed (UDP blocked, port closed) or the relay offers none. The
+    /// call carries on.
+    FastPathFallback {
+        reason: String,
     },
 }
 
@@ -118,13 +136,20 @@ struct E2eeSend {
     identity_check: IdentityCheck,
 }
 
-/// Counters of one call, monotonically increasing.
+/// Counters of one call, monotonically increasing. Datagram counts cover both transports;
+/// the `fast_path_` ones are the part that went over the raw-UDP fast path.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CallStats {
     pub frames_sent: u64,
     pub datagrams_sent: u64,
     pub frames_received: u64,
     pub datagrams_received: u64,
+    /// Media datagrams sent over the fast path.
+    pub fast_path_datagrams_sent: u64,
+    /// Media datagrams received over the fast path (well-formed fast-path headers).
+    pub fast_path_datagrams_received: u64,
+    /// Fast-path datagrams dropped for a bad header or a non-media type.
+    pub fast_path_malformed: u64,
     /// Frames dropped because a piece did not arrive before the reassembly deadline.
     pub incomplete_frames_dropped: u64,
     /// Received datagrams that were not valid pieces.
@@ -152,8 +177,11 @@ struct Waiters {
     pings: HashMap<u64, oneshot::Sender<()>>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     conn: quinn::Connection,
+    control_send: tokio::sync::Mutex<quinn::SendStream>,
+    /// The fast path, when `FastPathMode::Prefer` and the relay offered one.
+    fast: Option<Arc<FastLink>>,
     counters: Counters,
     waiters: Mutex<Waiters>,
     recv_e2ee: Mutex<RecvStats>,
@@ -162,6 +190,47 @@ struct Shared {
     /// Copies of every received datagram, before reassembly and opening (`tap_raw`).
     tap: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
     tapping: std::sync::atomic::AtomicBool,
+    /// Fast-path events held back while an E2EE call waits for its keys, so that
+    /// `E2eeEstablished` stays the call's first event; `None` once they flow.
+    fast_events: Mutex<Option<Vec<Event>>>,
+    events: mpsc::Sender<Event>,
+}
+
+impl Shared {
+    /// Queues a fast-path event (never blocks: `Call::transport` is the state, events tell
+    /// of changes).
+    pub(crate) fn emit_fast_event(&self, ev: Event) {
+        if let Ok(mut gate) = self.fast_events.lock() {
+            if let Some(held) = gate.as_mut() {
+                held.push(ev);
+                return;
+            }
+        }
+        if self.events.try_send(ev).is_err() {
+            tracing::debug!("event queue full; a fast-path event was dropped");
+        }
+    }
+
+    /// Resolves once the QUIC connection is closed.
+    pub(crate) async fn closed(&self) {
+        self.conn.closed().await;
+    }
+
+    pub(crate) async fn send_control(&self, msg: &ClientMessage) -> Result<(), SdkError> {
+        let frame = encode(msg)?;
+        self.control_send.lock().await.write_all(&frame).await?;
+        Ok(())
+    }
+
+    fn tap(&self, datagram: &Bytes) {
+        if self.tapping.load(std::sync::atomic::Ordering::Acquire) {
+            if let Ok(t) = self.tap.lock() {
+                if let Some(t) = t.as_ref() {
+                    let _ = t.send(datagram.clone());
+                }
+            }
+        }
+    }
 }
 
 /// A joined call. Dropping it closes the connection without `Leave`, which the relay
@@ -171,14 +240,13 @@ pub struct Call {
     // Kept so the socket lives as long as the call.
     _endpoint: quinn::Endpoint,
     joined: Joined,
-    send: tokio::sync::Mutex<quinn::SendStream>,
     fragmenter: Mutex<Fragmenter>,
     events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
     signals: tokio::sync::Mutex<mpsc::Receiver<Bytes>>,
     media: tokio::sync::Mutex<mpsc::Receiver<MediaFrame>>,
     next_ping: AtomicU64,
     request_timeout: Duration,
-    tasks: [JoinHandle<()>; 2],
+    tasks: Vec<JoinHandle<()>>,
     event_tx: mpsc::Sender<Event>,
     /// Whether media must be sealed (a call from `join_e2ee`): then no media moves until
     /// `e2ee` is set.
@@ -196,8 +264,23 @@ impl Call {
         opts: &ConnectOptions,
         e2ee_required: bool,
     ) -> Call {
+        let (event_tx, event_rx) = mpsc::channel(256);
+        let prefer = opts.fast_path == FastPathMode::Prefer;
+        let (fast, fast_inputs) = match joined.fast_path.as_ref().filter(|_| prefer) {
+            Some(offer) => {
+                let (link, rx) = FastLink::new(offer.channel);
+                (Some(link), Some(rx))
+            }
+            None => (None, None),
+        };
+        let target = joined
+            .fast_path
+            .as_ref()
+            .map(|o| o.target(conn.remote_address()));
         let shared = Arc::new(Shared {
             conn,
+            control_send: tokio::sync::Mutex::new(send),
+            fast,
             counters: Counters::default(),
             waiters: Mutex::new(Waiters::default()),
             recv_e2ee: Mutex::new(RecvStats::default()),
@@ -205,8 +288,9 @@ impl Call {
             dropped_before_keys: AtomicU64::new(0),
             tap: Mutex::new(None),
             tapping: std::sync::atomic::AtomicBool::new(false),
+            fast_events: Mutex::new(e2ee_required.then(Vec::new)),
+            events: event_tx.clone(),
         });
-        let (event_tx, event_rx) = mpsc::channel(256);
         let (signal_tx, signal_rx) = mpsc::channel(256);
         let (media_tx, media_rx) = mpsc::channel(1024);
         let (opener_tx, opener_rx) = if e2ee_required {
@@ -229,18 +313,41 @@ impl Call {
             opener_rx,
             event_tx.clone(),
         ));
+        let mut tasks = vec![control, media];
+        match (shared.fast.clone(), fast_inputs, &joined.fast_path, target) {
+            (Some(link), Some(inputs), Some(offer), Some(target)) => {
+                tasks.push(tokio::spawn(
+                    fastpath::Driver {
+                        shared: shared.clone(),
+                        link,
+                        inputs,
+                        offer: offer.clone(),
+                        target,
+                        cfg: BindConfig {
+                            bind_timeout: opts.fast_path_bind_timeout,
+                            refresh: opts.fast_path_refresh,
+                            ticket_timeout: opts.join_timeout,
+                        },
+                    }
+                    .run(),
+                ));
+            }
+            _ if prefer => shared.emit_fast_event(Event::FastPathFallback {
+                reason: "the relay offers no fast path".into(),
+            }),
+            _ => {}
+        }
         Call {
             shared,
             _endpoint: endpoint,
             joined,
-            send: tokio::sync::Mutex::new(send),
             fragmenter: Mutex::new(Fragmenter::default()),
             events: tokio::sync::Mutex::new(event_rx),
             signals: tokio::sync::Mutex::new(signal_rx),
             media: tokio::sync::Mutex::new(media_rx),
             next_ping: AtomicU64::new(1),
             request_timeout: opts.join_timeout,
-            tasks: [control, media],
+            tasks,
             event_tx,
             e2ee_required,
             e2ee: std::sync::OnceLock::new(),
@@ -266,6 +373,8 @@ impl Call {
             .take()
             .ok_or(SdkError::Closed)?;
         tx.send(opener).map_err(|_| SdkError::Closed)?;
+        // Under the gate's lock, so no fast-path event slips in before these.
+        let mut gate = self.shared.fast_events.lock().ok();
         let _ = self.event_tx.try_send(Event::E2eeEstablished {
             code: code.clone(),
             identity_check,
@@ -273,6 +382,12 @@ impl Call {
         if identity_check == IdentityCheck::Changed {
             let _ = self.event_tx.try_send(Event::PeerIdentityChanged { peer });
         }
+        if let Some(held) = gate.as_mut().and_then(|g| g.take()) {
+            for ev in held {
+                let _ = self.event_tx.try_send(ev);
+            }
+        }
+        drop(gate);
         self.e2ee
             .set(E2eeSend {
                 sealer: Mutex::new(sealer),
@@ -353,7 +468,8 @@ impl Call {
 
     /// Copies of every datagram this endpoint receives from now on, exactly as the relay
     /// forwarded them (before reassembly and decryption). For tests and diagnostics: on an
-    /// E2EE call it shows what the relay could see.
+    /// E2EE call it shows what the relay could see. Fast-path arrivals are shown in the QUIC
+    /// media-datagram form (`MediaHeader | body`, the body unchanged), so there is one format.
     pub fn tap_raw(&self) -> mpsc::UnboundedReceiver<Bytes> {
         let (tx, rx) = mpsc::unbounded_channel();
         if let Ok(mut t) = self.shared.tap.lock() {
@@ -399,6 +515,42 @@ impl Call {
         &self.shared.conn
     }
 
+    /// What this endpoint's media is being sent on now.
+    pub fn transport(&self) -> Transport {
+        self.shared
+            .fast
+            .as_ref()
+            .map_or(Transport::Quic, |f| f.transport())
+    }
+
+    /// The fast-path offer the relay made in `Joined` (whatever the `FastPathMode`), for
+    /// tools that drive raw UDP themselves. Fresh tickets from refreshes are not reflected.
+    pub fn fast_path_offer(&self) -> Option<&FastPathOffer> {
+        self.joined.fast_path.as_ref()
+    }
+
+    /// The local address of the current fast-path socket, when the fast path is on.
+    pub fn fast_path_local_addr(&self) -> Option<SocketAddr> {
+        self.shared.fast.as_ref()?.local_addr()
+    }
+
+    /// For a network change the app learned about: opens a new fast-path socket (a new
+    /// local port), gets a fresh ticket, binds it and waits for the relay's confirmation.
+    /// Media goes over QUIC until then. Returns the new socket's local address.
+    ///
+    /// Errors: [`SdkError::FastPathUnavailable`] when the fast path is off, the relay
+    /// offered none or has no ticket, or the socket failed; [`SdkError::Timeout`] when the
+    /// ticket or the confirmation did not come in time. Media stays on QUIC then; the call
+    /// carries on.
+    pub async fn rebind_fast_path(&self) -> Result<SocketAddr, SdkError> {
+        let link = self.shared.fast.as_ref().ok_or_else(|| {
+            SdkError::FastPathUnavailable("the fast path is not in use on this call".into())
+        })?;
+        let (tx, rx) = oneshot::channel();
+        link.tell(fastpath::Input::Rebind(tx));
+        rx.await.map_err(|_| SdkError::Closed)?
+    }
+
     /// The next event, or `None` once the call is over and every event was taken.
     pub async fn next_event(&self) -> Option<Event> {
         self.events.lock().await.recv().await
@@ -442,17 +594,56 @@ impl Call {
         } else {
             frame
         };
-        let pieces = self
-            .fragmenter
-            .lock()
-            .map_err(|_| SdkError::Closed)?
-            .split(kind, frame, max)?;
-        let n = pieces.len() as u64;
-        for piece in pieces {
-            conn.send_datagram_wait(piece).await?;
-        }
         let c = &self.shared.counters;
-        c.datagrams_sent.fetch_add(n, Relaxed);
+        let fast = self
+            .shared
+            .fast
+            .as_ref()
+            .and_then(|f| Some((f, f.sender()?)));
+        if let Some((link, GenSocket { generation, socket })) = fast {
+            // Sized from the QUIC connection so a piece the relay bridges to the peer's QUIC
+            // leg still fits; only the header differs.
+            let header = FastPathHeader::new(PacketType::Media(kind), link.channel).to_bytes();
+            let pieces = self
+                .fragmenter
+                .lock()
+                .map_err(|_| SdkError::Closed)?
+                .split_with_header(kind, frame, max, &header)?;
+            let n = pieces.len() as u64;
+            let mut pieces = pieces.into_iter();
+            let mut sent = 0u64;
+            for piece in pieces.by_ref() {
+                match socket.send(&piece).await {
+                    Ok(_) => sent += 1,
+                    Err(e) => {
+                        // Media keeps flowing: this piece and the rest go over QUIC.
+                        link.send_failed(generation, e.to_string());
+                        if let Some(q) = fastpath::fast_piece_to_quic(&piece) {
+                            conn.send_datagram_wait(q).await?;
+                        }
+                        break;
+                    }
+                }
+            }
+            for piece in pieces {
+                if let Some(q) = fastpath::fast_piece_to_quic(&piece) {
+                    conn.send_datagram_wait(q).await?;
+                }
+            }
+            link.counters.sent.fetch_add(sent, Relaxed);
+            c.datagrams_sent.fetch_add(n, Relaxed);
+        } else {
+            let pieces = self
+                .fragmenter
+                .lock()
+                .map_err(|_| SdkError::Closed)?
+                .split(kind, frame, max)?;
+            let n = pieces.len() as u64;
+            for piece in pieces {
+                conn.send_datagram_wait(piece).await?;
+            }
+            c.datagrams_sent.fetch_add(n, Relaxed);
+        }
         c.frames_sent.fetch_add(1, Relaxed);
         Ok(())
     }
@@ -469,9 +660,7 @@ impl Call {
     }
 
     async fn send_control(&self, msg: &ClientMessage) -> Result<(), SdkError> {
-        let frame = encode(msg)?;
-        self.send.lock().await.write_all(&frame).await?;
-        Ok(())
+        self.shared.send_control(msg).await
     }
 
     /// Sends opaque bytes to the peer through the relay's control plane.
@@ -533,7 +722,7 @@ impl Call {
     pub async fn leave(self) -> Result<(), SdkError> {
         self.send_control(&ClientMessage::Leave).await?;
         {
-            let mut send = self.send.lock().await;
+            let mut send = self.shared.control_send.lock().await;
             let _ = send.finish();
             // Wait (briefly) until the relay has the Leave, so it is not taken for a loss.
             let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
@@ -544,7 +733,16 @@ impl Call {
 
     pub fn stats(&self) -> CallStats {
         let c = &self.shared.counters;
+        let fast = |f: fn(&fastpath::FastCounters) -> &AtomicU64| {
+            self.shared
+                .fast
+                .as_ref()
+                .map_or(0, |l| f(&l.counters).load(Relaxed))
+        };
         CallStats {
+            fast_path_datagrams_sent: fast(|c| &c.sent),
+            fast_path_datagrams_received: fast(|c| &c.received),
+            fast_path_malformed: fast(|c| &c.malformed),
             frames_sent: c.frames_sent.load(Relaxed),
             datagrams_sent: c.datagrams_sent.load(Relaxed),
             frames_received: c.frames_received.load(Relaxed),
@@ -633,9 +831,26 @@ async fn dispatch(
         RelayMessage::PeerReconnecting => Event::PeerReconnecting,
         RelayMessage::PeerResumed => Event::PeerResumed,
         RelayMessage::PeerE2eeUnavailable(c) => Event::PeerE2eeUnavailable(c),
+        RelayMessage::Dropped(RefusalReason::FastPathUnavailable) if shared.fast.is_some() => {
+            if let Some(f) = &shared.fast {
+                f.tell(fastpath::Input::TicketUnavailable);
+            }
+            return;
+        }
         RelayMessage::Dropped(r) => Event::Dropped(r),
         RelayMessage::SessionEnded(r) => Event::SessionEnded(r),
-        RelayMessage::FastPathTicket(_) | RelayMessage::FastPathBound { .. } => return,
+        RelayMessage::FastPathTicket(offer) => {
+            if let Some(f) = &shared.fast {
+                f.tell(fastpath::Input::Ticket(offer));
+            }
+            return;
+        }
+        RelayMessage::FastPathBound { channel, addr } => {
+            if let Some(f) = &shared.fast {
+                f.tell(fastpath::Input::Bound { channel, addr });
+            }
+            return;
+        }
         RelayMessage::Joined(_) | RelayMessage::Refused(_) => {
             tracing::warn!("relay sent a second join answer; ignored");
             return;
@@ -680,6 +895,114 @@ fn open_frame(
     }
 }
 
+/// Reassembly and opening of received pieces, whatever transport carried them.
+struct Inbound {
+    reassembler: Reassembler,
+    /// E2EE: frames wait in `early` until the opener arrives.
+    opener: Option<FrameOpener>,
+    waiting_for_keys: bool,
+    early: VecDeque<MediaFrame>,
+}
+
+impl Inbound {
+    /// Takes one media datagram in the QUIC form; `false` once the app stopped listening.
+    async fn on_datagram(
+        &mut self,
+        shared: &Shared,
+        datagram: Bytes,
+        frames: &mpsc::Sender<MediaFrame>,
+        events: &mpsc::Sender<Event>,
+    ) -> bool {
+        let c = &shared.counters;
+        c.datagrams_received.fetch_add(1, Relaxed);
+        shared.tap(&datagram);
+        if let Ok(Some(frame)) = self.reassembler.push(datagram, Instant::now()) {
+            c.frames_received.fetch_add(1, Relaxed);
+            let frame = if let Some(o) = self.opener.as_mut() {
+                open_frame(shared, o, events, frame)
+            } else if self.waiting_for_keys {
+                if self.early.len() >= MAX_FRAMES_BEFORE_KEYS {
+                    self.early.pop_front();
+                    shared.dropped_before_keys.fetch_add(1, Relaxed);
+                }
+                self.early.push_back(frame);
+                None
+            } else {
+                Some(frame)
+            };
+            if let Some(frame) = frame {
+                if frames.send(frame).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Reads what the fast-path socket holds (a bounded batch); `false` once the app
+    /// stopped listening. Errors go to the fast-path driver; a socket that fails with
+    /// anything but "refused" is no longer read.
+    async fn on_readable(
+        &mut self,
+        shared: &Shared,
+        link: &FastLink,
+        socket: &mut Option<GenSocket>,
+        buf: &mut BytesMut,
+        frames: &mpsc::Sender<MediaFrame>,
+        events: &mpsc::Sender<Event>,
+    ) -> bool {
+        let Some(s) = socket.clone() else {
+            return true;
+        };
+        for _ in 0..64 {
+            if buf.capacity() < fastpath::RECV_ROOM {
+                buf.reserve(4 * fastpath::RECV_ROOM);
+            }
+            match s.socket.try_recv_buf(buf) {
+                Ok(_) => {
+                    let d = buf.split();
+                    match fastpath::to_media_datagram(d) {
+                        Some(q) => {
+                            link.counters.received.fetch_add(1, Relaxed);
+                            if !self.on_datagram(shared, q, frames, events).await {
+                                return false;
+                            }
+                        }
+                        None => {
+                            link.counters.malformed.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    buf.clear();
+                    if e.kind() != std::io::ErrorKind::ConnectionRefused {
+                        *socket = None;
+                    }
+                    link.tell(fastpath::Input::SocketError {
+                        generation: s.generation,
+                        error: e.to_string(),
+                    });
+                    break;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Waits until `socket` is readable; never, without one.
+async fn readable(socket: Option<&GenSocket>) {
+    match socket {
+        Some(s) => {
+            if s.socket.readable().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn media_task(
     shared: Arc<Shared>,
     frames: mpsc::Sender<MediaFrame>,
@@ -687,13 +1010,23 @@ async fn media_task(
     mut opener_rx: Option<oneshot::Receiver<FrameOpener>>,
     events: mpsc::Sender<Event>,
 ) {
-    let mut reassembler = Reassembler::new(timeout);
+    let mut inbound = Inbound {
+        reassembler: Reassembler::new(timeout),
+        opener: None,
+        waiting_for_keys: opener_rx.is_some(),
+        early: VecDeque::new(),
+    };
     let c = &shared.counters;
-    // E2EE: frames wait here until the opener arrives.
-    let mut opener: Option<FrameOpener> = None;
-    let mut early: VecDeque<MediaFrame> = VecDeque::new();
+    let link = shared.fast.clone();
+    let mut sockets_rx = link.as_ref().map(|l| l.subscribe());
+    // The driver may have opened its socket already: start from what is there now.
+    let mut sockets = sockets_rx
+        .as_mut()
+        .map(|rx| rx.borrow_and_update().clone())
+        .unwrap_or_default();
+    let mut buf = BytesMut::new();
     loop {
-        let deadline = reassembler.next_deadline();
+        let deadline = inbound.reassembler.next_deadline();
         let expiry = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -706,11 +1039,25 @@ async fn media_task(
                 None => std::future::pending().await,
             }
         };
+        let sockets_changed = async {
+            match sockets_rx.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        // Which fast-path socket is readable: 0 current, 1 previous.
+        let udp = async {
+            tokio::select! {
+                _ = readable(sockets.current.as_ref()) => 0,
+                _ = readable(sockets.previous.as_ref()) => 1,
+            }
+        };
         tokio::select! {
             got = keys => {
                 opener_rx = None;
+                inbound.waiting_for_keys = false;
                 let Some(mut o) = got else { return };
-                while let Some(frame) = early.pop_front() {
+                while let Some(frame) = inbound.early.pop_front() {
                     shared.buffered_before_keys.fetch_add(1, Relaxed);
                     if let Some(f) = open_frame(&shared, &mut o, &events, frame) {
                         if frames.send(f).await.is_err() {
@@ -718,44 +1065,40 @@ async fn media_task(
                         }
                     }
                 }
-                opener = Some(o);
+                inbound.opener = Some(o);
             }
             datagram = shared.conn.read_datagram() => {
                 let Ok(datagram) = datagram else { return };
-                c.datagrams_received.fetch_add(1, Relaxed);
-                if shared.tapping.load(std::sync::atomic::Ordering::Acquire) {
-                    if let Ok(t) = shared.tap.lock() {
-                        if let Some(t) = t.as_ref() {
-                            let _ = t.send(datagram.clone());
-                        }
+                if !inbound.on_datagram(&shared, datagram, &frames, &events).await {
+                    return;
+                }
+            }
+            which = udp => {
+                if let Some(link) = link.as_deref() {
+                    let socket = if which == 0 {
+                        &mut sockets.current
+                    } else {
+                        &mut sockets.previous
+                    };
+                    if !inbound
+                        .on_readable(&shared, link, socket, &mut buf, &frames, &events)
+                        .await
+                    {
+                        return;
                     }
                 }
-                if let Ok(Some(frame)) = reassembler.push(datagram, Instant::now()) {
-                    c.frames_received.fetch_add(1, Relaxed);
-                    let frame = if let Some(o) = opener.as_mut() {
-                        open_frame(&shared, o, &events, frame)
-                    } else if opener_rx.is_some() {
-                        if early.len() >= MAX_FRAMES_BEFORE_KEYS {
-                            early.pop_front();
-                            shared.dropped_before_keys.fetch_add(1, Relaxed);
-                        }
-                        early.push_back(frame);
-                        None
-                    } else {
-                        Some(frame)
-                    };
-                    if let Some(frame) = frame {
-                        if frames.send(frame).await.is_err() {
-                            return;
-                        }
-                    }
+            }
+            ok = sockets_changed => {
+                match sockets_rx.as_mut() {
+                    Some(rx) if ok => sockets = rx.borrow_and_update().clone(),
+                    _ => sockets_rx = None,
                 }
             }
             _ = expiry => {
-                reassembler.expire(Instant::now());
+                inbound.reassembler.expire(Instant::now());
             }
         }
-        let s = reassembler.stats();
+        let s = inbound.reassembler.stats();
         c.incomplete_frames_dropped
             .store(s.frames_incomplete, Relaxed);
         c.malformed_datagrams.store(s.malformed_datagrams, Relaxed);

@@ -60,4 +60,8 @@ pub enum SdkError {
     E2eeNotEstablished,
     #[error("sealing a frame failed: {0}")]
     Seal(#[from] SealError),
+    /// The raw-UDP fast path cannot be used (off on this call, not offered, no ticket, or
+    /// its socket failed). Media stays on QUIC datagrams; the call carries on.
+    #[error("the fast path is unavailable: {0}")]
+    FastPathUnavailable(String),
 }

@@ -59,6 +59,27 @@ impl Fragmenter {
         frame: &[u8],
         max_datagram: usize,
     ) -> Result<Vec<Bytes>, FragmentError> {
+        self.split_with_header(
+            kind,
+            frame,
+            max_datagram,
+            &MediaHeader::new(kind).to_bytes(),
+        )
+    }
+
+    /// Like [`Fragmenter::split`], but each piece starts with `header` instead of the
+    /// 2-byte media header (the fast path's 10-byte header). Pieces are sized as for a QUIC
+    /// datagram of `max_datagram` bytes, so the body after the header (fragment header and
+    /// chunk) is exactly what a QUIC piece would carry: a relay that bridges a piece to the
+    /// peer's QUIC leg swaps the header and it still fits. Frame ids are shared with
+    /// `split`, so a frame's id is unique whatever transport carries it.
+    pub fn split_with_header(
+        &mut self,
+        kind: MediaKind,
+        frame: &[u8],
+        max_datagram: usize,
+        header: &[u8],
+    ) -> Result<Vec<Bytes>, FragmentError> {
         if frame.len() > MAX_FRAME {
             return Err(FragmentError::FrameTooLarge(frame.len()));
         }
@@ -72,13 +93,12 @@ impl Fragmenter {
             u16::try_from(count).map_err(|_| FragmentError::DatagramTooSmall(max_datagram))?;
         let id = self.next_id[kind.index()];
         self.next_id[kind.index()] = id.wrapping_add(1);
-        let header = MediaHeader::new(kind).to_bytes();
         let mut out = Vec::with_capacity(count);
         let mut pieces = frame.chunks(chunk);
         for index in 0..count_u16 {
             let piece = pieces.next().unwrap_or(&[]);
-            let mut d = BytesMut::with_capacity(OVERHEAD + piece.len());
-            d.put_slice(&header);
+            let mut d = BytesMut::with_capacity(header.len() + FRAGMENT_HEADER_LEN + piece.len());
+            d.put_slice(header);
             d.put_u32(id);
             d.put_u16(index);
             d.put_u16(count_u16);
@@ -253,6 +273,24 @@ mod tests {
         let frame = r.push(d[0].clone(), Instant::now()).unwrap().unwrap();
         assert_eq!(frame.kind, MediaKind::Audio);
         assert_eq!(&frame.data[..], b"hi");
+    }
+
+    #[test]
+    fn a_longer_header_keeps_the_quic_sizing_and_the_same_body() {
+        let frame = vec![9u8; 3000];
+        let quic = Fragmenter::default()
+            .split(MediaKind::Video, &frame, 1200)
+            .unwrap();
+        let hdr = [0xAAu8; 10];
+        let fast = Fragmenter::default()
+            .split_with_header(MediaKind::Video, &frame, 1200, &hdr)
+            .unwrap();
+        assert_eq!(quic.len(), fast.len());
+        for (q, f) in quic.iter().zip(&fast) {
+            assert!(q.len() <= 1200);
+            assert_eq!(&f[..10], &hdr);
+            assert_eq!(&q[MEDIA_HEADER_LEN..], &f[10..]);
+        }
     }
 
     #[test]

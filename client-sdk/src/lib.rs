@@ -54,6 +54,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Media rides QUIC datagrams on the control connection unless
+//! [`ConnectOptions::fast_path`] is [`FastPathMode::Prefer`] and the relay offers its raw-UDP
+//! fast path: then, once the relay confirms the binding ([`Event::FastPathBound`]), pieces
+//! go over plain UDP (the same SFrame ciphertext; the relay does no per-packet crypto). If
+//! the bind is not confirmed or UDP is blocked, media stays on QUIC
+//! ([`Event::FastPathFallback`]); [`Call::transport`] says which is in use and
+//! [`Call::rebind_fast_path`] moves the binding to a new socket after a network change.
+//!
 //! [`Client::join`] is the plain transport (no E2EE), used by the relay's tests and load
 //! generator.
 
@@ -61,6 +69,7 @@ pub mod call;
 pub mod client;
 pub mod e2ee;
 pub mod error;
+pub mod fastpath;
 pub mod fragment;
 pub mod options;
 pub mod secure;
@@ -72,6 +81,7 @@ pub use e2ee::{
     PeerIdentity, RekeyPolicy, SecurityCode, UnavailableReason,
 };
 pub use error::SdkError;
+pub use fastpath::{FastPathMode, Transport};
 pub use fragment::{MediaFrame, MAX_FRAME};
 pub use options::ConnectOptions;
 pub use secure::{token_claims, E2eeConfig};

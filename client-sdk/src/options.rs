@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub use crate::fastpath::FastPathMode;
+
 /// Options for `Client::connect`.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -16,6 +18,15 @@ pub struct ConnectOptions {
     pub reassembly_timeout: Duration,
     /// QUIC keep-alive, so a quiet call is not closed by idle timers on the path.
     pub keep_alive: Duration,
+    /// Whether media may use the relay's raw-UDP fast path (see [`crate::fastpath`]).
+    /// QUIC datagrams stay the fallback whatever this says.
+    pub fast_path: FastPathMode,
+    /// How long a fast-path BIND may go unconfirmed before media stays on QUIC.
+    pub fast_path_bind_timeout: Duration,
+    /// How often a bound fast path asks for a fresh ticket and binds again (keeps NAT
+    /// mappings open; a NAT that changed the source port gets the binding moved), and how
+    /// often a fast path that was not confirmed in time tries again from a new socket.
+    pub fast_path_refresh: Duration,
 }
 
 impl Default for ConnectOptions {
@@ -26,6 +37,9 @@ impl Default for ConnectOptions {
             join_timeout: Duration::from_secs(5),
             reassembly_timeout: Duration::from_millis(500),
             keep_alive: Duration::from_secs(5),
+            fast_path: FastPathMode::Off,
+            fast_path_bind_timeout: Duration::from_secs(1),
+            fast_path_refresh: Duration::from_secs(10),
         }
     }
 }

@@ -215,7 +215,7 @@ pub struct FastPathConfig {
         value_name = "ADDR"
     )]
     pub advertise: Option<SocketAddr>,
-    /// Worker threads, each with its own SO_REUSEPORT socket; 0 = one per CPU [default: 0]
+    /// Worker threads, each with its own SO_REUSEPORT socket; 0 = half the CPUs, at least one [default: 0]
     #[arg(
         id = "fast_path_workers",
         long = "fast-path-workers",
@@ -260,10 +260,13 @@ impl FastPathConfig {
         })
     }
 
-    /// Worker threads to start.
+    /// Worker threads to start. The default leaves half the CPUs to the QUIC path and the
+    /// control plane, and on a small box keeps batches large: two workers splitting one
+    /// load on 2 cores each woke for half-size batches and cost ~1.9x the C baseline per
+    /// packet, one worker ~1.1x (benches/RESULTS.md, "Fast path vs C baseline").
     pub fn worker_count(&self) -> usize {
         match self.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             n => n,
         }
         .min(MAX_FAST_PATH_WORKERS)
