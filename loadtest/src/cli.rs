@@ -198,7 +198,8 @@ pub struct UdpArgs {
 pub enum Transport {
     /// QUIC DATAGRAM frames on the control connection
     QuicDatagram,
-    /// The raw UDP fast path (not in the SDK yet)
+    /// The raw UDP fast path when the relay offers it (SDK `FastPathMode::Prefer`), QUIC
+    /// datagrams otherwise
     FastPath,
 }
 

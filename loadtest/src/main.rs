@@ -62,11 +62,6 @@ fn default_run_id() -> String {
 }
 
 fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
-    if a.transport == Transport::FastPath {
-        usage_error(
-            "--transport fast-path: the SDK has no raw-UDP fast path yet; use quic-datagram",
-        );
-    }
     let external = !a.relays.is_empty();
     if external && (a.cert.is_none() || a.token_key_file.is_none()) {
         usage_error("with --relay, --cert and --token-key-file are required (to trust the relays and mint their tokens)");
@@ -127,7 +122,10 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
         join_timeout: a.join_timeout,
         progress: a.progress,
         client_threads,
-        transport: "quic-datagram".into(),
+        transport: match a.transport {
+            Transport::QuicDatagram => "quic-datagram".into(),
+            Transport::FastPath => "fast-path".into(),
+        },
         relay_pids: a.relay_pids.clone(),
         relay_metrics: a.relay_metrics.clone(),
     };

@@ -103,6 +103,11 @@ impl Ctx {
         ConnectOptions {
             server_name: self.server_name.clone(),
             join_timeout: self.opts.join_timeout,
+            fast_path: if self.opts.transport == "fast-path" {
+                duet_sdk::FastPathMode::Prefer
+            } else {
+                duet_sdk::FastPathMode::Off
+            },
             ..ConnectOptions::trusting(self.cert_pem.clone())
         }
     }
@@ -253,9 +258,14 @@ async fn call_task(i: u64, ctx: Arc<Ctx>) {
     col.call_ended();
 }
 
-/// Which transport a call's endpoints ended on. The SDK has QUIC datagrams only so far.
-fn transport_label(_a: &Call, _b: &Call) -> &'static str {
-    "quic"
+/// Which transport a call's endpoints ended on (`Call::transport()` at the end of the call).
+fn transport_label(a: &Call, b: &Call) -> &'static str {
+    use duet_sdk::Transport::{FastPath, Quic};
+    match (a.transport(), b.transport()) {
+        (Quic, Quic) => "quic",
+        (FastPath, FastPath) => "fast_path",
+        _ => "mixed",
+    }
 }
 
 fn note_drop(dropped: &Mutex<Option<String>>, reason: String) {

@@ -45,14 +45,6 @@ pub fn render(r: &Report) -> String {
         "calls: {} established / {} attempted / {} planned, {} failed",
         k.established, k.attempted, k.planned, k.failed
     );
-    if !k.by_transport.is_empty() {
-        let parts: Vec<String> = k
-            .by_transport
-            .iter()
-            .map(|(t, n)| format!("{n} {t}"))
-            .collect();
-        let _ = writeln!(s, "calls by transport: {}", parts.join(", "));
-    }
     if !k.failed_by_reason.is_empty() {
         let reasons: Vec<String> = k
             .failed_by_reason
@@ -70,6 +62,14 @@ pub fn render(r: &Report) -> String {
         let _ = write!(s, "; dropped mid-call: {}", reasons.join(", "));
     }
     let _ = writeln!(s, "; peak concurrent {}", k.peak_concurrent);
+    if !k.by_transport.is_empty() {
+        let parts: Vec<String> = k
+            .by_transport
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect();
+        let _ = writeln!(s, "calls by transport: {}", parts.join(", "));
+    }
     let _ = writeln!(
         s,
         "join: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} endpoints)",

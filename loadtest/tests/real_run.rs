@@ -138,3 +138,37 @@ fn ctrl_c_stops_cleanly_with_a_partial_report() {
     assert!(r.calls.established >= 1);
     assert!(r.media.audio.frames_received > 0);
 }
+
+#[test]
+fn fast_path_transport_reports_calls_per_transport() {
+    let (_dir, path) = common::tmp("fp.json");
+    let out = common::bin()
+        .args(["--calls", "2", "--duration", "1s", "--profile", "audio"])
+        .args(["--transport", "fast-path", "--progress", "off", "--report"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = Report::from_json(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(r.config.transport, "fast-path");
+    assert_eq!(r.calls.established, 2, "{:?}", r.calls);
+    // Each call is counted once, under the transport its endpoints ended on.
+    assert_eq!(
+        r.calls.by_transport.values().sum::<u64>(),
+        2,
+        "{:?}",
+        r.calls
+    );
+    assert!(r
+        .calls
+        .by_transport
+        .keys()
+        .all(|k| ["quic", "fast_path", "mixed"].contains(&k.as_str())));
+    assert!(stdout.contains("calls by transport:"), "{stdout}");
+}
