@@ -17,15 +17,16 @@
 #                   the QUIC generator is the SDK and saturates long before the relay, and the
 #                   relay pins QUIC's UDP payload at 1200 B, so a 1200-byte datagram does not fit;
 #                   each QUIC row has its own C fwd row at the same load for the ratio)
-#        FP_WORKERS=1 (fast-path worker threads of the measured relay: 1 = like fwd.c, one socket
-#                   and one thread; 0 = the relay's default, one per CPU)
-#        FP_WORKERS_ALT=0 (an extra fast-path row per case with these workers; empty skips it)
+#        FP_WORKERS=0 (fast-path worker threads of the measured relay; 0 = the relay's default,
+#                   half the CPUs, at least one: 1 on a 2-core box, like fwd.c's one thread)
+#        FP_WORKERS_ALT=2 (an extra fast-path row per case with these workers, e.g. one per
+#                   CPU; empty skips it)
 #        D=5 (send seconds per row)  IDLE_N=1000 (0 skips)  OUT=target/bench-system
 #        SKIP_BUILD=1 (reuse the binaries)  PROFILE=release (debug: functional check only)  BASE=../shared/baseline
 # Traffic stays on 127.0.0.1; every process is bounded by `timeout`; a trap kills what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FP_WORKERS=${FP_WORKERS:-1}; FP_WORKERS_ALT=${FP_WORKERS_ALT-0}
+FP_WORKERS=${FP_WORKERS:-0}; FP_WORKERS_ALT=${FP_WORKERS_ALT-2}
 D=${D:-5}; IDLE_N=${IDLE_N:-1000}; OUT=${OUT:-target/bench-system}
 CASES=${CASES-"160x1:1:160:40000 160x1000:1000:160:40000 1200x1:1:1200:30000 1200x1000:1000:1200:30000"}
 QUIC_CASES=${QUIC_CASES-"160x1:1:160:10000 160x100:100:160:10000 1100x1:1:1100:10000"}
@@ -128,7 +129,7 @@ PY
       udp_run "fastpath=127.0.0.1:$QUIC_PORT" "$K" "$S" "$PPS" "$OUT/$name-fastpath-w$w.json" \
         --relay-pid "$RPID" --cert "$DATA/cert.pem" --token-key-file "$DATA/token-key"
       stop_relay
-      wl=$w; [ "$w" = 0 ] && wl="per CPU"
+      wl=$w; [ "$w" = 0 ] && wl="default ($(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 )))"
       udp_row "duet-relay fast path, workers=$wl" "$K" "$S" "$OUT/$name-fastpath-w$w.json"
     done
   else
