@@ -600,6 +600,15 @@ impl Driver {
             }
             Action::Fallback { reason } => {
                 self.link.on_fast.store(false, Ordering::Release);
+                // The relay may have bound us (a lost confirmation) or still send to a UDP
+                // path that died: have it send to us over QUIC again.
+                if let Err(e) = self
+                    .shared
+                    .send_control(&ClientMessage::FastPathUnbind)
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not unbind the fast path");
+                }
                 tracing::debug!(%reason, "media stays on QUIC");
                 self.emit(Event::FastPathFallback { reason });
             }

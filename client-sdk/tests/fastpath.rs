@@ -778,5 +778,22 @@ async fn a_fast_path_that_dies_mid_call_moves_sending_back_to_quic() -> Result<(
     let sent_before = alice.stats().fast_path_datagrams_sent;
     frames_flow(&alice, &bob, 10).await?;
     assert_eq!(alice.stats().fast_path_datagrams_sent, sent_before);
+    // Receiving moves back too: the fallback unbound the dead path at the relay, so Bob's
+    // media reaches Alice over QUIC. The unbind travels on the control stream, so a first
+    // probe may still go to the dead path: retry a few (bounded) times.
+    let mut reached = false;
+    for n in 0..20 {
+        bob.send_media(MediaKind::Audio, &frame(MediaKind::Audio, 200 + n, 60))
+            .await?;
+        if let Ok(got) = tokio::time::timeout(Duration::from_millis(250), alice.recv_media()).await
+        {
+            got?;
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "media to Alice stayed on the dead fast path");
+    frames_flow(&bob, &alice, 30).await?;
+    assert_eq!(alice.transport(), Transport::Quic);
     Ok(())
 }

@@ -148,6 +148,10 @@ pub enum ClientMessage {
     /// address after a network change or to refresh before the old one expires. Answered
     /// with `FastPathTicket`, or `Dropped(FastPathUnavailable)` when the relay has none.
     FastPathTicket,
+    /// Stops the relay sending this endpoint's media over the fast path (its UDP path died
+    /// or it gave up binding): from now on it gets media over QUIC datagrams until a newer
+    /// ticket binds again. Never answered.
+    FastPathUnbind,
 }
 
 /// Messages from the relay to an endpoint.
@@ -220,7 +224,7 @@ pub trait MessageTypes {
     const VARIANTS: u8;
 }
 impl MessageTypes for ClientMessage {
-    const VARIANTS: u8 = 6;
+    const VARIANTS: u8 = 7;
 }
 impl MessageTypes for RelayMessage {
     const VARIANTS: u8 = 14;
@@ -406,7 +410,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(last[4], RelayMessage::VARIANTS - 1);
-        let last = encode(&ClientMessage::FastPathTicket).unwrap();
+        let last = encode(&ClientMessage::FastPathUnbind).unwrap();
         assert_eq!(last[4], ClientMessage::VARIANTS - 1);
     }
 
@@ -487,6 +491,7 @@ mod tests {
             Just(ClientMessage::Leave),
             any::<u64>().prop_map(ClientMessage::Ping),
             Just(ClientMessage::FastPathTicket),
+            Just(ClientMessage::FastPathUnbind),
         ]
     }
 

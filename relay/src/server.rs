@@ -792,6 +792,14 @@ impl Control {
                 self.fast_path_ticket().await;
                 Flow::Continue
             }
+            ClientMessage::FastPathUnbind => {
+                if let (Some((_, sio, slot)), Some(fp)) = (&self.route, &self.shared.fast_path) {
+                    if let Some(c) = sio.fast_path {
+                        fp.table().unbind(c[slot.index()]);
+                    }
+                }
+                Flow::Continue
+            }
         }
     }
 
@@ -902,7 +910,9 @@ impl Control {
                 Ok(mut joined) => {
                     let sio = core.session_io(&session);
                     joined.fast_path = core.fast_path_offer(self.id, &sio, joined.slot);
-                    // The media task gets its route before the endpoint can read Joined.
+                    // The media task gets its route, and the fast path can find this
+                    // connection to confirm a BIND, before the endpoint can read Joined.
+                    sio.slots[joined.slot.index()].store(core.conns.get(&self.id).cloned());
                     if let Some(tx) = self.joined_tx.take() {
                         let _ = tx.send((sio.clone(), joined.slot));
                     }

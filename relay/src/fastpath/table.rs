@@ -180,7 +180,9 @@ impl From<&duet_proto::Limits> for FastPathLimits {
 
 #[derive(Debug)]
 struct Binding {
-    addr: SocketAddr,
+    /// `None` once the endpoint unbound itself: its media goes over QUIC again, and the
+    /// seq is kept so an old ticket still cannot bind.
+    addr: Option<SocketAddr>,
     seq: u32,
     generation: u32,
 }
@@ -392,7 +394,31 @@ impl ChannelTable {
         let b = pair.ends[side].binding.load();
         b.as_ref()
             .filter(|b| b.generation == generation)
-            .map(|b| b.addr)
+            .and_then(|b| b.addr)
+    }
+
+    /// Control plane: the endpoint of `channel` asked to stop receiving on the fast path
+    /// (its UDP path died). Keeps the seq; false when it had no binding.
+    pub fn unbind(&self, channel: u64) -> bool {
+        let Ok((pair, side, generation)) = self.locate(channel) else {
+            return false;
+        };
+        let mut done = false;
+        pair.ends[side].binding.rcu(|cur| match cur.as_deref() {
+            Some(b) if b.generation == generation && b.addr.is_some() => {
+                done = true;
+                Some(Arc::new(Binding {
+                    addr: None,
+                    seq: b.seq,
+                    generation,
+                }))
+            }
+            _ => {
+                done = false;
+                cur.clone()
+            }
+        });
+        done
     }
 
     #[inline]
@@ -453,11 +479,11 @@ impl ChannelTable {
         {
             let mine = me.binding.load();
             match mine.as_deref() {
-                Some(b) if b.generation == generation => {
-                    if b.addr != src {
-                        return Err(DropReason::SpoofedSource);
-                    }
-                }
+                Some(b) if b.generation == generation => match b.addr {
+                    Some(a) if a == src => {}
+                    Some(_) => return Err(DropReason::SpoofedSource),
+                    None => return Err(DropReason::Unbound),
+                },
                 _ => return Err(DropReason::Unbound),
             }
         }
@@ -467,7 +493,11 @@ impl ChannelTable {
         pair.activity.fetch_add(1, Ordering::Relaxed);
         let peer = pair.ends[side ^ 1].binding.load();
         Ok(match peer.as_deref() {
-            Some(b) if b.generation == generation => Action::Forward(b.addr),
+            Some(Binding {
+                addr: Some(addr),
+                generation: g,
+                ..
+            }) if *g == generation => Action::Forward(*addr),
             _ => Action::Bridge {
                 peer_channel: channel ^ 1,
                 kind,
@@ -493,12 +523,16 @@ impl ChannelTable {
         let mut result = Err(DropReason::StaleTicket);
         pair.ends[side].binding.rcu(|cur| {
             let (outcome, seq) = match cur.as_deref() {
-                Some(b) if b.generation == generation && b.addr == src => {
+                Some(b) if b.generation == generation && b.addr == Some(src) => {
                     (Ok(BindOutcome::Refreshed), b.seq.max(t.seq))
                 }
                 Some(b) if b.generation == generation => {
                     if t.seq > b.seq {
-                        (Ok(BindOutcome::Moved), t.seq)
+                        let outcome = match b.addr {
+                            Some(_) => BindOutcome::Moved,
+                            None => BindOutcome::New,
+                        };
+                        (Ok(outcome), t.seq)
                     } else {
                         (Err(DropReason::StaleTicket), b.seq)
                     }
@@ -510,7 +544,7 @@ impl ChannelTable {
                 (Err(_), cur) => cur.clone(),
                 (Ok(BindOutcome::Refreshed), Some(b)) if b.seq == seq => Some(b.clone()),
                 _ => Some(Arc::new(Binding {
-                    addr: src,
+                    addr: Some(src),
                     seq,
                     generation,
                 })),
@@ -673,6 +707,22 @@ mod tests {
         assert_eq!(
             t.bind(old, c0, &ticket(c0, old, 2), NOW),
             Err(DropReason::StaleTicket)
+        );
+        // Unbound by its endpoint: nothing goes there, and only a newer ticket binds again.
+        assert!(t.unbind(c0));
+        assert!(!t.unbind(c0), "already unbound");
+        assert_eq!(t.bound_addr(c0), None);
+        assert_eq!(
+            t.route(moved, c0, MediaKind::Audio, 1, Instant::now()),
+            Err(DropReason::Unbound)
+        );
+        assert_eq!(
+            t.bind(moved, c0, &ticket(c0, moved, 2), NOW),
+            Err(DropReason::StaleTicket)
+        );
+        assert_eq!(
+            t.bind(moved, c0, &ticket(c0, moved, 3), NOW),
+            Ok(BindOutcome::New)
         );
     }
 
