@@ -231,6 +231,14 @@ pub struct FastPathConfig {
         value_name = "SECS"
     )]
     pub ticket_ttl_secs: u64,
+    /// Use UDP GRO on receive when the kernel offers it [default: true]
+    #[arg(id = "fast_path_gro", long = "fast-path-gro", required = false, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub gro: bool,
+    /// Use UDP GSO on send when the kernel offers it. Off by default: without a NIC that
+    /// segments UDP (loopback, most virtual NICs) the kernel segments in software, which
+    /// measured dearer than plain sendmmsg (benches/RESULTS.md) [default: false]
+    #[arg(id = "fast_path_gso", long = "fast-path-gso", required = false, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub gso: bool,
 }
 
 impl Default for FastPathConfig {
@@ -241,6 +249,8 @@ impl Default for FastPathConfig {
             advertise: None,
             workers: 0,
             ticket_ttl_secs: 600,
+            gro: true,
+            gso: false,
         }
     }
 }

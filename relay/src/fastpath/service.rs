@@ -79,13 +79,18 @@ impl FastPathService {
         let secret: [u8; 32] = rand::random();
         let key = FastPathKey::new(&secret).map_err(|e| io::Error::other(e.to_string()))?;
         let table = Arc::new(ChannelTable::new(capacity, key.clone()));
-        let first = FastPathSocket::bind(listen, STOP_POLL)?;
+        let probed = Offload::probe();
+        let wanted = Offload {
+            gro: probed.gro && cfg.gro,
+            gso: probed.gso && cfg.gso,
+        };
+        let first = FastPathSocket::bind_with(listen, STOP_POLL, wanted)?;
         let offload = first.offload();
         let local_addr = first.local_addr()?;
         let mut sockets = vec![first];
         for _ in 1..cfg.worker_count() {
             // Same port: joins the first socket's SO_REUSEPORT group.
-            sockets.push(FastPathSocket::bind(local_addr, STOP_POLL)?);
+            sockets.push(FastPathSocket::bind_with(local_addr, STOP_POLL, wanted)?);
         }
         let sender = sockets[0].try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
