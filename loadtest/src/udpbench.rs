@@ -373,17 +373,26 @@ where
     (ok.into_iter().map(|(_, x, y)| (x, y)).collect(), fails)
 }
 
-fn run_fastpath(a: &UdpArgs) -> anyhow::Result<Measured> {
-    let access = relay_access(a)?;
-    let run_id = a
-        .run_id
+/// This run's id in session and user names: given, or random.
+fn run_id(a: &UdpArgs) -> String {
+    a.run_id
         .clone()
-        .unwrap_or_else(|| format!("{:08x}", random_base() >> 32));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .unwrap_or_else(|| format!("{:08x}", random_base() >> 32))
+}
+
+/// The runtime the control clients live on, its threads named so their CPU is told apart.
+fn client_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .thread_name(resources::CLIENT_THREAD_PREFIX)
         .enable_all()
-        .build()?;
+        .build()
+}
+
+fn run_fastpath(a: &UdpArgs) -> anyhow::Result<Measured> {
+    let access = relay_access(a)?;
+    let run_id = run_id(a);
+    let rt = client_runtime(1)?;
     let (_, rss0) = relay_sample(a.relay_pid);
     let t = Instant::now();
     let relay = a.target.addr;
@@ -524,15 +533,8 @@ fn run_fastpath(a: &UdpArgs) -> anyhow::Result<Measured> {
 fn run_quic(a: &UdpArgs) -> anyhow::Result<Measured> {
     use duet_sdk::{Call, Client, ConnectOptions};
     let access = relay_access(a)?;
-    let run_id = a
-        .run_id
-        .clone()
-        .unwrap_or_else(|| format!("{:08x}", random_base() >> 32));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(resources::CLIENT_THREAD_PREFIX)
-        .enable_all()
-        .build()?;
+    let run_id = run_id(a);
+    let rt = client_runtime(2)?;
     let (_, rss0) = relay_sample(a.relay_pid);
     let t = Instant::now();
     let relay = a.target.addr;
