@@ -30,10 +30,7 @@ async fn start() -> TestRelay {
         .try_init();
     let dir = tempfile::tempdir().unwrap();
     let cfg = Config {
-        data_dir: dir.path().to_owned(),
         node_id: "test-node".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ops_listen: "127.0.0.1:0".parse().unwrap(),
         limits: LimitsConfig {
             media_packets_per_sec: 1_000_000,
             media_bytes_per_sec: 1_000_000_000,
@@ -43,7 +40,7 @@ async fn start() -> TestRelay {
             resume_window_ms: 5_000,
             ..LimitsConfig::default()
         },
-        ..Config::default()
+        ..Config::loopback(dir.path())
     };
     let relay = Relay::start(cfg).await.expect("relay starts");
     TestRelay { relay, _dir: dir }

@@ -39,10 +39,7 @@ async fn start(tweak: impl FnOnce(&mut Config)) -> TestRelay {
         .try_init();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config {
-        data_dir: dir.path().to_owned(),
         node_id: "test-node".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ops_listen: "127.0.0.1:0".parse().unwrap(),
         limits: LimitsConfig {
             media_packets_per_sec: 1_000_000,
             media_bytes_per_sec: 1_000_000_000,
@@ -52,7 +49,7 @@ async fn start(tweak: impl FnOnce(&mut Config)) -> TestRelay {
             resume_window_ms: 5_000,
             ..LimitsConfig::default()
         },
-        ..Config::default()
+        ..Config::loopback(dir.path())
     };
     cfg.fast_path.workers = 1;
     tweak(&mut cfg);

@@ -210,11 +210,8 @@ impl EmbeddedRelay {
             .build()
             .map_err(|e| TargetError::Embedded(format!("runtime: {e}")))?;
         let mut cfg = Config {
-            data_dir: dir.path().to_owned(),
             node_id: EMBEDDED_NODE.to_owned(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ops_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..Config::default()
+            ..Config::loopback(dir.path())
         };
         cfg.limits.max_sessions = cfg.limits.max_sessions.max(max_sessions);
         let handle = rt

@@ -378,6 +378,18 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The defaults with every socket on 127.0.0.1, ephemeral ports, state in `data_dir`:
+    /// a relay embedded in a test, a demo or the load tester, never clashing with another.
+    pub fn loopback(data_dir: impl Into<PathBuf>) -> Self {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            data_dir: data_dir.into(),
+            listen: any_port,
+            ops_listen: any_port,
+            ..Self::default()
+        }
+    }
+
     /// Parses a TOML document (unknown fields refused, missing ones defaulted).
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {

@@ -35,10 +35,7 @@ impl std::ops::Deref for TestRelay {
 
 pub fn test_config(dir: &std::path::Path) -> Config {
     Config {
-        data_dir: dir.to_owned(),
         node_id: "test-node".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ops_listen: "127.0.0.1:0".parse().unwrap(),
         drain_deadline_ms: 10_000,
         limits: LimitsConfig {
             media_packets_per_sec: 1_000_000,
@@ -49,7 +46,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
             resume_window_ms: 5_000,
             ..LimitsConfig::default()
         },
-        ..Config::default()
+        ..Config::loopback(dir)
     }
 }
 
