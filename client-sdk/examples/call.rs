@@ -18,12 +18,12 @@ use std::path::{Path, PathBuf};
 /// (22.05 kHz mono 16-bit PCM); speech synthesizer output, free to ship.
 const HELLO_WAV: &[u8] = include_bytes!("media/hello.wav");
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use aws_lc_rs::digest::{digest, SHA256};
 use duet_proto::{
-    DeviceId, E2eeClaim, JoinClaims, JoinToken, MediaKind, SessionId, TokenKey, UserId,
+    DeviceId, E2eeClaim, JoinClaims, JoinToken, MediaKind, SessionId, SigningKey, UserId,
 };
 use duet_sdk::{Call, Client, ConnectOptions, E2eeConfig, IdentityKey};
 
@@ -42,8 +42,11 @@ async fn main() -> Result<()> {
             data.display()
         )
     })?;
-    let hex = std::fs::read_to_string(data.join("token-key")).context("reading the token key")?;
-    let key = TokenKey::new("default", &hex_decode(hex.trim())?)?;
+    // The relay generated this key pair and trusts its public half; an app backend keeps
+    // its own signing key (see the duet-policy issuer).
+    let hex = std::fs::read_to_string(data.join("token-signing-key"))
+        .context("reading the token signing key")?;
+    let key = SigningKey::ed25519_from_hex("default", &hex)?;
 
     let wav = match std::env::args().nth(1) {
         Some(p) => std::fs::read(&p).with_context(|| format!("reading {p}"))?,
@@ -53,25 +56,22 @@ async fn main() -> Result<()> {
         }
     };
     let (format, pcm) = parse_wav(&wav)?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let now = duet_proto::clock::unix_now();
     let session = SessionId::new(format!("example-{now}")).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let mint = |user: &str| {
-        JoinToken::mint(
-            &key,
-            &JoinClaims {
-                session: session.clone(),
-                user: UserId::new(user).unwrap(),
-                device: DeviceId::new(format!("{user}-laptop")).unwrap(),
-                iat: now,
-                exp: now + 600,
-                node: None,
-                e2ee: E2eeClaim::Allowed, // what the app backend's policy says
-            },
+    let mint = |user: &str| -> Result<String> {
+        let claims = JoinClaims::builder(
+            session.clone(),
+            UserId::new(user)?,
+            DeviceId::new(format!("{user}-laptop"))?,
         )
+        .e2ee(E2eeClaim::Allowed) // what the app backend's policy says
+        .build()?;
+        Ok(JoinToken::mint(&key, &claims))
     };
     let join = |user: &'static str| {
         let (token, cert, session) = (mint(user), cert.clone(), session.clone());
         async move {
+            let token = token?;
             let identity =
                 Arc::new(IdentityKey::generate().map_err(|_| anyhow::anyhow!("keygen"))?);
             let client = Client::connect(relay, token, ConnectOptions::trusting(cert)).await?;
@@ -210,13 +210,5 @@ fn sha256_hex(b: &[u8]) -> String {
         .as_ref()
         .iter()
         .map(|x| format!("{x:02x}"))
-        .collect()
-}
-
-fn hex_decode(s: &str) -> Result<Vec<u8>> {
-    ensure!(s.len() % 2 == 0, "odd hex");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| Ok(u8::from_str_radix(&s[i..i + 2], 16)?))
         .collect()
 }

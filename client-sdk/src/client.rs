@@ -186,6 +186,7 @@ impl Client {
                 session,
                 token,
                 resume,
+                e2ee,
             })?)
             .await?;
             let mut decoder = FrameDecoder::default();

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use duet_proto::fastpath::{FastPathHeader, PacketType, FASTPATH_HEADER_LEN};
-use duet_proto::{ClientMessage, FastPathOffer, MediaHeader, MEDIA_HEADER_LEN};
+use duet_proto::{ChannelId, ClientMessage, FastPathOffer, MediaHeader, MEDIA_HEADER_LEN};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -123,7 +123,7 @@ enum Phase {
 #[derive(Debug)]
 pub(crate) struct BindMachine {
     cfg: BindConfig,
-    channel: u64,
+    channel: ChannelId,
     phase: Phase,
     /// The app waits in `rebind_fast_path` for this attempt.
     rebinding: bool,
@@ -134,7 +134,7 @@ pub(crate) struct BindMachine {
 
 impl BindMachine {
     /// Starts binding with the offer's ticket: send BIND now.
-    pub fn new(channel: u64, cfg: BindConfig, now: Instant) -> (Self, Vec<Action>) {
+    pub fn new(channel: ChannelId, cfg: BindConfig, now: Instant) -> (Self, Vec<Action>) {
         let m = Self {
             cfg,
             channel,
@@ -250,7 +250,7 @@ impl BindMachine {
     }
 
     /// The relay says a BIND took effect on `channel` from `addr`.
-    pub fn on_bound(&mut self, channel: u64, addr: SocketAddr) -> Vec<Action> {
+    pub fn on_bound(&mut self, channel: ChannelId, addr: SocketAddr) -> Vec<Action> {
         if channel != self.channel {
             return Vec::new();
         }
@@ -352,10 +352,16 @@ pub(crate) struct RecvSockets {
 /// What the control task, the media task, `send_media` and the app tell the driver.
 #[derive(Debug)]
 pub(crate) enum Input {
-    Bound { channel: u64, addr: SocketAddr },
+    Bound {
+        channel: ChannelId,
+        addr: SocketAddr,
+    },
     Ticket(FastPathOffer),
     TicketUnavailable,
-    SocketError { generation: u64, error: String },
+    SocketError {
+        generation: u64,
+        error: String,
+    },
     Rebind(oneshot::Sender<Result<SocketAddr, SdkError>>),
 }
 
@@ -370,7 +376,7 @@ pub(crate) struct FastCounters {
 /// The fast path's state shared by the call, its tasks and the driver.
 #[derive(Debug)]
 pub(crate) struct FastLink {
-    pub channel: u64,
+    pub channel: ChannelId,
     on_fast: AtomicBool,
     send_socket: Mutex<Option<GenSocket>>,
     recv_sockets: watch::Sender<RecvSockets>,
@@ -379,7 +385,7 @@ pub(crate) struct FastLink {
 }
 
 impl FastLink {
-    pub fn new(channel: u64) -> (Arc<Self>, mpsc::UnboundedReceiver<Input>) {
+    pub fn new(channel: ChannelId) -> (Arc<Self>, mpsc::UnboundedReceiver<Input>) {
         let (input, rx) = mpsc::unbounded_channel();
         let link = Arc::new(Self {
             channel,
@@ -641,7 +647,7 @@ mod tests {
         refresh: Duration::from_secs(10),
         ticket_timeout: Duration::from_secs(5),
     };
-    const CH: u64 = 42;
+    const CH: ChannelId = ChannelId(42);
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([192, 0, 2, 1], port))
@@ -664,7 +670,7 @@ mod tests {
         assert_eq!(m.poll(ms(t0, 300)), vec![Action::SendBind]);
         assert_eq!(m.next_deadline(), ms(t0, 700));
         // Another channel's confirmation is not ours.
-        assert!(m.on_bound(CH + 1, addr(5)).is_empty());
+        assert!(m.on_bound(ChannelId(43), addr(5)).is_empty());
         assert_eq!(
             m.on_bound(CH, addr(5)),
             vec![Action::Confirmed { addr: addr(5) }]
@@ -876,7 +882,7 @@ mod tests {
     fn fast_path_media_becomes_a_quic_media_datagram() {
         let mut d = BytesMut::new();
         d.extend_from_slice(
-            &FastPathHeader::new(PacketType::Media(MediaKind::Screen), 77).to_bytes(),
+            &FastPathHeader::new(PacketType::Media(MediaKind::Screen), ChannelId(77)).to_bytes(),
         );
         d.extend_from_slice(b"body");
         let q = to_media_datagram(d).unwrap();
@@ -885,7 +891,7 @@ mod tests {
         assert_eq!(h.kind, MediaKind::Screen);
         assert_eq!(body, b"body");
 
-        let bind = FastPathHeader::new(PacketType::Bind, 77).to_bytes();
+        let bind = FastPathHeader::new(PacketType::Bind, ChannelId(77)).to_bytes();
         assert_eq!(to_media_datagram(BytesMut::from(&bind[..])), None);
         assert_eq!(to_media_datagram(BytesMut::from(&[1u8, 2, 3][..])), None);
         assert_eq!(to_media_datagram(BytesMut::from(&[9u8; 12][..])), None);

@@ -8,8 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64::Engine as _;
 use duet_proto::{E2eeClaim, JoinClaims};
 
 use crate::call::{Call, Event};
@@ -42,17 +40,12 @@ impl E2eeConfig {
     }
 }
 
-/// The claims of a join token, read without verifying its MAC (the relay verifies it; the
-/// SDK only needs to know what the token says, so the app cannot misstate its claim).
+/// The claims of a join token, read without verifying its signature (the relay verifies
+/// it; the SDK only needs to know what the token says, so the app cannot misstate its claim).
 pub fn token_claims(token: &str) -> Result<JoinClaims, SdkError> {
-    let part = token
-        .split('.')
-        .nth(2)
-        .ok_or_else(|| SdkError::Token("expected duet1.<kid>.<claims>.<mac>".into()))?;
-    let json = B64
-        .decode(part)
-        .map_err(|_| SdkError::Token("claims are not base64url".into()))?;
-    serde_json::from_slice(&json).map_err(|e| SdkError::Token(e.to_string()))
+    duet_proto::JoinToken::peek(token)
+        .map(|t| t.claims)
+        .map_err(|e| SdkError::Token(e.to_string()))
 }
 
 /// Runs the handshake on a freshly joined call. `Ok` only with agreed keys.

@@ -3,7 +3,7 @@
 //! the relay forwards hold none of the plaintext.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use duet_proto::{DeviceId, E2eeClaim, JoinClaims, JoinToken, MediaKind, SessionId, UserId};
@@ -47,22 +47,16 @@ async fn start() -> TestRelay {
 }
 
 fn token(relay: &RelayHandle, session: &str, user: &str, claim: E2eeClaim) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    JoinToken::mint(
-        relay.token_key(),
-        &JoinClaims {
-            session: SessionId::new(session).unwrap(),
-            user: UserId::new(user).unwrap(),
-            device: DeviceId::new(format!("{user}-phone")).unwrap(),
-            iat: now,
-            exp: now + 600,
-            node: None,
-            e2ee: claim,
-        },
+    let key = relay.config().load_signing_key(None, None).unwrap();
+    let claims = JoinClaims::builder(
+        SessionId::new(session).unwrap(),
+        UserId::new(user).unwrap(),
+        DeviceId::new(format!("{user}-phone")).unwrap(),
     )
+    .e2ee(claim)
+    .build()
+    .unwrap();
+    JoinToken::mint(&key, &claims)
 }
 
 fn cfg(on: bool) -> E2eeConfig {

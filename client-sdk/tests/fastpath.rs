@@ -6,7 +6,7 @@
 use std::collections::hash_map::{Entry, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use duet_proto::fastpath::{FastPathHeader, PacketType};
@@ -58,22 +58,16 @@ async fn start(tweak: impl FnOnce(&mut Config)) -> TestRelay {
 }
 
 fn token(relay: &RelayHandle, session: &str, user: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    JoinToken::mint(
-        relay.token_key(),
-        &JoinClaims {
-            session: SessionId::new(session).unwrap(),
-            user: UserId::new(user).unwrap(),
-            device: DeviceId::new(format!("{user}-phone")).unwrap(),
-            iat: now,
-            exp: now + 600,
-            node: None,
-            e2ee: E2eeClaim::Allowed,
-        },
+    let key = relay.config().load_signing_key(None, None).unwrap();
+    let claims = JoinClaims::builder(
+        SessionId::new(session).unwrap(),
+        UserId::new(user).unwrap(),
+        DeviceId::new(format!("{user}-phone")).unwrap(),
     )
+    .e2ee(E2eeClaim::Allowed)
+    .build()
+    .unwrap();
+    JoinToken::mint(&key, &claims)
 }
 
 fn e2ee() -> E2eeConfig {
@@ -445,17 +439,23 @@ async fn an_unconfirmed_bind_times_out_to_quic_and_fast_path_arrivals_are_read()
     assert_eq!(Some(from), call.fast_path_local_addr());
 
     // From the fast-path address: three datagrams that are not media, then one media piece.
-    hole.send_to(&FastPathHeader::new(PacketType::Bind, 5).to_bytes(), from)
-        .await?;
+    hole.send_to(
+        &FastPathHeader::new(PacketType::Bind, duet_proto::ChannelId(5)).to_bytes(),
+        from,
+    )
+    .await?;
     hole.send_to(&[1, 2, 3], from).await?;
     hole.send_to(
         &[2, 2, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1, 0, 0, 0, 1],
         from,
     )
     .await?;
-    let mut piece = FastPathHeader::new(PacketType::Media(MediaKind::Video), 5)
-        .to_bytes()
-        .to_vec();
+    let mut piece = FastPathHeader::new(
+        PacketType::Media(MediaKind::Video),
+        duet_proto::ChannelId(5),
+    )
+    .to_bytes()
+    .to_vec();
     piece.extend_from_slice(&[0, 0, 0, 7, 0, 0, 0, 1]); // frame 7, piece 0 of 1
     piece.extend_from_slice(b"hello over udp");
     hole.send_to(&piece, from).await?;

@@ -173,7 +173,8 @@ pub struct UdpArgs {
     /// TLS server name the relay's certificate carries
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
-    /// Token key secret file, hex as `duet-relay` writes it (fastpath and quic)
+    /// Token signing key file: the hex Ed25519 seed, as `duet-relay` writes it in
+    /// <data dir>/token-signing-key (fastpath and quic)
     #[arg(long, value_name = "FILE")]
     pub token_key_file: Option<PathBuf>,
     /// Id of that token key
@@ -233,7 +234,8 @@ pub struct RunArgs {
     /// TLS server name the relays' certificate carries
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
-    /// Token key secret file, hex as `duet-relay` writes it (required with --relay)
+    /// Token signing key file: the hex Ed25519 seed, as `duet-relay` writes it in
+    /// <data dir>/token-signing-key (required with --relay)
     #[arg(long, value_name = "FILE")]
     pub token_key_file: Option<PathBuf>,
     /// Id of that token key

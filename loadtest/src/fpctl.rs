@@ -74,6 +74,7 @@ impl Control {
                 session,
                 token,
                 resume: None,
+                e2ee: false,
             })?)
             .await?;
             let mut dec = FrameDecoder::default();

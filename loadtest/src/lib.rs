@@ -12,7 +12,6 @@
 //! | [`report`] | the JSON report's schema and derived fields (see `REPORT.md`) | none |
 //! | [`slo`] | `--slo` syntax and verdicts | none |
 //! | [`merge`] | merging reports of several generators | none |
-//! | [`placement`] | rendezvous hashing of sessions over relay nodes | none |
 //! | [`summary`] | the human-readable end-of-run summary | none |
 //! | [`cli`] | flags, defaults, value parsers | none |
 //! | [`resources`] | /proc and /metrics readers (parsers pure) | yes |
@@ -27,7 +26,6 @@ pub mod cli;
 pub mod fpctl;
 pub mod hist;
 pub mod merge;
-pub mod placement;
 pub mod probe;
 pub mod profile;
 pub mod progress;

@@ -136,7 +136,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
                 RunTarget {
                     nodes: vec![e.node()],
                     cert_pem: h.cert_pem(),
-                    key: h.token_key().clone(),
+                    key: e.signing_key()?,
                     server_name: "localhost".into(),
                     embedded: Some(h),
                 }

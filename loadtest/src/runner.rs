@@ -18,14 +18,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use duet_proto::{DeviceId, MediaKind, SessionId, TokenKey, UserId};
+use duet_proto::{DeviceId, MediaKind, SessionId, SigningKey, UserId};
 use duet_relay::RelayHandle;
 use duet_sdk::{Call, Client, ConnectOptions, E2eeConfig, Event, IdentityKey, SdkError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::hist::HistError;
-use crate::placement;
 use crate::probe::{now_us, Probe};
 use crate::profile::{CallShape, FrameGen, Profile};
 use crate::progress::{rates, Progress, ProgressMode};
@@ -35,6 +34,7 @@ use crate::report::{
 use crate::resources::{self, RelayMetricsView, RELAY_THREAD_PREFIX};
 use crate::stats::{Collector, StreamTracker, Totals};
 use crate::target::{mint, Node};
+use duet_proto::placement;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -72,7 +72,7 @@ pub struct RunOptions {
 pub struct RunTarget {
     pub nodes: Vec<Node>,
     pub cert_pem: Vec<u8>,
-    pub key: TokenKey,
+    pub key: SigningKey,
     pub server_name: String,
     /// The in-process relay, when there is one (for its CPU, RSS and metrics).
     pub embedded: Option<Arc<RelayHandle>>,
@@ -90,7 +90,7 @@ struct Ctx {
     nodes: Vec<Node>,
     node_names: Vec<String>,
     cert_pem: Vec<u8>,
-    key: TokenKey,
+    key: SigningKey,
     server_name: String,
     col: Arc<Collector>,
     phase: watch::Receiver<Phase>,

@@ -5,15 +5,17 @@
 //! like a Kubernetes headless Service, gives one node per address), the embedded relay's
 //! lifecycle (its own tokio runtime with threads named `duet-relay*`, so its CPU can be told
 //! apart from the clients'; a temporary data directory; loopback ports chosen by the OS), and
-//! token minting. It does not place calls (`placement`) or run them (`runner`).
+//! token minting. It does not place calls (`duet_proto::placement`) or run them (`runner`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use duet_proto::{DeviceId, E2eeClaim, JoinClaims, JoinToken, NodeId, SessionId, TokenKey, UserId};
+use duet_proto::{
+    DeviceId, E2eeClaim, JoinClaims, JoinToken, NodeId, SessionId, SigningKey, UserId,
+};
 use duet_relay::{Config, Relay, RelayHandle};
 
 use crate::resources::RELAY_THREAD_PREFIX;
@@ -42,8 +44,10 @@ pub enum TargetError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("token key file {0}: expected the secret as hex (as `duet-relay` writes it)")]
+    #[error("token key file {0}: expected the hex Ed25519 seed (as `duet-relay` writes it in <data dir>/token-signing-key)")]
     KeyNotHex(PathBuf),
+    #[error("the embedded relay's token key: {0}")]
+    EmbeddedKey(#[from] duet_relay::ConfigError),
     #[error("token key: {0}")]
     Key(#[from] duet_proto::TokenError),
     #[error("with --relay, {0} is required")]
@@ -138,16 +142,18 @@ pub async fn resolve(specs: &[RelaySpec]) -> Result<Vec<Node>, TargetError> {
     Ok(nodes)
 }
 
-/// Reads a token key file: the secret in hex, as `duet-relay` generates it.
-pub fn read_token_key(id: &str, path: &Path) -> Result<TokenKey, TargetError> {
+/// Reads a token signing key file: the Ed25519 seed in hex, as `duet-relay` writes it
+/// (`<data dir>/token-signing-key`) or the token issuer keeps it.
+pub fn read_token_key(id: &str, path: &Path) -> Result<SigningKey, TargetError> {
     let text = std::fs::read_to_string(path).map_err(|source| TargetError::Read {
-        what: "token key file",
+        what: "token signing key file",
         path: path.to_owned(),
         source,
     })?;
-    let secret = duet_relay::config::hex_decode(text.trim())
-        .ok_or_else(|| TargetError::KeyNotHex(path.to_owned()))?;
-    Ok(TokenKey::new(id, &secret)?)
+    if duet_proto::hex::decode(&text).is_none() {
+        return Err(TargetError::KeyNotHex(path.to_owned()));
+    }
+    Ok(SigningKey::ed25519_from_hex(id, &text)?)
 }
 
 pub fn read_cert(path: &Path) -> Result<Vec<u8>, TargetError> {
@@ -160,29 +166,23 @@ pub fn read_cert(path: &Path) -> Result<Vec<u8>, TargetError> {
 
 /// Mints the join token of one endpoint: E2EE allowed, placed on `node` when it has a claim.
 pub fn mint(
-    key: &TokenKey,
+    key: &SigningKey,
     session: &SessionId,
     user: &UserId,
     device: &DeviceId,
     node: Option<&NodeId>,
     ttl: Duration,
 ) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    JoinToken::mint(
-        key,
-        &JoinClaims {
-            session: session.clone(),
-            user: user.clone(),
-            device: device.clone(),
-            iat: now,
-            exp: now + ttl.as_secs().max(1),
-            node: node.cloned(),
-            e2ee: E2eeClaim::Allowed,
-        },
-    )
+    let claims = JoinClaims::builder(session.clone(), user.clone(), device.clone())
+        .ttl(ttl.max(Duration::from_secs(1)))
+        .nodes(node.cloned().into_iter().collect())
+        .e2ee(E2eeClaim::Allowed)
+        .build();
+    match claims {
+        Ok(c) => JoinToken::mint(key, &c),
+        // Only an absurd TTL fails here; a token the relay refuses says so in the report.
+        Err(_) => String::new(),
+    }
 }
 
 /// Node id of the embedded relay.
@@ -229,6 +229,12 @@ impl EmbeddedRelay {
         self.handle
             .clone()
             .unwrap_or_else(|| unreachable!("embedded relay used after shutdown"))
+    }
+
+    /// The key tokens for this relay are minted with: the key pair it generated in its
+    /// data directory (the relay itself holds only the public half).
+    pub fn signing_key(&self) -> Result<SigningKey, TargetError> {
+        Ok(self.handle().config().load_signing_key(None, None)?)
     }
 
     pub fn node(&self) -> Node {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use duet_proto::fastpath::{FastPathHeader, PacketType};
-use duet_proto::{DeviceId, MediaKind, SessionId, TokenKey, UserId};
+use duet_proto::{DeviceId, MediaKind, SessionId, SigningKey, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{UdpArgs, UdpTargetKind};
@@ -308,7 +308,7 @@ fn finish_raw(
 /// Relay access for the fastpath and quic targets.
 struct RelayAccess {
     cert_pem: Vec<u8>,
-    key: TokenKey,
+    key: SigningKey,
 }
 
 fn relay_access(a: &UdpArgs) -> anyhow::Result<RelayAccess> {

@@ -1,20 +1,24 @@
 //! External-relay mode: two relay nodes (started in this test process through the relay
-//! library, each with its own self-signed certificate and a shared token key), calls spread
+//! library, each with its own self-signed certificate, both trusting one token key), calls spread
 //! over them by rendezvous hashing, tokens carrying the node claim, metrics scraped over HTTP.
 
 mod common;
 
 use std::net::SocketAddr;
 
-use duet_loadtest::placement;
 use duet_loadtest::report::Report;
+use duet_proto::placement;
 use duet_relay::{Config, Relay, TokenKeyConfig};
 
 #[test]
 fn calls_spread_over_two_relays_as_placement_says() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("k1.hex");
-    std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+    // The load tester mints with the signing key; the relays hold only its public half.
+    let signing = duet_proto::SigningKey::ed25519_from_seed("k1", &[0x5a; 32]).unwrap();
+    let key = dir.path().join("k1.seed");
+    std::fs::write(&key, signing.seed_hex().unwrap().as_str()).unwrap();
+    let public = dir.path().join("k1.pub");
+    std::fs::write(&public, signing.verifying_key().public_hex().unwrap()).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -28,7 +32,8 @@ fn calls_spread_over_two_relays_as_placement_says() {
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             token_keys: vec![TokenKeyConfig {
                 id: "k1".into(),
-                secret_file: key.clone(),
+                public_key_file: Some(public.clone()),
+                secret_file: None,
             }],
             ..Config::default()
         };

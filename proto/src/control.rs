@@ -104,7 +104,7 @@ pub struct FastPathOffer {
     /// The fast-path UDP port on the IP the QUIC connection reached.
     pub port: u16,
     /// This endpoint's channel: every fast-path packet it sends names it.
-    pub channel: u64,
+    pub channel: crate::fastpath::ChannelId,
     /// The bind ticket, opaque to the endpoint (`fastpath::TICKET_LEN` bytes).
     pub ticket: Bytes,
     /// Unix seconds from which the ticket no longer binds.
@@ -134,6 +134,9 @@ pub enum ClientMessage {
         session: SessionId,
         token: String,
         resume: Option<ResumeSecret>,
+        /// This endpoint encrypts end to end (the SDK's `join_e2ee`). A token whose claim
+        /// is `required` is refused (`E2eeRequired`) on a join that does not say so.
+        e2ee: bool,
     },
     /// Opaque bytes for the other endpoint (the SDKs' key agreement). The relay cannot
     /// read them and forwards them verbatim.
@@ -186,7 +189,7 @@ pub enum RelayMessage {
     /// A BIND from `addr` took effect on `channel`: from now on the relay sends this
     /// endpoint's media to `addr` over the fast path (not over QUIC datagrams).
     FastPathBound {
-        channel: u64,
+        channel: crate::fastpath::ChannelId,
         addr: std::net::SocketAddr,
     },
 }
@@ -350,7 +353,7 @@ mod tests {
                 fast_path: Some(FastPathOffer {
                     addr: None,
                     port: 4434,
-                    channel: 0x1_0000_0003,
+                    channel: crate::fastpath::ChannelId(0x1_0000_0003),
                     ticket: Bytes::from(vec![5u8; crate::fastpath::TICKET_LEN]),
                     expires_unix: 1_800_000_000,
                 }),
@@ -372,12 +375,12 @@ mod tests {
             RelayMessage::FastPathTicket(FastPathOffer {
                 addr: Some("[2001:db8::1]:4434".parse().unwrap()),
                 port: 4434,
-                channel: 7,
+                channel: crate::fastpath::ChannelId(7),
                 ticket: Bytes::from(vec![1u8; crate::fastpath::TICKET_LEN]),
                 expires_unix: 5,
             }),
             RelayMessage::FastPathBound {
-                channel: 7,
+                channel: crate::fastpath::ChannelId(7),
                 addr: "127.0.0.1:5000".parse().unwrap(),
             },
         ]
@@ -405,7 +408,7 @@ mod tests {
         // The last variant's index must be VARIANTS - 1: catches an enum grown without
         // updating MessageTypes.
         let last = encode(&RelayMessage::FastPathBound {
-            channel: 1,
+            channel: crate::fastpath::ChannelId(1),
             addr: "127.0.0.1:1".parse().unwrap(),
         })
         .unwrap();
@@ -442,6 +445,7 @@ mod tests {
             session: SessionId::new("abc").unwrap(),
             token: "t".repeat(40),
             resume: None,
+            e2ee: true,
         })
         .unwrap();
         let body = &full[4..full.len() - 10];
@@ -467,6 +471,7 @@ mod tests {
         body.push(1);
         body.push(b't');
         body.push(0); // resume: None
+        body.push(1); // e2ee: true
         assert!(matches!(
             decode_body::<ClientMessage>(&body),
             Err(CodecError::Malformed(_))
@@ -478,12 +483,14 @@ mod tests {
             (
                 "[a-z0-9]{1,20}",
                 ".{0,200}",
-                proptest::option::of(any::<[u8; 32]>())
+                proptest::option::of(any::<[u8; 32]>()),
+                any::<bool>(),
             )
-                .prop_map(|(s, t, r)| ClientMessage::Join {
+                .prop_map(|(s, t, r, e2ee)| ClientMessage::Join {
                     session: SessionId::new(s).unwrap(),
                     token: t,
                     resume: r.map(ResumeSecret),
+                    e2ee,
                 }),
             proptest::collection::vec(any::<u8>(), 0..2000)
                 .prop_map(|v| ClientMessage::Signal(Bytes::from(v))),

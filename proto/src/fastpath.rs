@@ -41,7 +41,35 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aws_lc_rs::{constant_time, hmac};
 
+use serde::{Deserialize, Serialize};
+
 use crate::media::MediaKind;
+
+/// A fast-path channel: the relay's name for one endpoint's place on the fast path, carried
+/// in every fast-path header. Its bits are the relay's business (a table index and a
+/// generation, so a stale id from a released channel never matches a new one); endpoints
+/// only copy it from their offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChannelId(pub u64);
+
+impl ChannelId {
+    #[inline]
+    pub fn to_be_bytes(self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
+
+    #[inline]
+    pub fn from_be_bytes(b: [u8; 8]) -> Self {
+        Self(u64::from_be_bytes(b))
+    }
+}
+
+impl std::fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
 
 /// Wire version of the fast-path header.
 pub const FASTPATH_VERSION: u8 = 1;
@@ -115,11 +143,11 @@ impl FastPathHeaderError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FastPathHeader {
     pub ty: PacketType,
-    pub channel: u64,
+    pub channel: ChannelId,
 }
 
 impl FastPathHeader {
-    pub fn new(ty: PacketType, channel: u64) -> Self {
+    pub fn new(ty: PacketType, channel: ChannelId) -> Self {
         Self { ty, channel }
     }
 
@@ -138,7 +166,7 @@ impl FastPathHeader {
         Ok((
             Self {
                 ty,
-                channel: u64::from_be_bytes(c),
+                channel: ChannelId::from_be_bytes(c),
             },
             payload,
         ))
@@ -226,7 +254,7 @@ impl FastPathKey {
 /// higher one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FastPathTicket {
-    pub channel: u64,
+    pub channel: ChannelId,
     /// The endpoint's address as the control plane saw it.
     pub ip: IpAddr,
     /// Unix seconds; refused from this second on.
@@ -307,7 +335,7 @@ impl FastPathTicket {
             _ => return Err(TicketError::Malformed("unknown address family")),
         };
         let ticket = Self {
-            channel: u64_at(2),
+            channel: ChannelId(u64_at(2)),
             ip,
             expires_unix: u64_at(10),
             seq: u32::from_be_bytes(seq),
@@ -332,11 +360,11 @@ impl FastPathTicket {
 
 /// The BIND datagram for `channel` carrying `ticket` as the control plane gave it (an
 /// endpoint has the ticket's bytes, not the key). `None` unless `ticket` is `TICKET_LEN` bytes.
-pub fn bind_packet_from(channel: u64, ticket: &[u8]) -> Option<[u8; BIND_PACKET_LEN]> {
+pub fn bind_packet_from(channel: ChannelId, ticket: &[u8]) -> Option<[u8; BIND_PACKET_LEN]> {
     ticket.try_into().ok().map(|t| write_bind(channel, t))
 }
 
-fn write_bind(channel: u64, ticket: &[u8; TICKET_LEN]) -> [u8; BIND_PACKET_LEN] {
+fn write_bind(channel: ChannelId, ticket: &[u8; TICKET_LEN]) -> [u8; BIND_PACKET_LEN] {
     let mut out = [0u8; BIND_PACKET_LEN];
     out[..FASTPATH_HEADER_LEN]
         .copy_from_slice(&FastPathHeader::new(PacketType::Bind, channel).to_bytes());
@@ -355,7 +383,7 @@ mod tests {
 
     fn ticket() -> FastPathTicket {
         FastPathTicket {
-            channel: 0x0102_0304_0506_0708,
+            channel: ChannelId(0x0102_0304_0506_0708),
             ip: "192.0.2.7".parse().unwrap(),
             expires_unix: 1_000,
             seq: 3,
@@ -364,7 +392,10 @@ mod tests {
 
     #[test]
     fn header_layout_is_stable() {
-        let h = FastPathHeader::new(PacketType::Media(MediaKind::Video), 0x0102_0304_0506_0708);
+        let h = FastPathHeader::new(
+            PacketType::Media(MediaKind::Video),
+            ChannelId(0x0102_0304_0506_0708),
+        );
         assert_eq!(h.to_bytes(), [1, 2, 1, 2, 3, 4, 5, 6, 7, 8]);
         let mut buf = [0u8; 12];
         assert_eq!(h.write(&mut buf), Some(10));
@@ -391,7 +422,7 @@ mod tests {
             Err(Type(0))
         );
         let (b, _) = FastPathHeader::parse(&[1, 0x80, 0, 0, 0, 0, 0, 0, 0, 9]).unwrap();
-        assert_eq!(b, FastPathHeader::new(PacketType::Bind, 9));
+        assert_eq!(b, FastPathHeader::new(PacketType::Bind, ChannelId(9)));
     }
 
     #[test]
@@ -456,7 +487,7 @@ mod tests {
         #[test]
         fn header_roundtrips(ty in prop_oneof![Just(BIND_TYPE), 1u8..=3], channel in any::<u64>(),
                              payload in proptest::collection::vec(any::<u8>(), 0..32)) {
-            let h = FastPathHeader::new(PacketType::from_u8(ty).unwrap(), channel);
+            let h = FastPathHeader::new(PacketType::from_u8(ty).unwrap(), ChannelId(channel));
             let mut d = h.to_bytes().to_vec();
             d.extend_from_slice(&payload);
             let (p, rest) = FastPathHeader::parse(&d).unwrap();
@@ -481,7 +512,7 @@ mod tests {
         #[test]
         fn ticket_roundtrips(channel in any::<u64>(), ip in any::<[u8; 4]>(), exp in 1u64.., seq in any::<u32>()) {
             let k = key();
-            let t = FastPathTicket { channel, ip: IpAddr::from(ip), expires_unix: exp, seq };
+            let t = FastPathTicket { channel: ChannelId(channel), ip: IpAddr::from(ip), expires_unix: exp, seq };
             prop_assert_eq!(FastPathTicket::verify(&t.encode(&k), &k, t.ip, exp - 1), Ok(t));
         }
     }

@@ -4,11 +4,6 @@
 //! unbounded length into logs); it does not own their meaning or uniqueness, which belong
 //! to the app backend that mints tokens.
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Deserializer, Serialize};
-
 /// Longest accepted identifier, in bytes.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -38,50 +33,78 @@ fn validate(kind: &'static str, s: &str) -> Result<(), IdError> {
     Ok(())
 }
 
-macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+/// Declares a validated string type: a newtype over `String` whose every value passed
+/// `$check` (a `fn(&str) -> Result<(), $err>`), whether built with `new`, parsed with
+/// `FromStr` or deserialized. The one macro behind every id and name of the project
+/// (`SessionId` here, `PolicyName` in the policy crate), so the invariant "a value of this
+/// type is valid" holds the same way everywhere.
+#[macro_export]
+macro_rules! validated_string {
+    ($(#[$doc:meta])* $vis:vis $name:ident, $err:ty, $check:expr) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        $vis struct $name(String);
 
         impl $name {
-            pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
+            pub fn new(s: impl Into<String>) -> Result<Self, $err> {
                 let s = s.into();
-                validate($kind, &s)?;
+                let check: fn(&str) -> Result<(), $err> = $check;
+                check(&s)?;
                 Ok(Self(s))
             }
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+            pub fn into_string(self) -> String {
+                self.0
+            }
         }
 
-        impl FromStr for $name {
-            type Err = IdError;
-            fn from_str(s: &str) -> Result<Self, IdError> {
+        impl ::std::str::FromStr for $name {
+            type Err = $err;
+            fn from_str(s: &str) -> Result<Self, $err> {
                 Self::new(s)
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(&self.0)
             }
         }
 
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 write!(f, "{}({:?})", stringify!($name), self.0)
             }
         }
 
-        // Validating on deserialize keeps the invariant for ids read off the wire.
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::new(s).map_err(serde::de::Error::custom)
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
             }
         }
+
+        impl $crate::__serde::Serialize for $name {
+            fn serialize<S: $crate::__serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        // Validating on deserialize keeps the invariant for values read off the wire, a
+        // store or an API body.
+        impl<'de> $crate::__serde::Deserialize<'de> for $name {
+            fn deserialize<D: $crate::__serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <String as $crate::__serde::Deserialize>::deserialize(d)?;
+                Self::new(s).map_err(<D::Error as $crate::__serde::de::Error>::custom)
+            }
+        }
+    };
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $crate::validated_string!($(#[$doc])* pub $name, IdError, |s| validate($kind, s));
     };
 }
 

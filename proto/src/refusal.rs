@@ -123,6 +123,14 @@ coded_enum!(
         PeerE2eeUnavailable = 20 => "peer_e2ee_unavailable",
         /// The relay serves no raw-UDP fast path (turned off, or its channel table is full).
         FastPathUnavailable = 21 => "fast_path_unavailable",
+        /// The token carries no E2EE decision this relay knows (missing, or a newer
+        /// minter's value): treated as "E2EE not allowed", never as allowed.
+        E2eeClaimInvalid = 22 => "e2ee_claim_invalid",
+        /// The user's policy requires end-to-end encryption and this join did not ask for
+        /// it (a plain join under a `required` claim).
+        E2eeRequired = 23 => "e2ee_required",
+        /// The token's lifetime (`exp - iat`) is longer than this relay accepts.
+        TokenLifetimeTooLong = 24 => "token_lifetime_too_long",
     }
 );
 
@@ -177,26 +185,162 @@ coded_enum!(
 /// The E2EE decision carried in a join token, made where the token was minted from the
 /// administrator's policy, the user's own switch and compliance recording.
 /// The relay stays stateless and enforces it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+///
+/// On the wire it is text (`"allowed"`, `"required"`, ...). It fails closed: a token without
+/// the claim, or with a value this build does not know, reads as [`E2eeClaim::Unknown`],
+/// which allows nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum E2eeClaim {
     /// The user may be in an E2EE call.
-    #[default]
     Allowed,
+    /// The user may only be in E2EE calls: no plain join, and no fallback to an ordinary
+    /// call when the peer cannot do E2EE.
+    Required,
     PolicyDisabled,
     UserNotEnabled,
     ComplianceRecording,
+    /// Missing or not understood: E2EE is not allowed.
+    Unknown,
 }
 
 impl E2eeClaim {
-    /// The refusal a relay gives a join under this claim, if any.
+    /// Every value a minter may write, in a stable order.
+    pub const ALL: &'static [E2eeClaim] = &[
+        Self::Allowed,
+        Self::Required,
+        Self::PolicyDisabled,
+        Self::UserNotEnabled,
+        Self::ComplianceRecording,
+    ];
+
+    /// Stable snake_case name: the wire value, CLI word, metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Required => "required",
+            Self::PolicyDisabled => "policy_disabled",
+            Self::UserNotEnabled => "user_not_enabled",
+            Self::ComplianceRecording => "compliance_recording",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// The claim a wire value names; anything else is [`E2eeClaim::Unknown`].
+    pub fn from_wire(s: &str) -> Self {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|c| c.as_str() == s)
+            .unwrap_or(Self::Unknown)
+    }
+
+    /// Whether this user may be in an E2EE call at all.
+    pub fn allows_e2ee(self) -> bool {
+        matches!(self, Self::Allowed | Self::Required)
+    }
+
+    /// Whether this user's calls must be end-to-end encrypted (no plain call, no fallback).
+    pub fn is_required(self) -> bool {
+        self == Self::Required
+    }
+
+    /// The refusal a relay gives an E2EE join under this claim, if any.
     pub fn refusal(self) -> Option<RefusalReason> {
         match self {
-            Self::Allowed => None,
+            Self::Allowed | Self::Required => None,
             Self::PolicyDisabled => Some(RefusalReason::PolicyDisabled),
             Self::UserNotEnabled => Some(RefusalReason::UserNotEnabled),
             Self::ComplianceRecording => Some(RefusalReason::ComplianceRecording),
+            Self::Unknown => Some(RefusalReason::E2eeClaimInvalid),
         }
+    }
+}
+
+impl Default for E2eeClaim {
+    /// Fails closed: a claim nobody stated allows nothing.
+    fn default() -> Self {
+        Self::Unknown
+    }
+}
+
+impl fmt::Display for E2eeClaim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for E2eeClaim {
+    type Err = String;
+    /// Strict: only the values a minter may write (CLI input), never `unknown`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match Self::from_wire(s) {
+            Self::Unknown => Err(format!(
+                "{s:?}: expected one of {}",
+                Self::ALL
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            c => Ok(c),
+        }
+    }
+}
+
+impl Serialize for E2eeClaim {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for E2eeClaim {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Any string is accepted and an unknown one fails closed, so a token from a newer
+        // minter is refused for its claim (typed), not as a malformed token.
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        Ok(Self::from_wire(&s))
+    }
+}
+
+coded_enum!(
+    /// QUIC application close codes, both directions. Stable: documented for SDKs and
+    /// operators; the control message sent before the close (`Refused`, `SessionEnded`)
+    /// carries the detailed reason.
+    CloseCode {
+        /// The endpoint left (`Leave`), or the relay closed after it did.
+        Left = 0 => "left",
+        /// The join was refused.
+        Refused = 1 => "refused",
+        /// The relay ended the session.
+        SessionEnded = 2 => "session_ended",
+        /// Replaced by the same device resuming on a new connection.
+        Replaced = 3 => "replaced",
+        /// A malformed, oversized, empty or unknown control frame, or a message out of place.
+        ProtocolViolation = 4 => "protocol_violation",
+        /// No Join within the join timeout.
+        JoinTimeout = 5 => "join_timeout",
+        /// The relay is shutting down.
+        Shutdown = 6 => "shutdown",
+        /// The connection's control stream ended.
+        Gone = 7 => "gone",
+        /// The app dropped its call without leaving (the relay keeps the place for a resume).
+        ClientDropped = 8 => "client_dropped",
+        /// The client saw the relay break the protocol (a bad control frame) and hung up.
+        RelayMisbehaved = 9 => "relay_misbehaved",
+        /// The client moved the call to another connection or relay node.
+        ClientMoved = 10 => "client_moved",
+    }
+);
+
+impl CloseCode {
+    /// As a QUIC application error code.
+    pub fn to_u32(self) -> u32 {
+        self.code().into()
+    }
+
+    /// From a QUIC application error code (an unknown or out-of-range one is `Unknown`).
+    pub fn from_u64(code: u64) -> Self {
+        u16::try_from(code).map_or(Self::Unknown(u16::MAX), Self::from)
     }
 }
 
@@ -219,6 +363,35 @@ mod tests {
         for f in Feature::ALL {
             assert_eq!(Feature::from(u16::from(*f)), *f);
         }
+    }
+
+    #[test]
+    fn claims_are_text_and_fail_closed() {
+        for c in E2eeClaim::ALL {
+            let json = serde_json::to_string(c).unwrap();
+            assert_eq!(serde_json::from_str::<E2eeClaim>(&json).unwrap(), *c);
+            assert_eq!(c.as_str().parse::<E2eeClaim>(), Ok(*c));
+        }
+        assert_eq!(
+            serde_json::from_str::<E2eeClaim>("\"some_future_value\"").unwrap(),
+            E2eeClaim::Unknown
+        );
+        assert!(!E2eeClaim::Unknown.allows_e2ee());
+        assert_eq!(E2eeClaim::default(), E2eeClaim::Unknown);
+        assert!("unknown".parse::<E2eeClaim>().is_err());
+        assert!(E2eeClaim::Required.allows_e2ee() && E2eeClaim::Required.is_required());
+        assert_eq!(
+            E2eeClaim::Unknown.refusal(),
+            Some(RefusalReason::E2eeClaimInvalid)
+        );
+    }
+
+    #[test]
+    fn close_codes_roundtrip() {
+        for c in CloseCode::ALL {
+            assert_eq!(CloseCode::from_u64(c.to_u32().into()), *c);
+        }
+        assert_eq!(CloseCode::from_u64(1 << 40), CloseCode::Unknown(u16::MAX));
     }
 
     #[test]

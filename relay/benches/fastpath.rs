@@ -36,13 +36,16 @@ fn setup(pairs: u32, len: usize) -> (ChannelTable, Vec<(FastPathHeader, SocketAd
         for (side, ch) in chans.into_iter().enumerate() {
             let src = addr(p * 2 + side as u32, 40_000 + side as u16);
             let t = FastPathTicket {
-                channel: ch,
+                channel: duet_proto::ChannelId(ch),
                 ip: src.ip(),
                 expires_unix: now + 3600,
                 seq: 0,
             };
             table.bind(src, ch, &t.encode(&key), now).unwrap();
-            let h = FastPathHeader::new(PacketType::Media(MediaKind::Video), ch);
+            let h = FastPathHeader::new(
+                PacketType::Media(MediaKind::Video),
+                duet_proto::ChannelId(ch),
+            );
             let mut d = h.to_bytes().to_vec();
             d.resize(len, 0xA5);
             senders.push((h, src, d));
@@ -65,7 +68,7 @@ fn bench_route(c: &mut Criterion) {
                     i = i.wrapping_add(7);
                     black_box(table.route(
                         *src,
-                        black_box(h.channel),
+                        black_box(h.channel.0),
                         MediaKind::Video,
                         d.len(),
                         Instant::now(),
@@ -94,7 +97,7 @@ fn bench_route(c: &mut Criterion) {
         b.iter(|| {
             black_box(table.route(
                 spoof,
-                black_box(h.channel),
+                black_box(h.channel.0),
                 MediaKind::Video,
                 d.len(),
                 Instant::now(),
@@ -136,7 +139,7 @@ fn bench_route_contended(c: &mut Criterion) {
                                     }
                                     black_box(table.route(
                                         *src,
-                                        black_box(h.channel),
+                                        black_box(h.channel.0),
                                         MediaKind::Video,
                                         d.len(),
                                         Instant::now(),

@@ -15,11 +15,16 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{ArgMatches, FromArgMatches};
-use duet_proto::{NodeId, TokenKey, TokenKeyring, MAX_CONTROL_FRAME};
+use duet_proto::{
+    NodeId, SigningKey, TokenKeyring, VerifyOptions, VerifyingKey, MAX_CONTROL_FRAME,
+};
 use serde::{Deserialize, Serialize};
 
-/// Name of the generated default token key file inside the data directory.
-pub const DEFAULT_TOKEN_KEY_FILE: &str = "token-key";
+/// The generated default token signing key (hex Ed25519 seed) inside the data directory:
+/// for `duet-relay token mint` on a single-node setup. `serve` never reads it.
+pub const DEFAULT_SIGNING_KEY_FILE: &str = "token-signing-key";
+/// Its public half (hex), which is what `serve` trusts when no key is configured.
+pub const DEFAULT_VERIFYING_KEY_FILE: &str = "token-key.pub";
 /// Key id of the generated default token key.
 pub const DEFAULT_TOKEN_KEY_ID: &str = "default";
 
@@ -51,13 +56,18 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// A trusted token key: its id and the file holding its secret (hex, at least 32 bytes).
-/// On the command line: `--token-key ID=FILE` (repeatable).
+/// A trusted token key: its id and the file holding its Ed25519 public key (hex), or, for a
+/// legacy HMAC key, the file holding the shared secret (hex, at least 32 bytes; only with
+/// `allow_legacy_hmac_tokens`). On the command line: `--token-key ID=FILE` (a public key
+/// file; repeatable).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenKeyConfig {
     pub id: String,
-    pub secret_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
 }
 
 impl FromStr for TokenKeyConfig {
@@ -68,7 +78,8 @@ impl FromStr for TokenKeyConfig {
             .ok_or_else(|| format!("expected ID=FILE, got {s:?}"))?;
         Ok(Self {
             id: id.to_owned(),
-            secret_file: PathBuf::from(file),
+            public_key_file: Some(PathBuf::from(file)),
+            secret_file: None,
         })
     }
 }
@@ -347,6 +358,13 @@ pub struct Config {
     /// Allowed clock difference for a token's issue time, seconds [default: 60]
     #[arg(long, required = false, value_name = "SECS")]
     pub token_clock_skew_secs: u64,
+    /// Longest token lifetime (exp - iat) accepted, seconds [default: 86400]
+    #[arg(long, required = false, value_name = "SECS")]
+    pub token_max_lifetime_secs: u64,
+    /// Accept legacy HMAC (`duet1`) tokens under keys configured with `secret_file`. Any
+    /// holder of such a key can mint, so it is off by default [default: false]
+    #[arg(long, required = false, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub allow_legacy_hmac_tokens: bool,
     /// After a drain starts, live sessions are ended after this long, ms [default: 30000]
     #[arg(long, required = false, value_name = "MS")]
     pub drain_deadline_ms: u64,
@@ -370,6 +388,8 @@ impl Default for Config {
             tls_key: None,
             token_keys: Vec::new(),
             token_clock_skew_secs: 60,
+            token_max_lifetime_secs: duet_proto::token::DEFAULT_MAX_LIFETIME_SECS,
+            allow_legacy_hmac_tokens: false,
             drain_deadline_ms: 30_000,
             limits: LimitsConfig::default(),
             fast_path: FastPathConfig::default(),
@@ -480,9 +500,38 @@ impl Config {
                     format!("key id {:?} appears twice", k.id),
                 ));
             }
-            // Checks the id's syntax with a throwaway secret; the real one is read at start.
-            TokenKey::new(k.id.clone(), &[0u8; 32])
+            // Checks the id's syntax with a throwaway key; the real one is read at start.
+            VerifyingKey::ed25519(k.id.clone(), &[0u8; 32])
                 .map_err(|e| invalid("token_keys", format!("key id {:?}: {e}", k.id)))?;
+            match (&k.public_key_file, &k.secret_file) {
+                (Some(_), None) => {}
+                (None, Some(_)) if self.allow_legacy_hmac_tokens => {}
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "token_keys",
+                        format!(
+                            "key {:?} is a legacy HMAC secret (anyone holding it can mint); \
+                             set allow_legacy_hmac_tokens = true to accept it",
+                            k.id
+                        ),
+                    ))
+                }
+                _ => {
+                    return Err(invalid(
+                        "token_keys",
+                        format!(
+                            "key {:?} needs exactly one of public_key_file or secret_file",
+                            k.id
+                        ),
+                    ))
+                }
+            }
+        }
+        if !(60..=7 * 86_400).contains(&self.token_max_lifetime_secs) {
+            return Err(invalid(
+                "token_max_lifetime_secs",
+                format!("must be 60..=604800, got {}", self.token_max_lifetime_secs),
+            ));
         }
         if self.token_clock_skew_secs > 3600 {
             return Err(invalid(
@@ -494,49 +543,128 @@ impl Config {
         self.fast_path.validate()
     }
 
-    /// Path of the generated default token key.
-    pub fn default_token_key_path(&self) -> PathBuf {
-        self.data_dir.join(DEFAULT_TOKEN_KEY_FILE)
+    /// Path of the generated default signing key (for `token mint`; `serve` never reads it).
+    pub fn default_signing_key_path(&self) -> PathBuf {
+        self.data_dir.join(DEFAULT_SIGNING_KEY_FILE)
     }
 
-    /// Loads the configured token keys; with none configured, loads (or first creates) the
-    /// default key in the data directory. The first key is the one `token mint` signs with.
-    pub fn load_token_keys(&self) -> Result<Vec<TokenKey>, ConfigError> {
+    /// Path of the generated default key's public half.
+    pub fn default_verifying_key_path(&self) -> PathBuf {
+        self.data_dir.join(DEFAULT_VERIFYING_KEY_FILE)
+    }
+
+    /// The keys this relay verifies tokens with: the configured ones, or with none
+    /// configured the default key's public half (the key pair is generated in the data
+    /// directory on first use). Only public keys, unless legacy HMAC keys are configured.
+    pub fn load_token_keys(&self) -> Result<Vec<VerifyingKey>, ConfigError> {
         if self.token_keys.is_empty() {
-            let path = self.default_token_key_path();
-            let secret = load_or_create_secret(&path)?;
-            let key = TokenKey::new(DEFAULT_TOKEN_KEY_ID, &secret)
-                .map_err(|e| invalid("token_keys", format!("{}: {e}", path.display())))?;
-            return Ok(vec![key]);
+            return Ok(vec![self.ensure_default_key_pair()?]);
         }
         self.token_keys
             .iter()
             .map(|k| {
-                let text =
-                    std::fs::read_to_string(&k.secret_file).map_err(|source| ConfigError::Io {
-                        what: "cannot read token key",
-                        path: k.secret_file.clone(),
-                        source,
-                    })?;
-                let secret = hex_decode(text.trim()).ok_or_else(|| {
-                    invalid(
-                        "token_keys",
-                        format!("{} is not hex", k.secret_file.display()),
-                    )
-                })?;
-                TokenKey::new(k.id.clone(), &secret).map_err(|e| {
-                    invalid(
-                        "token_keys",
-                        format!("key {:?} ({}): {e}", k.id, k.secret_file.display()),
-                    )
-                })
+                let (path, legacy) = match (&k.public_key_file, &k.secret_file) {
+                    (Some(p), _) => (p, false),
+                    (None, Some(p)) => (p, true),
+                    (None, None) => return Err(invalid("token_keys", "a key without a file")),
+                };
+                let text = read_key_file(path)?;
+                let key = if legacy {
+                    duet_proto::hex::decode(&text)
+                        .ok_or_else(|| not_hex(path))
+                        .and_then(|secret| {
+                            VerifyingKey::legacy_hmac(k.id.clone(), &secret)
+                                .map_err(|e| key_error(&k.id, path, e))
+                        })?
+                } else {
+                    VerifyingKey::ed25519_from_hex(k.id.clone(), &text)
+                        .map_err(|e| key_error(&k.id, path, e))?
+                };
+                Ok(key)
             })
             .collect()
     }
 
-    pub fn keyring(keys: &[TokenKey]) -> TokenKeyring {
+    /// The default key pair in the data directory: its public half, after generating both
+    /// files if the public one is missing.
+    fn ensure_default_key_pair(&self) -> Result<VerifyingKey, ConfigError> {
+        let public = self.default_verifying_key_path();
+        match std::fs::read_to_string(&public) {
+            Ok(text) => VerifyingKey::ed25519_from_hex(DEFAULT_TOKEN_KEY_ID, &text)
+                .map_err(|e| key_error(DEFAULT_TOKEN_KEY_ID, &public, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = SigningKey::generate(DEFAULT_TOKEN_KEY_ID)
+                    .map_err(|e| key_error(DEFAULT_TOKEN_KEY_ID, &public, e))?;
+                let seed = key.seed_hex().unwrap_or_default();
+                write_private(
+                    &self.default_signing_key_path(),
+                    format!("{}\n", seed.as_str()).as_bytes(),
+                )?;
+                let vk = key.verifying_key();
+                let hex = vk.public_hex().unwrap_or_default();
+                write_private(&public, format!("{hex}\n").as_bytes())?;
+                Ok(vk)
+            }
+            Err(source) => Err(ConfigError::Io {
+                what: "cannot read token key",
+                path: public,
+                source,
+            }),
+        }
+    }
+
+    /// The key `token mint` signs with: `path` (hex Ed25519 seed) under `id`, or by default
+    /// the data directory's generated key pair (created if missing).
+    pub fn load_signing_key(
+        &self,
+        path: Option<&Path>,
+        id: Option<&str>,
+    ) -> Result<SigningKey, ConfigError> {
+        let default = self.default_signing_key_path();
+        let (path, id) = match path {
+            Some(p) => (p.to_owned(), id.unwrap_or(DEFAULT_TOKEN_KEY_ID)),
+            None => {
+                if !default.exists() {
+                    self.ensure_default_key_pair()?;
+                }
+                (default, id.unwrap_or(DEFAULT_TOKEN_KEY_ID))
+            }
+        };
+        let text = zeroize::Zeroizing::new(read_key_file(&path)?);
+        SigningKey::ed25519_from_hex(id, &text).map_err(|e| key_error(id, &path, e))
+    }
+
+    pub fn keyring(keys: &[VerifyingKey]) -> TokenKeyring {
         TokenKeyring::new(keys.to_vec())
     }
+
+    /// How tokens are checked at `now` (Unix seconds).
+    pub fn verify_options(&self, now: u64) -> VerifyOptions {
+        VerifyOptions {
+            now,
+            skew_secs: self.token_clock_skew_secs,
+            max_lifetime_secs: self.token_max_lifetime_secs,
+        }
+    }
+}
+
+fn read_key_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        what: "cannot read token key",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn not_hex(path: &Path) -> ConfigError {
+    invalid("token_keys", format!("{} is not hex", path.display()))
+}
+
+fn key_error(id: &str, path: &Path, e: duet_proto::TokenError) -> ConfigError {
+    invalid(
+        "token_keys",
+        format!("key {id:?} ({}): {e}", path.display()),
+    )
 }
 
 /// Creates the data directory if needed.
@@ -569,65 +697,10 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), ConfigError> {
     std::io::Write::write_all(&mut f, contents).map_err(io)
 }
 
-fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => hex_decode(text.trim())
-            .ok_or_else(|| invalid("token_keys", format!("{} is not hex", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let secret: [u8; 32] = rand::random();
-            write_private(path, format!("{}\n", hex_encode(&secret)).as_bytes())?;
-            Ok(secret.to_vec())
-        }
-        Err(source) => Err(ConfigError::Io {
-            what: "cannot read token key",
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-pub fn hex_encode(data: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(data.len() * 2);
-    for b in data {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
-pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
-        .collect()
-}
-
-/// Parses a duration like `90`, `30s`, `10m`, `2h`, `1d`, `500ms` (bare number = seconds).
+/// Parses a duration in the project's one grammar (see [`duet_proto::duration`]); kept
+/// here as a clap value parser.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 10m, 2h)"))?;
-    let secs = |mul: u64| {
-        n.checked_mul(mul)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{s:?} is too long"))
-    };
-    match unit {
-        "" | "s" => secs(1),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86_400),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h, d)")),
-    }
+    duet_proto::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -752,19 +825,64 @@ mod tests {
         let k1 = cfg.load_token_keys().unwrap();
         let k2 = cfg.load_token_keys().unwrap();
         assert_eq!(k1[0].id(), "default");
-        let claims = duet_proto::JoinClaims {
-            session: "s".parse().unwrap(),
-            user: "u".parse().unwrap(),
-            device: "d".parse().unwrap(),
-            iat: 1,
-            exp: 100,
-            node: None,
-            e2ee: Default::default(),
+        assert!(
+            k1[0].public_key().is_some(),
+            "serve holds a public key only"
+        );
+        let signer = cfg.load_signing_key(None, None).unwrap();
+        let claims = duet_proto::JoinClaims::builder(
+            "s".parse().unwrap(),
+            "u".parse().unwrap(),
+            "d".parse().unwrap(),
+        )
+        .issued_at(1)
+        .ttl(Duration::from_secs(99))
+        .build()
+        .unwrap();
+        let t = duet_proto::JoinToken::mint(&signer, &claims);
+        assert!(TokenKeyring::new(k2)
+            .verify(&t, &cfg.verify_options(2))
+            .is_ok());
+        let text = std::fs::read_to_string(cfg.default_signing_key_path()).unwrap();
+        assert_eq!(duet_proto::hex::decode(&text).unwrap().len(), 32);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(cfg.default_signing_key_path())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "the signing key is private");
+        }
+    }
+
+    #[test]
+    fn legacy_hmac_keys_need_the_switch() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("hmac");
+        std::fs::write(&secret, duet_proto::hex::encode(&[4u8; 32])).unwrap();
+        let mut cfg = Config {
+            data_dir: dir.path().to_owned(),
+            token_keys: vec![TokenKeyConfig {
+                id: "old".into(),
+                public_key_file: None,
+                secret_file: Some(secret),
+            }],
+            ..Config::default()
         };
-        let t = duet_proto::JoinToken::mint(&k1[0], &claims);
-        assert!(TokenKeyring::new(k2).verify(&t, 2, 0).is_ok());
-        let text = std::fs::read_to_string(cfg.default_token_key_path()).unwrap();
-        assert_eq!(hex_decode(text.trim()).unwrap().len(), 32);
+        let e = cfg.validate().unwrap_err();
+        assert!(e.to_string().contains("allow_legacy_hmac_tokens"), "{e}");
+        cfg.allow_legacy_hmac_tokens = true;
+        cfg.validate().unwrap();
+        let keys = cfg.load_token_keys().unwrap();
+        assert_eq!(keys[0].alg(), duet_proto::TokenAlg::LegacyHmac);
+        let e = Config {
+            token_max_lifetime_secs: 10,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("token_max_lifetime_secs"), "{e}");
     }
 
     #[test]

@@ -22,9 +22,9 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use duet_proto::{DeviceId, E2eeClaim, JoinClaims, JoinToken, NodeId, SessionId, TokenKey, UserId};
+use duet_proto::{NodeId, VerifyingKey};
 use tokio::task::JoinHandle;
 
 pub use config::{Config, ConfigError, FastPathConfig, LimitsConfig, TokenKeyConfig};
@@ -207,7 +207,7 @@ pub struct RelayHandle {
     admin_addr: Option<SocketAddr>,
     ops_addr: SocketAddr,
     store: Arc<CertStore>,
-    keys: Vec<TokenKey>,
+    keys: Vec<VerifyingKey>,
     node: NodeId,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -251,13 +251,8 @@ impl RelayHandle {
         self.store.paths().self_signed
     }
 
-    /// The key tokens are minted with (the first configured, or the generated default).
-    pub fn token_key(&self) -> &TokenKey {
-        &self.keys[0]
-    }
-
-    /// Every key this relay trusts.
-    pub fn token_keys(&self) -> &[TokenKey] {
+    /// Every key this relay verifies tokens with (public keys; it holds no signing key).
+    pub fn token_keys(&self) -> &[VerifyingKey] {
         &self.keys
     }
 
@@ -267,32 +262,6 @@ impl RelayHandle {
 
     pub fn config(&self) -> &Config {
         &self.shared.cfg
-    }
-
-    /// Mints a token for this relay's key: valid for `ttl`, E2EE allowed, no node placement.
-    pub fn mint_token(
-        &self,
-        session: &SessionId,
-        user: &UserId,
-        device: &DeviceId,
-        ttl: Duration,
-    ) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        JoinToken::mint(
-            self.token_key(),
-            &JoinClaims {
-                session: session.clone(),
-                user: user.clone(),
-                device: device.clone(),
-                iat: now,
-                exp: now + ttl.as_secs().max(1),
-                node: None,
-                e2ee: E2eeClaim::Allowed,
-            },
-        )
     }
 
     /// The Prometheus text of this relay's metrics (what `/metrics` serves).

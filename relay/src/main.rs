@@ -5,7 +5,7 @@
 //! default) key. Everything else lives in the library.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -70,13 +70,19 @@ struct MintArgs {
     /// Lifetime, e.g. 30s, 10m, 2h
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     ttl: Duration,
-    /// Place the session on this relay node only
-    #[arg(long)]
-    node: Option<NodeId>,
+    /// Place the session on this relay node; repeat for fallbacks, primary first
+    #[arg(long = "node")]
+    nodes: Vec<NodeId>,
     /// Write this E2EE claim as-is instead of evaluating the policy store (testing aid:
-    /// allowed, policy_disabled, user_not_enabled, compliance_recording)
-    #[arg(long, value_parser = parse_claim)]
+    /// allowed, required, policy_disabled, user_not_enabled, compliance_recording)
+    #[arg(long)]
     e2ee: Option<E2eeClaim>,
+    /// Signing key file (hex Ed25519 seed) [default: <data dir>/token-signing-key]
+    #[arg(long, value_name = "FILE")]
+    signing_key: Option<PathBuf>,
+    /// Key id written into the token [default: default]
+    #[arg(long, value_name = "ID")]
+    key_id: Option<String>,
     /// Policy store to evaluate (default: <data dir>/policy)
     #[arg(long, value_name = "PATH")]
     store: Option<PathBuf>,
@@ -86,21 +92,6 @@ struct MintArgs {
     /// Data directory holding the default token key (overrides the config file)
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-}
-
-fn parse_claim(s: &str) -> Result<E2eeClaim, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
-        format!(
-            "{s:?}: expected allowed, policy_disabled, user_not_enabled or compliance_recording"
-        )
-    })
-}
-
-fn claim_name(c: E2eeClaim) -> String {
-    serde_json::to_value(c)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn init_tracing() {
@@ -167,12 +158,18 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
         println!("  tls key     {}", relay.key_path().display());
         if c.token_keys.is_empty() {
             println!(
-                "  token key   {} (id \"default\")",
-                c.default_token_key_path().display()
+                "  token key   {} (id \"default\"; `token mint` signs with {})",
+                c.default_verifying_key_path().display(),
+                c.default_signing_key_path().display()
             );
         } else {
             for k in &c.token_keys {
-                println!("  token key   {} (id {:?})", k.secret_file.display(), k.id);
+                let (file, kind) = match (&k.public_key_file, &k.secret_file) {
+                    (Some(p), _) => (p, "ed25519 public key"),
+                    (None, Some(p)) => (p, "legacy HMAC secret"),
+                    (None, None) => continue,
+                };
+                println!("  token key   {} (id {:?}, {kind})", file.display(), k.id);
             }
         }
         println!("  quic        {}", relay.quic_addr());
@@ -233,7 +230,7 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
     if args.ttl.is_zero() {
         bail!("--ttl must be greater than 0");
     }
-    let keys = cfg.load_token_keys()?;
+    let key = cfg.load_signing_key(args.signing_key.as_deref(), args.key_id.as_deref())?;
     let Some(claim) = args.e2ee else {
         // The normal path: the claim is what the administrator's policy, the user's own
         // switch and compliance recording say right now.
@@ -241,36 +238,26 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
         let store = duet_relay::policy::PolicyStore::open(&store_path)?;
         let (token, eff) = duet_relay::policy::mint_token(
             &store,
-            &keys[0],
+            &key,
             args.session,
             args.user,
             args.device,
             args.ttl,
-            args.node,
+            args.nodes,
         )?;
         eprintln!(
             "e2ee claim {}: policy {} ({})",
-            claim_name(eff.claim),
-            eff.policy,
-            eff.source
+            eff.claim, eff.policy, eff.source
         );
         println!("{token}");
         return Ok(());
     };
-    eprintln!(
-        "e2ee claim {} given with --e2ee: policy store not consulted",
-        claim_name(claim)
-    );
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let claims = JoinClaims {
-        session: args.session,
-        user: args.user,
-        device: args.device,
-        iat: now,
-        exp: now + args.ttl.as_secs().max(1),
-        node: args.node,
-        e2ee: claim,
-    };
-    println!("{}", JoinToken::mint(&keys[0], &claims));
+    eprintln!("e2ee claim {claim} given with --e2ee: policy store not consulted");
+    let claims = JoinClaims::builder(args.session, args.user, args.device)
+        .ttl(args.ttl)
+        .nodes(args.nodes)
+        .e2ee(claim)
+        .build()?;
+    println!("{}", JoinToken::mint(&key, &claims));
     Ok(())
 }

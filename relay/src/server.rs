@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -161,7 +161,10 @@ impl ControlPlane for FastPathRoutes {
         if let Some(peer) = self.endpoint(channel) {
             let _ = peer
                 .ctl
-                .try_send(Outgoing::Msg(RelayMessage::FastPathBound { channel, addr }));
+                .try_send(Outgoing::Msg(RelayMessage::FastPathBound {
+                    channel: duet_proto::ChannelId(channel),
+                    addr,
+                }));
         }
     }
 }
@@ -370,13 +373,6 @@ impl Shared {
         }
         core.apply(&self.metrics);
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The quinn server config: our TLS config, one bidirectional stream, datagrams on.
@@ -749,6 +745,7 @@ impl Control {
                 session,
                 token,
                 resume,
+                e2ee,
             } => {
                 if self.route.is_some() {
                     self.shared
@@ -759,7 +756,7 @@ impl Control {
                         .await;
                     return Flow::Continue;
                 }
-                self.join(session, token, resume).await
+                self.join(session, token, resume, e2ee).await
             }
             ClientMessage::Signal(data) => {
                 if self.route.is_none() {
@@ -881,6 +878,7 @@ impl Control {
         session: SessionId,
         token: String,
         resume: Option<duet_proto::ResumeSecret>,
+        e2ee: bool,
     ) -> Flow {
         let shared = self.shared.clone();
         let m = &shared.metrics;
@@ -889,23 +887,27 @@ impl Control {
             self.refuse(RefusalReason::RelayDraining).await;
             return Flow::Stop;
         }
-        let claims =
-            match shared
-                .keyring
-                .verify(&token, unix_now(), shared.cfg.token_clock_skew_secs)
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(conn = self.id.0, error = %e, "join refused: token");
-                    self.refuse(e.refusal()).await;
-                    return Flow::Stop;
-                }
-            };
+        let claims = match shared.keyring.verify(
+            &token,
+            &shared.cfg.verify_options(duet_proto::clock::unix_now()),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(conn = self.id.0, error = %e, "join refused: token");
+                self.refuse(e.refusal()).await;
+                return Flow::Stop;
+            }
+        };
         let result = {
             let mut core = shared.core();
-            let r = core
-                .table
-                .join(self.id, &session, &claims, resume.as_ref(), Instant::now());
+            let r = core.table.join_as(
+                self.id,
+                &session,
+                &claims,
+                resume.as_ref(),
+                e2ee,
+                Instant::now(),
+            );
             match r {
                 Ok(mut joined) => {
                     let sio = core.session_io(&session);

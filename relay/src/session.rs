@@ -168,16 +168,31 @@ impl SessionTable {
         resume: Option<&ResumeSecret>,
         now: Instant,
     ) -> Result<Joined, RefusalReason> {
+        self.join_as(conn, session, claims, resume, true, now)
+    }
+
+    /// [`SessionTable::join`], saying whether the endpoint encrypts end to end (`e2ee`):
+    /// a plain join under a `required` claim is refused with `E2eeRequired`.
+    pub fn join_as(
+        &mut self,
+        conn: ConnId,
+        session: &SessionId,
+        claims: &JoinClaims,
+        resume: Option<&ResumeSecret>,
+        e2ee: bool,
+        now: Instant,
+    ) -> Result<Joined, RefusalReason> {
         if self.draining {
             return Err(RefusalReason::RelayDraining);
         }
         if &claims.session != session {
             return Err(RefusalReason::WrongSession);
         }
-        if let Some(node) = &claims.node {
-            if node != &self.cfg.node {
-                return Err(RefusalReason::WrongNode);
-            }
+        if !claims.places_on(&self.cfg.node) {
+            return Err(RefusalReason::WrongNode);
+        }
+        if claims.e2ee.is_required() && !e2ee {
+            return Err(RefusalReason::E2eeRequired);
         }
         if self.by_conn.contains_key(&conn) {
             return Err(RefusalReason::AlreadyJoined);
@@ -535,15 +550,16 @@ mod tests {
     }
 
     fn claims(session: &str, user: &str, device: &str) -> JoinClaims {
-        JoinClaims {
-            session: SessionId::new(session).unwrap(),
-            user: UserId::new(user).unwrap(),
-            device: DeviceId::new(device).unwrap(),
-            iat: 0,
-            exp: u64::MAX,
-            node: None,
-            e2ee: E2eeClaim::Allowed,
-        }
+        JoinClaims::builder(
+            SessionId::new(session).unwrap(),
+            UserId::new(user).unwrap(),
+            DeviceId::new(device).unwrap(),
+        )
+        .issued_at(0)
+        .ttl(Duration::from_secs(u64::MAX))
+        .e2ee(E2eeClaim::Allowed)
+        .build()
+        .unwrap()
     }
 
     fn sid(s: &str) -> SessionId {
@@ -799,6 +815,26 @@ mod tests {
     }
 
     #[test]
+    fn required_claims_refuse_plain_joins_and_unknown_claims_fail_closed() {
+        let mut t = SessionTable::new(cfg());
+        let now = Instant::now();
+        let mut c = claims("s", "alice", "p");
+        c.e2ee = E2eeClaim::Required;
+        assert_eq!(
+            t.join_as(ConnId(1), &sid("s"), &c, None, false, now),
+            Err(RefusalReason::E2eeRequired)
+        );
+        t.join_as(ConnId(1), &sid("s"), &c, None, true, now)
+            .unwrap();
+        let mut c = claims("s", "bob", "p");
+        c.e2ee = E2eeClaim::Unknown;
+        assert_eq!(
+            t.join_as(ConnId(2), &sid("s"), &c, None, false, now),
+            Err(RefusalReason::E2eeClaimInvalid)
+        );
+    }
+
+    #[test]
     fn token_placement_node_cap_and_drain() {
         let mut t = SessionTable::new(cfg());
         let now = Instant::now();
@@ -808,9 +844,10 @@ mod tests {
             Err(RefusalReason::WrongSession)
         );
         let mut c2 = c.clone();
-        c2.node = Some(NodeId::new("n2").unwrap());
+        c2.nodes = vec![NodeId::new("n2").unwrap()];
         assert_eq!(join(&mut t, 1, &c2, now), Err(RefusalReason::WrongNode));
-        c2.node = Some(NodeId::new("n1").unwrap());
+        // A fallback listed after another node is accepted here.
+        c2.nodes = vec![NodeId::new("n2").unwrap(), NodeId::new("n1").unwrap()];
         join(&mut t, 1, &c2, now).unwrap();
         join(&mut t, 2, &claims("s2", "alice", "p"), now).unwrap();
         assert_eq!(

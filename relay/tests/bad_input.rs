@@ -121,6 +121,7 @@ async fn bad_control_frames_are_closed_with_a_typed_code() -> Result<()> {
         session: sid("ctl"),
         token: token(&relay, "ctl", "mallory", "x"),
         resume: None,
+        e2ee: true,
     })?;
     // Claim the full length but deliver a malformed body of that length.
     let mut bad = join[..4].to_vec();

@@ -5,8 +5,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use duet_proto::{TokenKey, TokenKeyring};
-use duet_relay::config::hex_decode;
+use duet_proto::{TokenKeyring, VerifyOptions, VerifyingKey};
+
+/// The public key `token mint` generated next to its signing key in `dir`.
+fn default_public_key(dir: &std::path::Path) -> VerifyingKey {
+    let hex = std::fs::read_to_string(dir.join("token-key.pub")).unwrap();
+    VerifyingKey::ed25519_from_hex("default", &hex).unwrap()
+}
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_duet-relay"))
@@ -36,14 +41,11 @@ fn token_mint_creates_the_default_key_and_signs_with_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert!(token.starts_with("duet1.default."), "{token}");
-    let secret = std::fs::read_to_string(dir.path().join("token-key")).unwrap();
-    let key = TokenKey::new("default", &hex_decode(secret.trim()).unwrap()).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = TokenKeyring::new(vec![key]).verify(&token, now, 0).unwrap();
+    assert!(token.starts_with("duet2.default."), "{token}");
+    let now = duet_proto::clock::unix_now();
+    let claims = TokenKeyring::new(vec![default_public_key(dir.path())])
+        .verify(&token, &VerifyOptions::at(now))
+        .unwrap();
     assert_eq!(claims.session.as_str(), "s1");
     assert!(claims.exp >= now + 590 && claims.exp <= now + 601);
 }
@@ -68,14 +70,8 @@ fn token_mint_evaluates_the_policy_store() {
             String::from_utf8_lossy(&out.stderr)
         );
         let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        let secret = std::fs::read_to_string(dir.path().join("token-key")).unwrap();
-        let key = TokenKey::new("default", &hex_decode(secret.trim()).unwrap()).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        TokenKeyring::new(vec![key])
-            .verify(&token, now, 0)
+        TokenKeyring::new(vec![default_public_key(dir.path())])
+            .verify(&token, &VerifyOptions::at(duet_proto::clock::unix_now()))
             .unwrap()
             .e2ee
     };
@@ -161,10 +157,11 @@ fn serve_on_embedded_defaults_prints_its_paths_and_drains_on_sigterm() {
         }
     }
     assert!(seen.contains("cert.pem"), "{seen}");
-    assert!(seen.contains("token-key"), "{seen}");
+    assert!(seen.contains("token-key.pub"), "{seen}");
     assert!(seen.contains("quic"), "{seen}");
     assert!(dir.path().join("cert.pem").exists());
-    assert!(dir.path().join("token-key").exists());
+    assert!(dir.path().join("token-key.pub").exists());
+    assert!(dir.path().join("token-signing-key").exists());
     // SIGTERM: drains (nothing to wait for) and exits cleanly.
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -85,7 +85,7 @@ fn offer_of(j: &Joined) -> Result<FastPathOffer> {
         .context("Joined carries no fast-path offer")
 }
 
-fn fast_path_packet(kind: MediaKind, channel: u64, body: &[u8]) -> Vec<u8> {
+fn fast_path_packet(kind: MediaKind, channel: duet_proto::ChannelId, body: &[u8]) -> Vec<u8> {
     let mut v = FastPathHeader::new(PacketType::Media(kind), channel)
         .to_bytes()
         .to_vec();
@@ -186,7 +186,11 @@ async fn spoofed_unbound_and_forged_senders_get_zero_bytes_and_are_counted() -> 
     stranger.send_to(&bad, fp).await?;
     stranger
         .send_to(
-            &fast_path_packet(MediaKind::Audio, 0xdead_0000_0001, b"x"),
+            &fast_path_packet(
+                MediaKind::Audio,
+                duet_proto::ChannelId(0xdead_0000_0001),
+                b"x",
+            ),
             fp,
         )
         .await?;
@@ -331,7 +335,11 @@ async fn mixed_transports_are_bridged_both_ways() -> Result<()> {
     let (got, _) = recv(&a.udp).await?;
     let (h, rest) = FastPathHeader::parse(&got)?;
     assert_eq!(h.ty, PacketType::Media(MediaKind::Audio));
-    assert_eq!(h.channel, a.offer.channel ^ 1, "names the sender's channel");
+    assert_eq!(
+        h.channel.0,
+        a.offer.channel.0 ^ 1,
+        "names the sender's channel"
+    );
     assert_eq!(rest, body);
     assert_eq!(got.len(), FASTPATH_HEADER_LEN + body.len());
 

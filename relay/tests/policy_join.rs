@@ -71,12 +71,12 @@ impl World {
     ) -> Result<(String, E2eeClaim)> {
         let (token, eff) = mint_token(
             &self.store,
-            relay.token_key(),
+            &signer(relay),
             sid(session),
             UserId::new(user)?,
             DeviceId::new(device)?,
             Duration::from_secs(600),
-            Some(relay.node_id().clone()),
+            vec![relay.node_id().clone()],
         )?;
         Ok((token, eff.claim))
     }

@@ -10,7 +10,7 @@ use anyhow::Result;
 use common::*;
 use duet_proto::{
     E2eeClaim, EndReason, Feature, JoinToken, MediaKind, NodeId, PeerLeftReason, RefusalReason,
-    RelayMessage, TokenKey,
+    RelayMessage, SigningKey,
 };
 use duet_sdk::{Client, Event, SdkError};
 
@@ -119,11 +119,41 @@ async fn every_feature_is_refused_plaintext_required() -> Result<()> {
 #[tokio::test]
 async fn every_bad_token_gets_its_code() -> Result<()> {
     let relay = start().await;
-    let key = relay.token_key().clone();
+    let key = signer(&relay);
 
     assert_eq!(
         refused(&relay, "s", "garbage".into()).await,
         RefusalReason::BadToken
+    );
+
+    // Longer-lived than the relay accepts (default one day): refused, however valid.
+    let mut c = claims("s", "alice", "phone");
+    c.exp = c.iat + 2 * 86_400;
+    assert_eq!(
+        refused(&relay, "s", token_with(&key, &c)).await,
+        RefusalReason::TokenLifetimeTooLong
+    );
+
+    // No E2EE decision in the token: fails closed.
+    let mut c = claims("s", "alice", "phone");
+    c.e2ee = E2eeClaim::Unknown;
+    assert_eq!(
+        refused(&relay, "s", token_with(&key, &c)).await,
+        RefusalReason::E2eeClaimInvalid
+    );
+
+    // A legacy HMAC token under the relay's key id, keyed with its public key (which
+    // anyone can read): never accepted.
+    let public = key.verifying_key().public_key().copied().unwrap();
+    let forger = SigningKey::legacy_hmac(key.id(), &public)?;
+    assert_eq!(
+        refused(
+            &relay,
+            "s",
+            token_with(&forger, &claims("s", "alice", "phone"))
+        )
+        .await,
+        RefusalReason::BadSignature
     );
 
     let mut c = claims("s", "alice", "phone");
@@ -142,15 +172,15 @@ async fn every_bad_token_gets_its_code() -> Result<()> {
         RefusalReason::TokenNotYetValid
     );
 
-    let stranger = TokenKey::new("other", &[3u8; 32])?;
+    let stranger = SigningKey::ed25519_from_seed("other", &[3u8; 32])?;
     let c = claims("s", "alice", "phone");
     assert_eq!(
         refused(&relay, "s", token_with(&stranger, &c)).await,
         RefusalReason::UnknownKey
     );
 
-    // Same key id, another secret: a wrong key.
-    let impostor = TokenKey::new(key.id(), &[4u8; 32])?;
+    // Same key id, another key: a forgery.
+    let impostor = SigningKey::ed25519_from_seed(key.id(), &[4u8; 32])?;
     assert_eq!(
         refused(&relay, "s", token_with(&impostor, &c)).await,
         RefusalReason::BadSignature
@@ -163,13 +193,13 @@ async fn every_bad_token_gets_its_code() -> Result<()> {
     );
 
     let mut c2 = c.clone();
-    c2.node = Some(NodeId::new("elsewhere")?);
+    c2.nodes = vec![NodeId::new("elsewhere")?];
     assert_eq!(
         refused(&relay, "s", token_with(&key, &c2)).await,
         RefusalReason::WrongNode
     );
-    // Placed on this very node: accepted.
-    c2.node = Some(relay.node_id().clone());
+    // Placed on this very node, as the fallback after another: accepted.
+    c2.nodes = vec![NodeId::new("elsewhere")?, relay.node_id().clone()];
     let ok = Client::connect(relay.quic_addr(), JoinToken::mint(&key, &c2), opts(&relay)).await?;
     let waiting = ok.join(sid("s")).await?;
 
@@ -194,8 +224,9 @@ async fn every_bad_token_gets_its_code() -> Result<()> {
         RefusalReason::BadToken,
         RefusalReason::TokenExpired,
         RefusalReason::TokenNotYetValid,
+        RefusalReason::TokenLifetimeTooLong,
+        RefusalReason::E2eeClaimInvalid,
         RefusalReason::UnknownKey,
-        RefusalReason::BadSignature,
         RefusalReason::WrongSession,
         RefusalReason::WrongNode,
         RefusalReason::PolicyDisabled,
@@ -205,6 +236,9 @@ async fn every_bad_token_gets_its_code() -> Result<()> {
         let series = format!(r#"duet_refusals_total{{reason="{}"}}"#, r.as_str());
         assert_eq!(metric(&text, &series), 1.0, "{series}");
     }
+    // The forged legacy token and the impostor key.
+    let series = r#"duet_refusals_total{reason="bad_signature"}"#;
+    assert_eq!(metric(&text, series), 2.0, "{series}");
     Ok(())
 }
 

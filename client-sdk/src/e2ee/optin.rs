@@ -85,11 +85,12 @@ impl UnavailableReason {
         }
     }
 
-    /// The local reason for a token claim; `None` for `Allowed`.
+    /// The local reason for a token claim; `None` for `Allowed` and `Required`. A claim
+    /// this build does not know allows nothing: it reads as `PolicyDisabled`.
     pub fn from_claim(claim: E2eeClaim) -> Option<Self> {
         match claim {
-            E2eeClaim::Allowed => None,
-            E2eeClaim::PolicyDisabled => Some(Self::PolicyDisabled),
+            E2eeClaim::Allowed | E2eeClaim::Required => None,
+            E2eeClaim::PolicyDisabled | E2eeClaim::Unknown => Some(Self::PolicyDisabled),
             E2eeClaim::UserNotEnabled => Some(Self::UserNotEnabled),
             E2eeClaim::ComplianceRecording => Some(Self::ComplianceRecording),
         }

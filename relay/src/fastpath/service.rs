@@ -14,13 +14,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use duet_proto::fastpath::{
     FastPathHeader, FastPathKey, FastPathTicket, PacketType, FASTPATH_HEADER_LEN,
 };
-use duet_proto::{FastPathOffer, MediaKind};
+use duet_proto::{ChannelId, FastPathOffer, MediaKind};
 
 use super::socket::{FastPathSocket, Offload};
 use super::table::{BindOutcome, ChannelTable, DropReason};
@@ -159,12 +159,9 @@ impl FastPathService {
     /// An offer for `channel`, binding from `ip` (as the QUIC connection came from), with
     /// sequence number `seq` (higher than every earlier ticket of that channel).
     pub fn offer(&self, channel: u64, ip: IpAddr, seq: u32) -> FastPathOffer {
-        let expires_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            .saturating_add(self.ticket_ttl.as_secs());
+        let expires_unix = duet_proto::clock::unix_now().saturating_add(self.ticket_ttl.as_secs());
         let ticket = FastPathTicket {
-            channel,
+            channel: ChannelId(channel),
             ip,
             expires_unix,
             seq,
@@ -173,7 +170,7 @@ impl FastPathService {
         FastPathOffer {
             addr: self.advertise,
             port: self.local_addr.port(),
-            channel,
+            channel: ChannelId(channel),
             ticket: Bytes::copy_from_slice(&ticket),
             expires_unix,
         }
@@ -195,7 +192,7 @@ impl FastPathService {
             return false;
         };
         out[..FASTPATH_HEADER_LEN].copy_from_slice(
-            &FastPathHeader::new(PacketType::Media(kind), from_channel).to_bytes(),
+            &FastPathHeader::new(PacketType::Media(kind), ChannelId(from_channel)).to_bytes(),
         );
         out[FASTPATH_HEADER_LEN..].copy_from_slice(payload);
         self.sender.send_to_now(out, to).is_ok()

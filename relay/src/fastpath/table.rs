@@ -452,13 +452,14 @@ impl ChannelTable {
     ) -> Result<Action, DropReason> {
         let (header, payload) = FastPathHeader::parse(datagram).map_err(DropReason::Header)?;
         match header.ty {
-            PacketType::Bind => self
-                .bind(src, header.channel, payload, now_unix)
-                .map(|outcome| Action::Bound {
-                    channel: header.channel,
-                    outcome,
-                }),
-            PacketType::Media(kind) => self.route(src, header.channel, kind, datagram.len(), now),
+            PacketType::Bind => {
+                self.bind(src, header.channel.0, payload, now_unix)
+                    .map(|outcome| Action::Bound {
+                        channel: header.channel.0,
+                        outcome,
+                    })
+            }
+            PacketType::Media(kind) => self.route(src, header.channel.0, kind, datagram.len(), now),
         }
     }
 
@@ -516,7 +517,7 @@ impl ChannelTable {
     ) -> Result<BindOutcome, DropReason> {
         let t = FastPathTicket::verify(ticket, &self.key, src.ip(), now_unix)
             .map_err(DropReason::Ticket)?;
-        if t.channel != channel {
+        if t.channel.0 != channel {
             return Err(DropReason::WrongChannel);
         }
         let (pair, side, generation) = self.locate(channel)?;
@@ -576,7 +577,7 @@ mod tests {
 
     fn ticket(channel: u64, addr: SocketAddr, seq: u32) -> [u8; 54] {
         FastPathTicket {
-            channel,
+            channel: duet_proto::ChannelId(channel),
             ip: addr.ip(),
             expires_unix: NOW + 60,
             seq,
@@ -806,7 +807,7 @@ mod tests {
         assert!(t.allocate(UNLIMITED).is_none());
         let e0 = a("10.0.0.1:1");
         let pkt = FastPathTicket {
-            channel: c0,
+            channel: duet_proto::ChannelId(c0),
             ip: e0.ip(),
             expires_unix: NOW + 1,
             seq: 0,

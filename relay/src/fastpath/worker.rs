@@ -241,7 +241,7 @@ mod tests {
 
         fn bind(&self, sock: &UdpSocket, channel: u64, seq: u32, expires_unix: u64) {
             let pkt = FastPathTicket {
-                channel,
+                channel: duet_proto::ChannelId(channel),
                 ip: sock.local_addr().unwrap().ip(),
                 expires_unix,
                 seq,
@@ -278,9 +278,12 @@ mod tests {
     }
 
     fn media(channel: u64, body: &[u8]) -> Vec<u8> {
-        let mut v = FastPathHeader::new(PacketType::Media(MediaKind::Video), channel)
-            .to_bytes()
-            .to_vec();
+        let mut v = FastPathHeader::new(
+            PacketType::Media(MediaKind::Video),
+            duet_proto::ChannelId(channel),
+        )
+        .to_bytes()
+        .to_vec();
         v.extend_from_slice(body);
         v
     }
@@ -362,7 +365,7 @@ mod tests {
         x.send_to(&media(c0 ^ (2 << 32), b"hello"), r.addr).unwrap();
         x.send_to(b"\x01", r.addr).unwrap();
         let mut forged = FastPathTicket {
-            channel: c0,
+            channel: duet_proto::ChannelId(c0),
             ip: x.local_addr().unwrap().ip(),
             expires_unix: unix_now() + 60,
             seq: 1,

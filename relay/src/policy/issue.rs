@@ -12,9 +12,11 @@
 //! `UserNotEnabled`, `ComplianceRecording`) and tells the waiting peer only that reason,
 //! so both apps can fall back to their ordinary call path.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use duet_proto::{DeviceId, E2eeClaim, JoinClaims, JoinToken, NodeId, SessionId, TokenKey, UserId};
+use duet_proto::{
+    DeviceId, E2eeClaim, JoinClaims, JoinToken, NodeId, SessionId, SigningKey, UserId,
+};
 
 use super::model::Effective;
 use super::store::PolicyStore;
@@ -35,51 +37,42 @@ pub fn claim_for(store: &PolicyStore, user: &UserId) -> Result<E2eeClaim, Policy
 /// evaluation it was made from (so a backend can log or show why).
 pub fn mint_token(
     store: &PolicyStore,
-    key: &TokenKey,
+    key: &SigningKey,
     session: SessionId,
     user: UserId,
     device: DeviceId,
     ttl: Duration,
-    node: Option<NodeId>,
+    nodes: Vec<NodeId>,
 ) -> Result<(String, Effective), PolicyError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| PolicyError::Clock)?
-        .as_secs();
-    mint_token_at(store, key, session, user, device, ttl, node, now)
+    let now = duet_proto::clock::unix_now();
+    mint_token_at(store, key, session, user, device, ttl, nodes, now)
 }
 
 /// [`mint_token`] at a given time (Unix seconds), for tests and replayable tooling.
 #[allow(clippy::too_many_arguments)]
 pub fn mint_token_at(
     store: &PolicyStore,
-    key: &TokenKey,
+    key: &SigningKey,
     session: SessionId,
     user: UserId,
     device: DeviceId,
     ttl: Duration,
-    node: Option<NodeId>,
+    nodes: Vec<NodeId>,
     now_unix: u64,
 ) -> Result<(String, Effective), PolicyError> {
-    let ttl_secs = ttl.as_secs();
-    if ttl_secs == 0 {
+    if ttl.as_secs() == 0 {
         return Err(PolicyError::BadTtl(
             "a token must live at least one second".into(),
         ));
     }
-    let exp = now_unix
-        .checked_add(ttl_secs)
-        .ok_or_else(|| PolicyError::BadTtl(format!("{ttl_secs} s overflows the expiry")))?;
     let eff = effective_for(store, &user)?;
-    let claims = JoinClaims {
-        session,
-        user,
-        device,
-        iat: now_unix,
-        exp,
-        node,
-        e2ee: eff.claim,
-    };
+    let claims = JoinClaims::builder(session, user, device)
+        .issued_at(now_unix)
+        .ttl(ttl)
+        .nodes(nodes)
+        .e2ee(eff.claim)
+        .build()
+        .map_err(|e| PolicyError::BadTtl(e.to_string()))?;
     Ok((JoinToken::mint(key, &claims), eff))
 }
 
@@ -93,8 +86,8 @@ mod tests {
     fn minted_tokens_carry_the_claim_and_it_is_the_same_for_every_device() {
         let dir = tempfile::tempdir().unwrap();
         let store = PolicyStore::open(dir.path()).unwrap();
-        let key = TokenKey::new("k1", &[5u8; 32]).unwrap();
-        let ring = TokenKeyring::new(vec![key.clone()]);
+        let key = SigningKey::ed25519_from_seed("k1", &[5u8; 32]).unwrap();
+        let ring = TokenKeyring::new(vec![key.verifying_key()]);
         let alice = UserId::new("alice").unwrap();
         let mint = |device: &str| {
             let (t, eff) = mint_token_at(
@@ -104,11 +97,13 @@ mod tests {
                 alice.clone(),
                 DeviceId::new(device).unwrap(),
                 Duration::from_secs(60),
-                None,
+                Vec::new(),
                 1000,
             )
             .unwrap();
-            let claims = ring.verify(&t, 1010, 5).unwrap();
+            let claims = ring
+                .verify(&t, &duet_proto::VerifyOptions::at(1010))
+                .unwrap();
             assert_eq!(claims.e2ee, eff.claim);
             assert_eq!(claims.exp, 1060);
             claims.e2ee
@@ -144,7 +139,7 @@ mod tests {
                 alice,
                 DeviceId::new("d").unwrap(),
                 Duration::ZERO,
-                None
+                Vec::new()
             ),
             Err(PolicyError::BadTtl(_))
         ));

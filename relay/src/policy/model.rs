@@ -349,6 +349,8 @@ impl Effective {
                 "the policy lets the user turn E2EE on, but their switch is off"
             }
             E2eeClaim::Allowed => "the policy lets the user turn E2EE on, and their switch is on",
+            E2eeClaim::Required => "the policy requires end-to-end encryption",
+            E2eeClaim::Unknown => "no decision could be made",
         }
     }
 }

@@ -4,14 +4,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use duet_proto::control::encode;
 use duet_proto::{
     ClientMessage, DeviceId, E2eeClaim, FrameDecoder, JoinClaims, JoinToken, Joined, RelayMessage,
-    ResumeSecret, SessionId, TokenKey, UserId, ALPN,
+    ResumeSecret, SessionId, SigningKey, UserId, ALPN,
 };
 use duet_relay::{Config, LimitsConfig, Relay, RelayHandle};
 use duet_sdk::{Call, Client, ConnectOptions, Event};
@@ -70,30 +70,32 @@ pub async fn start() -> TestRelay {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    duet_proto::clock::unix_now()
 }
 
 pub fn claims(session: &str, user: &str, device: &str) -> JoinClaims {
-    JoinClaims {
-        session: SessionId::new(session).unwrap(),
-        user: UserId::new(user).unwrap(),
-        device: DeviceId::new(device).unwrap(),
-        iat: now(),
-        exp: now() + 600,
-        node: None,
-        e2ee: E2eeClaim::Allowed,
-    }
+    JoinClaims::builder(
+        SessionId::new(session).unwrap(),
+        UserId::new(user).unwrap(),
+        DeviceId::new(device).unwrap(),
+    )
+    .e2ee(E2eeClaim::Allowed)
+    .build()
+    .unwrap()
 }
 
-pub fn token_with(key: &TokenKey, c: &JoinClaims) -> String {
+/// The key the test relay's tokens are signed with: the key pair it generated in its data
+/// directory (the relay holds only the public half).
+pub fn signer(relay: &RelayHandle) -> SigningKey {
+    relay.config().load_signing_key(None, None).unwrap()
+}
+
+pub fn token_with(key: &SigningKey, c: &JoinClaims) -> String {
     JoinToken::mint(key, c)
 }
 
 pub fn token(relay: &RelayHandle, session: &str, user: &str, device: &str) -> String {
-    JoinToken::mint(relay.token_key(), &claims(session, user, device))
+    JoinToken::mint(&signer(relay), &claims(session, user, device))
 }
 
 pub fn sid(s: &str) -> SessionId {
@@ -256,6 +258,7 @@ impl Raw {
             session: sid(session),
             token,
             resume,
+            e2ee: true,
         })
         .await?;
         self.next().await?.context("no answer to Join")
