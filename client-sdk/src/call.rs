@@ -830,7 +830,12 @@ async fn dispatch(
         RelayMessage::PeerLeft(r) => Event::PeerLeft(r),
         RelayMessage::PeerReconnecting => Event::PeerReconnecting,
         RelayMessage::PeerResumed => Event::PeerResumed,
-        RelayMessage::PeerE2eeUnavailable(c) => Event::PeerE2eeUnavailable(c),
+        // The claim is the relay's word until the token is checked (the E2EE layer does).
+        RelayMessage::PeerE2eeUnavailable { claim, .. } => Event::PeerE2eeUnavailable(claim),
+        RelayMessage::Draining { deadline_ms } => {
+            tracing::info!(deadline_ms, "the relay is draining");
+            return;
+        }
         RelayMessage::Dropped(RefusalReason::FastPathUnavailable) if shared.fast.is_some() => {
             if let Some(f) = &shared.fast {
                 f.tell(fastpath::Input::TicketUnavailable);

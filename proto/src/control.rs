@@ -174,9 +174,13 @@ pub enum RelayMessage {
     PeerReconnecting,
     /// The peer is back on a new connection; the call carries on without a new handshake.
     PeerResumed,
-    /// The peer tried to join but cannot use E2EE; the app may fall back to an ordinary
-    /// call. Carries only the reason, nothing else about the peer.
-    PeerE2eeUnavailable(E2eeClaim),
+    /// The peer tried to join but its token forbids E2EE, so the relay refused it. Carries
+    /// that token as the peer presented it: the backend-signed proof of the decision, which
+    /// the SDK verifies (the relay cannot forge one; `claim` alone would be the relay's word).
+    PeerE2eeUnavailable {
+        claim: E2eeClaim,
+        token: String,
+    },
     /// Opaque bytes from the other endpoint.
     Signal(Bytes),
     /// One of this endpoint's messages was dropped (too large, rate limited, ...).
@@ -191,6 +195,11 @@ pub enum RelayMessage {
     FastPathBound {
         channel: crate::fastpath::ChannelId,
         addr: std::net::SocketAddr,
+    },
+    /// The relay is draining: move the call to the next node of the token now (it ends this
+    /// session at the latest in `deadline_ms`).
+    Draining {
+        deadline_ms: u64,
     },
 }
 
@@ -230,7 +239,7 @@ impl MessageTypes for ClientMessage {
     const VARIANTS: u8 = 7;
 }
 impl MessageTypes for RelayMessage {
-    const VARIANTS: u8 = 14;
+    const VARIANTS: u8 = 15;
 }
 
 /// Encodes one message as a length-prefixed frame.
@@ -367,7 +376,10 @@ mod tests {
             RelayMessage::PeerLeft(PeerLeftReason::Left),
             RelayMessage::PeerReconnecting,
             RelayMessage::PeerResumed,
-            RelayMessage::PeerE2eeUnavailable(E2eeClaim::ComplianceRecording),
+            RelayMessage::PeerE2eeUnavailable {
+                claim: E2eeClaim::ComplianceRecording,
+                token: "duet2.k.c.s".into(),
+            },
             RelayMessage::Signal(Bytes::from_static(b"hello")),
             RelayMessage::Dropped(RefusalReason::RateLimited),
             RelayMessage::Pong(9),
@@ -382,6 +394,9 @@ mod tests {
             RelayMessage::FastPathBound {
                 channel: crate::fastpath::ChannelId(7),
                 addr: "127.0.0.1:5000".parse().unwrap(),
+            },
+            RelayMessage::Draining {
+                deadline_ms: 30_000,
             },
         ]
     }
@@ -407,11 +422,7 @@ mod tests {
     fn variant_counts_match_the_enums() {
         // The last variant's index must be VARIANTS - 1: catches an enum grown without
         // updating MessageTypes.
-        let last = encode(&RelayMessage::FastPathBound {
-            channel: crate::fastpath::ChannelId(1),
-            addr: "127.0.0.1:1".parse().unwrap(),
-        })
-        .unwrap();
+        let last = encode(&RelayMessage::Draining { deadline_ms: 5 }).unwrap();
         assert_eq!(last[4], RelayMessage::VARIANTS - 1);
         let last = encode(&ClientMessage::FastPathUnbind).unwrap();
         assert_eq!(last[4], ClientMessage::VARIANTS - 1);

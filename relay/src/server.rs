@@ -41,7 +41,7 @@ use crate::fastpath::{
 use crate::forward::{forward_step, DropReason};
 use crate::limits::{Admission, MediaLimiter, TokenBucket};
 use crate::metrics::RelayMetrics;
-use crate::session::{Action, CloseReason, ConnId, SessionTable, TableConfig};
+use crate::session::{Action, CloseReason, ConnId, JoinRequest, SessionTable, TableConfig};
 
 /// QUIC application close codes the relay uses. Stable: documented for SDKs and operators.
 pub mod close_code {
@@ -902,10 +902,13 @@ impl Control {
             let mut core = shared.core();
             let r = core.table.join_as(
                 self.id,
-                &session,
-                &claims,
-                resume.as_ref(),
-                e2ee,
+                &JoinRequest {
+                    session: &session,
+                    claims: &claims,
+                    token: &token,
+                    resume: resume.as_ref(),
+                    e2ee,
+                },
                 Instant::now(),
             );
             match r {

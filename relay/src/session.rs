@@ -93,7 +93,22 @@ pub const DECLINE_MEMORY: Duration = Duration::from_secs(120);
 struct Declined {
     user: UserId,
     claim: E2eeClaim,
+    token: String,
     until: Instant,
+}
+
+/// One `Join` as the I/O layer verified it.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinRequest<'a> {
+    /// The session the endpoint asked for; the token must be for it.
+    pub session: &'a SessionId,
+    pub claims: &'a JoinClaims,
+    /// The token as presented: a waiting peer gets it when this join is refused for its
+    /// E2EE claim (the backend's signature is the proof, not the relay's word).
+    pub token: &'a str,
+    pub resume: Option<&'a ResumeSecret>,
+    /// The endpoint encrypts end to end.
+    pub e2ee: bool,
 }
 
 /// Sessions of one relay node. See the module docs.
@@ -168,20 +183,34 @@ impl SessionTable {
         resume: Option<&ResumeSecret>,
         now: Instant,
     ) -> Result<Joined, RefusalReason> {
-        self.join_as(conn, session, claims, resume, true, now)
+        self.join_as(
+            conn,
+            &JoinRequest {
+                session,
+                claims,
+                token: "",
+                resume,
+                e2ee: true,
+            },
+            now,
+        )
     }
 
-    /// [`SessionTable::join`], saying whether the endpoint encrypts end to end (`e2ee`):
-    /// a plain join under a `required` claim is refused with `E2eeRequired`.
+    /// A `Join` (see [`JoinRequest`]): a plain join (`e2ee: false`) under a `required`
+    /// claim is refused with `E2eeRequired`.
     pub fn join_as(
         &mut self,
         conn: ConnId,
-        session: &SessionId,
-        claims: &JoinClaims,
-        resume: Option<&ResumeSecret>,
-        e2ee: bool,
+        req: &JoinRequest<'_>,
         now: Instant,
     ) -> Result<Joined, RefusalReason> {
+        let JoinRequest {
+            session,
+            claims,
+            token,
+            resume,
+            e2ee,
+        } = *req;
         if self.draining {
             return Err(RefusalReason::RelayDraining);
         }
@@ -199,7 +228,7 @@ impl SessionTable {
         }
         if let Some(refusal) = claims.e2ee.refusal() {
             // Bounded like the sessions themselves: only token holders get here.
-            if !self.tell_waiting_peer(session, &claims.user, claims.e2ee)
+            if !self.tell_waiting_peer(session, &claims.user, claims.e2ee, token)
                 && self.declined.len() < self.cfg.max_sessions
             {
                 self.declined.insert(
@@ -207,6 +236,7 @@ impl SessionTable {
                     Declined {
                         user: claims.user.clone(),
                         claim: claims.e2ee,
+                        token: token.to_owned(),
                         until: now + DECLINE_MEMORY,
                     },
                 );
@@ -220,9 +250,11 @@ impl SessionTable {
                 self.declined.remove(session);
             }
             Some(d) if d.until > now && !joined.peer_present => {
-                let claim = d.claim;
-                self.actions
-                    .push_back(Action::Send(conn, RelayMessage::PeerE2eeUnavailable(claim)));
+                let msg = RelayMessage::PeerE2eeUnavailable {
+                    claim: d.claim,
+                    token: d.token.clone(),
+                };
+                self.actions.push_back(Action::Send(conn, msg));
             }
             _ => {}
         }
@@ -372,7 +404,13 @@ impl SessionTable {
     /// A join refused for its E2EE claim: the one endpoint waiting in the session (another
     /// user) learns that this call cannot be end-to-end encrypted, and why.
     /// Returns whether a waiting peer was told.
-    fn tell_waiting_peer(&mut self, session: &SessionId, user: &UserId, claim: E2eeClaim) -> bool {
+    fn tell_waiting_peer(
+        &mut self,
+        session: &SessionId,
+        user: &UserId,
+        claim: E2eeClaim,
+        token: &str,
+    ) -> bool {
         let Some(s) = self.sessions.get(session) else {
             return false;
         };
@@ -382,8 +420,11 @@ impl SessionTable {
         let waiting = s.slots.iter().flatten().next();
         match waiting.filter(|w| &w.user != user).and_then(|w| w.conn) {
             Some(c) => {
-                self.actions
-                    .push_back(Action::Send(c, RelayMessage::PeerE2eeUnavailable(claim)));
+                let token = token.to_owned();
+                self.actions.push_back(Action::Send(
+                    c,
+                    RelayMessage::PeerE2eeUnavailable { claim, token },
+                ));
                 true
             }
             None => false,
@@ -564,6 +605,16 @@ mod tests {
 
     fn sid(s: &str) -> SessionId {
         SessionId::new(s).unwrap()
+    }
+
+    fn req(c: &JoinClaims, e2ee: bool) -> JoinRequest<'_> {
+        JoinRequest {
+            session: &c.session,
+            claims: c,
+            token: "the-token",
+            resume: None,
+            e2ee,
+        }
     }
 
     fn drain(t: &mut SessionTable) -> Vec<Action> {
@@ -748,7 +799,7 @@ mod tests {
         let mut c = claims("s1", "alice", "phone");
         c.e2ee = E2eeClaim::ComplianceRecording;
         assert_eq!(
-            t.join(ConnId(1), &sid("s1"), &c, None, now),
+            t.join_as(ConnId(1), &req(&c, true), now),
             Err(RefusalReason::ComplianceRecording)
         );
         drain(&mut t);
@@ -764,9 +815,10 @@ mod tests {
         assert!(!b.peer_present);
         assert_eq!(
             sends_to(&drain(&mut t), ConnId(2)),
-            vec![RelayMessage::PeerE2eeUnavailable(
-                E2eeClaim::ComplianceRecording
-            )]
+            vec![RelayMessage::PeerE2eeUnavailable {
+                claim: E2eeClaim::ComplianceRecording,
+                token: "the-token".into(),
+            }]
         );
         // Forgotten after DECLINE_MEMORY: a later session of the same id is not told.
         t.leave(ConnId(2), now);
@@ -801,10 +853,13 @@ mod tests {
         ] {
             let mut c = claims("s", "bob", "p");
             c.e2ee = claim;
-            assert_eq!(join(&mut t, 2, &c, now), Err(refusal));
+            assert_eq!(t.join_as(ConnId(2), &req(&c, true), now), Err(refusal));
             assert_eq!(
                 sends_to(&drain(&mut t), ConnId(1)),
-                vec![RelayMessage::PeerE2eeUnavailable(claim)]
+                vec![RelayMessage::PeerE2eeUnavailable {
+                    claim,
+                    token: "the-token".into()
+                }]
             );
         }
         // Nobody waiting: refused all the same, nobody told.
@@ -821,15 +876,14 @@ mod tests {
         let mut c = claims("s", "alice", "p");
         c.e2ee = E2eeClaim::Required;
         assert_eq!(
-            t.join_as(ConnId(1), &sid("s"), &c, None, false, now),
+            t.join_as(ConnId(1), &req(&c, false), now),
             Err(RefusalReason::E2eeRequired)
         );
-        t.join_as(ConnId(1), &sid("s"), &c, None, true, now)
-            .unwrap();
+        t.join_as(ConnId(1), &req(&c, true), now).unwrap();
         let mut c = claims("s", "bob", "p");
         c.e2ee = E2eeClaim::Unknown;
         assert_eq!(
-            t.join_as(ConnId(2), &sid("s"), &c, None, false, now),
+            t.join_as(ConnId(2), &req(&c, false), now),
             Err(RefusalReason::E2eeClaimInvalid)
         );
     }
