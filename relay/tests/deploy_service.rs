@@ -288,3 +288,60 @@ async fn healthcheck_subcommand_exits_0_on_a_live_relay_and_1_otherwise() {
     );
     drop(silent);
 }
+
+/// The value of `key` in a systemd unit (`Key=value`) or a YAML manifest (`key: value`).
+fn setting(text: &str, key: &str) -> u64 {
+    text.lines()
+        .map(str::trim)
+        .find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|r| r.strip_prefix('=').or_else(|| r.strip_prefix(':')))
+        })
+        .unwrap_or_else(|| panic!("{key} not set"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{key}: {e}"))
+}
+
+/// The configs shipped in deploy/ are valid relay configs, and what the unit and the
+/// StatefulSet promise about them holds: the stop timeout outlasts the longest drain
+/// (deadline, then up to 2 s for sessions to be ended and 2 s for QUIC to close, see
+/// `RelayHandle::drained` and `shutdown`) and the descriptor limit covers one per endpoint
+/// at the session cap plus 1,024.
+#[test]
+fn deploy_configs_are_valid_and_their_stop_timeouts_outlast_the_drain() {
+    use duet_relay::Config;
+    let unit = include_str!("../../deploy/systemd/duet-relay.service");
+    let sts = include_str!("../../deploy/kubernetes/base/statefulset.yaml");
+    for (path, text, grace) in [
+        (
+            "deploy/systemd/relay.toml",
+            include_str!("../../deploy/systemd/relay.toml"),
+            setting(unit, "TimeoutStopSec"),
+        ),
+        (
+            "deploy/kubernetes/base/relay.toml",
+            include_str!("../../deploy/kubernetes/base/relay.toml"),
+            setting(sts, "terminationGracePeriodSeconds"),
+        ),
+    ] {
+        let cfg = Config::from_toml(text, std::path::Path::new(path)).expect(path);
+        cfg.validate().expect(path);
+        assert_eq!(cfg.listen, "0.0.0.0:4433".parse().unwrap(), "{path}");
+        let longest_drain = cfg.drain_deadline_ms / 1000 + 2 + 2;
+        assert!(
+            grace > longest_drain,
+            "{path}: stop timeout {grace} s must exceed the drain's {longest_drain} s"
+        );
+        if path.contains("systemd") {
+            assert_eq!(cfg.data_dir, std::path::Path::new("/var/lib/duet-relay"));
+            let nofile = setting(unit, "LimitNOFILE");
+            assert!(
+                nofile >= 2 * u64::from(cfg.limits.max_sessions) + 1024,
+                "LimitNOFILE {nofile}"
+            );
+        }
+    }
+    assert!(unit.contains("RestartPreventExitStatus=78\n"));
+    assert_eq!(duet_relay::exit_status::CONFIG, 78);
+}
