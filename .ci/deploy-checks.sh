@@ -14,8 +14,13 @@ CACHE=${DUET_CI_CACHE:-/var/cache/duet-ci}
 mkdir -p "$CACHE"
 WORK=$(mktemp -d)
 CONTAINER=""
+IMAGE=localhost/duet-relay:ci
 cleanup() {
-  if [ -n "$CONTAINER" ]; then podman --runtime runc rm -f "$CONTAINER" >/dev/null 2>&1 || true; fi
+  if command -v podman >/dev/null; then
+    if [ -n "$CONTAINER" ]; then podman --runtime runc rm -f "$CONTAINER" >/dev/null 2>&1 || true; fi
+    # The image holds a copy of the binary: not kept between runs (the Debian base is).
+    podman --runtime runc rmi -f "$IMAGE" >/dev/null 2>&1 || true
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -112,8 +117,7 @@ if ! probe=$(podman "${RUN_OPTS[@]}" run --rm --network host "${LIMITS[@]}" "$BA
 else
   mkdir -p "$WORK/ctx"
   cp "$BIN" "$WORK/ctx/duet-relay"
-  IMAGE=localhost/duet-relay:ci
-  podman "${RUN_OPTS[@]}" build -q --format docker "${LIMITS[@]}" -f deploy/container/Containerfile.local -t "$IMAGE" "$WORK/ctx" >/dev/null
+  podman "${RUN_OPTS[@]}" build -q --layers=false --format docker "${LIMITS[@]}" -f deploy/container/Containerfile.local -t "$IMAGE" "$WORK/ctx" >/dev/null
   cfg=$(podman "${RUN_OPTS[@]}" image inspect --format '{{.Config.User}} {{json .Config.ExposedPorts}} {{json .Config.Volumes}} {{json .Config.Healthcheck.Test}}' "$IMAGE")
   echo "image config: $cfg"
   for want in '65532:65532' '"4433/udp"' '"4434/udp"' '"9090/tcp"' '"/var/lib/duet"' '"healthcheck","--ops","127.0.0.1:9090"'; do

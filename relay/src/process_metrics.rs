@@ -160,6 +160,8 @@ fn sample() -> Option<Sample> {
         open_fds: std::fs::read_dir("/proc/self/fd")
             .ok()
             .map(|d| d.count() as u64),
+        // rlim_t is u64 here but not on every target.
+        #[allow(clippy::unnecessary_cast)]
         max_fds: max_fds.map(|m| m as u64),
     })
 }
