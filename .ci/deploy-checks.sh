@@ -102,7 +102,9 @@ RUN_OPTS=(--runtime runc)
 LIMITS=(--ulimit "nofile=$(ulimit -n):$(ulimit -Hn)" --ulimit nproc=4096:4096)
 BASE=localhost/duet-debian:bookworm
 if ! podman "${RUN_OPTS[@]}" image exists "$BASE"; then
-  MIRROR=$(grep -hoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | grep -v security | head -1)
+  # The mirror apt uses (one-line or deb822 sources), else Debian's default.
+  MIRROR=$({ grep -rhE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null || true; } \
+    | grep -oE 'https?://[^ ]*/debian/?( |$)' | tr -d ' ' | awk '!seen++')
   echo "making $BASE: debootstrap --variant=minbase bookworm from ${MIRROR:-http://deb.debian.org/debian}"
   rm -rf "$CACHE/rootfs"
   debootstrap --variant=minbase bookworm "$CACHE/rootfs" "${MIRROR:-http://deb.debian.org/debian}" >"$WORK/debootstrap.log" 2>&1 \
