@@ -6,15 +6,21 @@
 //! around it. Module map: `config` (file + flags), `tls` (rustls, certificates, key-exchange
 //! counting), `session` (sans-IO session rules), `limits` (rate limiters), `forward` (the
 //! per-datagram step), `server` (QUIC I/O), `metrics` + `ops` (Prometheus, health),
-//! `policy` (the administrator's E2EE policy store).
+//! `policy` (the administrator's E2EE policy store), `process_metrics` (`process_*` from
+//! /proc); for the binary: `notify` (systemd readiness), `healthcheck` (`/healthz` client),
+//! `exit_status` (78 for a bad configuration).
 
 pub mod config;
+pub mod exit_status;
 pub mod fastpath;
 pub mod forward;
+pub mod healthcheck;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 mod ops;
 pub mod policy;
+mod process_metrics;
 pub mod server;
 pub mod session;
 pub mod tls;
@@ -65,6 +71,9 @@ impl Relay {
         let node = config.node()?;
         let keys = config.load_token_keys()?;
         let metrics = RelayMetrics::new();
+        metrics
+            .max_sessions
+            .set(f64::from(config.limits.max_sessions));
 
         let provider = Arc::new(tls::provider(&metrics));
         let paths = CertPaths::resolve(&config)?;

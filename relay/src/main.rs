@@ -1,16 +1,23 @@
 //! `duet-relay`: the relay node's command line.
 //!
 //! `serve` runs a node (SIGTERM / ctrl-c drains, then exits; SIGHUP reloads the TLS
-//! certificate), `token mint` prints a join token signed with the configured (or embedded
-//! default) key. Everything else lives in the library.
+//! certificate; systemd `Type=notify` hears READY=1 and STOPPING=1), `token mint` prints a
+//! join token signed with the configured (or embedded default) key, `healthcheck` asks a
+//! local relay's `/healthz`. Everything else lives in the library.
+//!
+//! Exit status: 0 ok, 78 (`EX_CONFIG`) for a bad configuration or command line, so a
+//! supervisor does not restart in a loop, 1 for any other failure.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use duet_proto::{DeviceId, E2eeClaim, JoinClaims, JoinToken, NodeId, SessionId, UserId};
 use duet_relay::config::parse_duration;
+use duet_relay::{exit_status, notify};
 use duet_relay::{Config, Relay};
 
 #[derive(Parser)]
@@ -41,6 +48,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: duet_relay::policy::UserCommand,
     },
+    /// Exit 0 if a relay's /healthz answers 2xx in time, 1 otherwise (for a container HEALTHCHECK)
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Args)]
+struct HealthcheckArgs {
+    /// The relay's ops HTTP address (its `ops_listen`; use a loopback address for 0.0.0.0)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    ops: SocketAddr,
+    /// Give up after this long in all, e.g. 2s, 500ms
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Args)]
@@ -103,15 +122,36 @@ fn init_tracing() {
         .init();
 }
 
-fn main() -> anyhow::Result<()> {
-    let matches = Cli::command().get_matches();
+fn main() -> ExitCode {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not failures; a bad flag value is a bad configuration.
+            return if e.exit_code() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(exit_status::CONFIG)
+            };
+        }
+    };
+    match run(&matches) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::from(exit_status::for_chain(e.chain()))
+        }
+    }
+}
+
+fn run(matches: &ArgMatches) -> anyhow::Result<()> {
     init_tracing();
     // `serve` applies only the flags actually given over the file (its flags have no clap
     // defaults), so its `Config` is built by `Config::load`, not by `from_arg_matches`.
     if let Some(sub) = matches.subcommand_matches("serve") {
         return serve(sub);
     }
-    let cli = Cli::from_arg_matches(&matches)?;
+    let cli = Cli::from_arg_matches(matches)?;
     match cli.cmd {
         Cmd::Serve(_) => unreachable!("handled above"),
         Cmd::Token(TokenCmd::Mint(args)) => mint(args),
@@ -122,6 +162,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::User { cmd } => Ok(duet_relay::policy::run_user(
             cmd,
             &Config::default().data_dir,
+        )?),
+        Cmd::Healthcheck(a) => Ok(duet_relay::healthcheck::check(
+            a.ops, "/healthz", a.timeout,
         )?),
     }
 }
@@ -182,6 +225,7 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
             println!("  admin api   http://{admin}/v1/ (bearer credential from admin_token_file)");
         }
         println!("  policy      {}", relay.config().policy_store_path().display());
+        notify::ready(&format!("serving on {}", relay.quic_addr()));
 
         #[cfg(unix)]
         {
@@ -190,7 +234,10 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
                     _ = term.recv() => break,
                     _ = int.recv() => break,
                     _ = hup.recv() => match relay.reload_tls() {
-                        Ok(()) => tracing::info!("TLS certificate reloaded"),
+                        Ok(()) => {
+                            tracing::info!("TLS certificate reloaded");
+                            notify::status(&format!("serving on {}; certificate reloaded", relay.quic_addr()));
+                        }
                         Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the old certificate"),
                     },
                 }
@@ -201,6 +248,12 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
 
         tracing::info!("draining");
         relay.drain();
+        // After the drain took effect: a manager that hears STOPPING=1 sees readiness false.
+        notify::stopping(&format!(
+            "draining: new joins refused, {} sessions, deadline {} ms",
+            relay.session_count(),
+            c.drain_deadline_ms
+        ));
         #[cfg(unix)]
         tokio::select! {
             _ = relay.drained() => {}

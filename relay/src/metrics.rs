@@ -39,6 +39,10 @@ pub struct RelayMetrics {
     pub sessions: Gauge,
     pub endpoints: Gauge,
     pub connections: Gauge,
+    /// `limits.max_sessions`, so alerts can compare `duet_sessions` with the cap.
+    pub max_sessions: Gauge,
+    /// 1 while draining (new joins refused, readiness false), 0 otherwise.
+    pub draining: Gauge,
     pub forwarded_packets: [Counter; 3],
     pub forwarded_bytes: [Counter; 3],
     media_drops: Vec<Counter>,
@@ -114,6 +118,8 @@ impl RelayMetrics {
             sessions: g("duet_sessions"),
             endpoints: g("duet_endpoints"),
             connections: g("duet_connections"),
+            max_sessions: g("duet_max_sessions"),
+            draining: g("duet_draining"),
             forwarded_packets: by_kind("duet_forwarded_packets_total"),
             forwarded_bytes: by_kind("duet_forwarded_bytes_total"),
             media_drops: DropReason::LABELS
@@ -175,6 +181,7 @@ impl RelayMetrics {
         for r in SIGNAL_DROPS {
             m.signal_dropped(r).increment(0);
         }
+        m.draining.set(0.0);
         Arc::new(m)
     }
 
@@ -222,9 +229,12 @@ impl RelayMetrics {
         &self.media_drops[i]
     }
 
-    /// Prometheus text exposition of this relay's metrics.
+    /// Prometheus text exposition of this relay's metrics, then the process's own
+    /// (`process_cpu_seconds_total`, `process_resident_memory_bytes`, ...).
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut text = self.handle.render();
+        text.push_str(&crate::process_metrics::render());
+        text
     }
 
     pub fn run_upkeep(&self) {

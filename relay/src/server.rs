@@ -332,6 +332,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + self.cfg.drain_deadline());
         self.core().table.set_draining(true);
+        self.metrics.draining.set(1.0);
         tracing::info!(
             deadline_ms = self.cfg.drain_deadline_ms,
             "draining: new joins refused"
