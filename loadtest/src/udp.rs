@@ -16,6 +16,7 @@
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -171,13 +172,30 @@ pub fn pace(
     pps: f64,
     duration: Duration,
     size: usize,
+    send: impl FnMut(usize, &[Vec<u8>]) -> usize,
+) -> SendStats {
+    pace_at(now_ns(), prefixes, pps, duration, size, send)
+}
+
+/// [`pace`] from the CLOCK_MONOTONIC instant `t0_ns` (waited for if in the future), so that
+/// several pacer threads share one timeline and their rates add up smoothly.
+pub fn pace_at(
+    t0_ns: u64,
+    prefixes: &[Vec<u8>],
+    pps: f64,
+    duration: Duration,
+    size: usize,
     mut send: impl FnMut(usize, &[Vec<u8>]) -> usize,
 ) -> SendStats {
     let nep = prefixes.len().max(1) as u64;
     let mut seqs = vec![0u64; prefixes.len()];
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0x5a; size]).collect();
     let mut st = SendStats::default();
-    let t0 = now_ns();
+    let early = t0_ns.saturating_sub(now_ns());
+    if early > 0 {
+        std::thread::sleep(Duration::from_nanos(early));
+    }
+    let t0 = t0_ns;
     let tend = t0 + duration.as_nanos() as u64;
     let maxlag = ((pps * 0.002) as u64).max(BATCH as u64);
     let mut attempted = 0u64;
@@ -224,6 +242,17 @@ pub fn pace(
     st
 }
 
+impl SendStats {
+    /// Adds another pacer's counts; the window is the longest of the two.
+    pub fn merge(&mut self, o: &SendStats) {
+        self.sent += o.sent;
+        self.send_failed += o.send_failed;
+        self.skipped += o.skipped;
+        self.elapsed_s = self.elapsed_s.max(o.elapsed_s);
+        self.interrupted |= o.interrupted;
+    }
+}
+
 /// What the receiver saw.
 #[derive(Debug, Clone, Default)]
 pub struct RecvStats {
@@ -257,6 +286,7 @@ impl RecvStats {
         }
     }
 
+    /// Adds another receiver's counts and samples (histograms add exactly).
     pub fn merge(&mut self, o: &RecvStats) {
         self.received += o.received;
         self.received_bytes += o.received_bytes;
@@ -266,11 +296,13 @@ impl RecvStats {
     }
 }
 
-/// One receive thread over `socks`: epoll + `recvmmsg`. `expect[i]` is the prefix packets
-/// arriving on `socks[i]` must carry (the peer's). Runs until `stop` is set, then returns.
+/// One receive thread over `socks[range]`: epoll + `recvmmsg`. `expect[i]` is the prefix
+/// packets arriving on `socks[i]` must carry (the peer's). Runs until `stop` is set, then
+/// returns what it saw.
 pub fn spawn_receiver(
     socks: Arc<Vec<UdpSocket>>,
-    expect: Vec<Vec<u8>>,
+    range: Range<usize>,
+    expect: Arc<Vec<Vec<u8>>>,
     stop: Arc<AtomicBool>,
     live_received: Arc<AtomicU64>,
 ) -> io::Result<std::thread::JoinHandle<RecvStats>> {
@@ -279,7 +311,7 @@ pub fn spawn_receiver(
     if ep < 0 {
         return Err(io::Error::last_os_error());
     }
-    for (i, s) in socks.iter().enumerate() {
+    for (i, s) in socks.iter().enumerate().take(range.end).skip(range.start) {
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
             u64: i as u64,
@@ -313,7 +345,7 @@ pub fn spawn_receiver(
                     m
                 })
                 .collect();
-            let maxev = socks.len().clamp(1, 1024);
+            let maxev = range.len().clamp(1, 1024);
             let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; maxev];
             while !stop.load(Relaxed) {
                 // SAFETY: evs has room for maxev events.
@@ -356,9 +388,18 @@ pub fn spawn_receiver(
         })
 }
 
-/// `sendmmsg` of `bufs` from `sock` to `dest` (IPv4); returns how many went out.
-pub fn send_batch(sock: &UdpSocket, dest: &SocketAddrV4, bufs: &[Vec<u8>]) -> usize {
-    let sa = sockaddr_v4(dest);
+/// `sendmmsg` of `bufs` from `sock` to `dest` (IPv4), or with `None` to the address the
+/// socket is connected to (the kernel then reuses the socket's cached route instead of
+/// looking one up per packet); returns how many went out.
+pub fn send_batch(sock: &UdpSocket, dest: Option<&SocketAddrV4>, bufs: &[Vec<u8>]) -> usize {
+    let sa = dest.map(sockaddr_v4);
+    let (name, namelen) = match &sa {
+        Some(sa) => (
+            sa as *const libc::sockaddr_in as *mut libc::c_void,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ),
+        None => (std::ptr::null_mut(), 0),
+    };
     let mut iov: [libc::iovec; BATCH] = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -371,13 +412,13 @@ pub fn send_batch(sock: &UdpSocket, dest: &SocketAddrV4, bufs: &[Vec<u8>]) -> us
         iov[i].iov_len = bufs[i].len();
         msgs[i].msg_hdr.msg_iov = &mut iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
-        msgs[i].msg_hdr.msg_name = &sa as *const libc::sockaddr_in as *mut libc::c_void;
-        msgs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        msgs[i].msg_hdr.msg_name = name;
+        msgs[i].msg_hdr.msg_namelen = namelen;
     }
     let mut off = 0;
     while off < n {
-        // SAFETY: msgs[off..n] point at live buffers and a live sockaddr_in; the kernel
-        // only reads them.
+        // SAFETY: msgs[off..n] point at live buffers and a live sockaddr_in (or none); the
+        // kernel only reads them.
         let r = unsafe {
             libc::sendmmsg(
                 sock.as_raw_fd(),

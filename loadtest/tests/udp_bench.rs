@@ -163,6 +163,34 @@ fn collect(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
+/// Several generator workers: pairs split across them, loss and latency still exact (every
+/// packet the pacers sent arrives once, the merged histogram holds every sample).
+#[test]
+fn baseline_target_with_threads_merges_exactly() {
+    let fwd = Fwd::start();
+    let (_dir, path) = common::tmp("udp.json");
+    let out = common::bin()
+        .args(["udp", "--pairs", "6", "--pps", "600", "--duration", "1s"])
+        .args(["--size", "100", "--threads", "3", "--target"])
+        .arg(format!("baseline={}", fwd.addr))
+        .args(["--relay-pid", &std::process::id().to_string(), "--report"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains(" threads=3 "), "{stdout}");
+    let r: UdpReport = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!((r.threads, r.setup.pairs_ready), (3, 6));
+    assert!(r.sent > 0);
+    assert_eq!(r.received, r.sent, "{stdout}");
+    assert_eq!(r.bad, 0);
+    let h = duet_loadtest::hist::Hist::from_base64(&r.latency_us.histogram).unwrap();
+    assert_eq!(h.count(), r.received);
+    assert_eq!(fwd.forwarded.load(Relaxed), r.received + 6);
+    assert!(r.generator_kept_up && r.generator_window_cpu_s.is_some());
+}
+
 #[test]
 fn idle_mode_sets_up_pairs_and_sends_no_media() {
     let fwd = Fwd::start();
@@ -208,6 +236,47 @@ fn udp_argument_errors_exit_2() {
             "baseline=127.0.0.1:1",
             "--token-key-file",
             "k",
+        ],
+        // turn: credentials required, no relay access files, at most 4 minutes.
+        vec!["udp", "--target", "turn=127.0.0.1:1"],
+        vec!["udp", "--target", "turn=127.0.0.1:1", "--turn-user", "u"],
+        vec![
+            "udp",
+            "--target",
+            "turn=127.0.0.1:1",
+            "--turn-user",
+            "u:p",
+            "--duration",
+            "5m",
+        ],
+        vec![
+            "udp",
+            "--target",
+            "turn=127.0.0.1:1",
+            "--turn-user",
+            "u:p",
+            "--cert",
+            "c.pem",
+        ],
+        vec![
+            "udp",
+            "--target",
+            "baseline=127.0.0.1:1",
+            "--turn-user",
+            "u:p",
+        ],
+        vec!["udp", "--target", "baseline=127.0.0.1:1", "--threads", "0"],
+        // quic is paced by one thread through the SDK.
+        vec![
+            "udp",
+            "--target",
+            "quic=127.0.0.1:1",
+            "--cert",
+            "c.pem",
+            "--token-key-file",
+            "k",
+            "--threads",
+            "2",
         ],
     ] {
         let out = common::bin().args(&args).output().unwrap();
