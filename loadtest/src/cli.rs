@@ -210,6 +210,11 @@ pub struct UdpArgs {
     /// with its own pacer and receiver thread over its own sockets
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
+    /// How endpoints get distinct addresses (raw targets): ports = a socket per endpoint on
+    /// 127.0.0.1 (one packet per send call at many pairs); ips = a socket per worker and a
+    /// 127.x.y.z address per endpoint, so batches span endpoints (needs CAP_NET_RAW)
+    #[arg(long, value_enum, default_value = "ports")]
+    pub addressing: crate::udpnet::Addressing,
     /// TURN long-term credential (turn target), e.g. a static user of coturn's --user
     #[arg(long, value_name = "USER:PASSWORD")]
     pub turn_user: Option<TurnUser>,

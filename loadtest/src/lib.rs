@@ -20,6 +20,7 @@
 //! | [`progress`] | live progress on stderr | yes |
 //! | [`runner`] | the run's timeline, the calls, their bounds | yes |
 //! | [`udp`] | `udp` subcommand engine: endpoint sockets, pacing, batched send/receive | yes |
+//! | [`udpnet`] | `udp` endpoint addresses and sockets: one per endpoint, or shared (IP_PKTINFO) | yes |
 //! | [`udpgen`] | `udp` measured window over `--threads` workers (pacer + receiver each), merged | yes |
 //! | [`fpctl`] | minimal control client for the fast-path offer and bind confirmation | yes |
 //! | [`turnctl`] | TURN allocations, permissions and channels per endpoint (turn-client-proto) | yes |
@@ -45,6 +46,7 @@ pub mod turnctl;
 pub mod udp;
 pub mod udpbench;
 pub mod udpgen;
+pub mod udpnet;
 
 /// Process exit codes of `duet-loadtest` (stable: scripts and CI read them).
 pub mod exit {

@@ -5,13 +5,13 @@
 //!
 //! The TURN protocol itself is `turn-client-proto` (sans-IO: `recv` in, `poll_transmit` /
 //! `poll_event` out, `now` passed in): this module only moves its datagrams between many
-//! clients and their sockets during set-up, a chunk of pairs at a time, bounded in time, and
-//! reads the outcome. The data plane is not here: once bound, an endpoint's media is
+//! clients and their endpoints' addresses ([`Net`]) during set-up, a chunk of pairs at a
+//! time, bounded in time, and reads the outcome. The data plane is not here: once bound, an endpoint's media is
 //! ChannelData (RFC 8656 §12.4: channel number and length, then the payload), written by the
 //! raw engine with the 4-byte [`Bound::header`] taken from the client's own encoding.
 
-use std::io::ErrorKind;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
+use std::ops::Range;
 use std::time::Duration;
 
 use turn_client_proto::api::{TurnConfig, TurnEvent, TurnPollRet};
@@ -24,6 +24,7 @@ use turn_client_proto::udp::TurnClientUdp;
 
 use crate::cli::TurnUser;
 use crate::udp;
+use crate::udpnet::Net;
 
 /// Bytes of the ChannelData header in front of every relayed payload.
 pub const CHANNEL_HEADER_LEN: usize = 4;
@@ -117,22 +118,21 @@ fn now() -> Instant {
     Instant::from_nanos(udp::now_ns() as i64)
 }
 
-/// Sets up every pair (`socks[2i]`, `socks[2i + 1]`) on the TURN server `server` as `cred`:
-/// both allocate, then each permits and binds a channel to the other's relayed address.
-/// Returns the clients and, per endpoint, its channel or why it has none. `payload_len` is
-/// the ChannelData payload the data plane will send (the header's length field).
+/// Sets up every pair (endpoints `2i`, `2i + 1` of `net`) on the TURN server `server` as
+/// `cred`: both allocate, then each permits and binds a channel to the other's relayed
+/// address. Returns the clients and, per endpoint, its channel or why it has none.
+/// `payload_len` is the ChannelData payload the data plane will send (the header's length).
 pub fn setup_pairs(
-    socks: &[UdpSocket],
+    net: &Net,
     server: SocketAddr,
     cred: &TurnUser,
     payload_len: usize,
-) -> std::io::Result<(TurnSetup, Vec<Result<Bound, TurnSetupError>>)> {
+) -> (TurnSetup, Vec<Result<Bound, TurnSetupError>>) {
     let credentials = TurnCredentials::new(&cred.user, &cred.password);
-    let mut eps = Vec::with_capacity(socks.len());
-    for s in socks {
-        eps.push(Ep {
+    let mut eps: Vec<Ep> = (0..net.endpoints())
+        .map(|e| Ep {
             client: TurnClientUdp::allocate(
-                s.local_addr()?,
+                SocketAddr::V4(net.local(e)),
                 server,
                 TurnConfig::new(credentials.clone()),
             ),
@@ -140,17 +140,16 @@ pub fn setup_pairs(
             permission: false,
             channel: false,
             failed: None,
-        });
-    }
-    let mut out = Vec::with_capacity(socks.len());
-    for start in (0..socks.len()).step_by(2 * CHUNK_PAIRS) {
-        let end = (start + 2 * CHUNK_PAIRS).min(socks.len());
-        let (s, e) = (&socks[start..end], &mut eps[start..end]);
-        drive(e, s, |ep| ep.relayed.is_some());
-        for p in (0..e.len()).step_by(2) {
-            let (a, b) = (e[p].relayed, e[p + 1].relayed);
+        })
+        .collect();
+    let mut out = Vec::with_capacity(eps.len());
+    for start in (0..eps.len()).step_by(2 * CHUNK_PAIRS) {
+        let chunk = start..(start + 2 * CHUNK_PAIRS).min(eps.len());
+        drive(&mut eps, net, chunk.clone(), |ep| ep.relayed.is_some());
+        for p in chunk.clone().step_by(2) {
+            let (a, b) = (eps[p].relayed, eps[p + 1].relayed);
             for (side, peer) in [(p, b), (p + 1, a)] {
-                let ep = &mut e[side];
+                let ep = &mut eps[side];
                 match peer {
                     Some(peer) if ep.failed.is_none() => {
                         let t = now();
@@ -167,13 +166,15 @@ pub fn setup_pairs(
                 }
             }
         }
-        drive(e, s, |ep| ep.permission && ep.channel);
-        for p in 0..e.len() {
-            let peer = e[p ^ 1].relayed;
-            out.push(bound(&mut e[p], peer, payload_len));
+        drive(&mut eps, net, chunk.clone(), |ep| {
+            ep.permission && ep.channel
+        });
+        for p in chunk {
+            let peer = eps[p ^ 1].relayed;
+            out.push(bound(&mut eps[p], peer, payload_len));
         }
     }
-    Ok((TurnSetup { eps }, out))
+    (TurnSetup { eps }, out)
 }
 
 /// The endpoint's channel, with the header its client writes for a `payload_len` payload.
@@ -210,29 +211,31 @@ fn bound(
     }
 }
 
-/// Moves datagrams between `eps` and `socks` until `done` holds for every endpoint that has
-/// not failed, or [`PHASE_TIMEOUT`] (the rest fail with `Timeout`).
-fn drive(eps: &mut [Ep], socks: &[UdpSocket], done: impl Fn(&Ep) -> bool) {
+/// Moves datagrams between the clients of `chunk` and their addresses until `done` holds
+/// for every one that has not failed, or [`PHASE_TIMEOUT`] (the rest fail with `Timeout`).
+fn drive(eps: &mut [Ep], net: &Net, chunk: Range<usize>, done: impl Fn(&Ep) -> bool) {
     let deadline = udp::now_ns() + PHASE_TIMEOUT.as_nanos() as u64;
+    let sockets = net.sockets_of(chunk.clone());
     let mut buf = vec![0u8; udp::MAX_PACKET];
     loop {
         let mut moved = false;
-        for (ep, sock) in eps.iter_mut().zip(socks) {
+        for &s in &sockets {
+            // A socket error ends this round's reads; the clients retransmit.
+            while let Ok(Some(r)) = net.recv_from(s, &mut buf) {
+                moved = true;
+                let Some(ep) = r.endpoint.and_then(|e| eps.get_mut(e)) else {
+                    continue;
+                };
+                let to = ep.client.local_addr();
+                let t = Transmit::new(&buf[..r.len], TransportType::Udp, r.from, to);
+                // Ignored or peer data during set-up: nothing to do with it.
+                let _ = ep.client.recv(t, now());
+            }
+        }
+        for e in chunk.clone() {
+            let ep = &mut eps[e];
             if ep.failed.is_some() {
                 continue;
-            }
-            let local = ep.client.local_addr();
-            loop {
-                match sock.recv_from(&mut buf) {
-                    Ok((n, from)) => {
-                        moved = true;
-                        let t = Transmit::new(&buf[..n], TransportType::Udp, from, local);
-                        // Ignored or peer data during set-up: nothing to do with it.
-                        let _ = ep.client.recv(t, now());
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                }
             }
             let t = now();
             if let TurnPollRet::Closed = ep.client.poll(t) {
@@ -241,12 +244,13 @@ fn drive(eps: &mut [Ep], socks: &[UdpSocket], done: impl Fn(&Ep) -> bool) {
             while let Some(tx) = ep.client.poll_transmit(t) {
                 moved = true;
                 // A refused send is a lost datagram: the client retransmits.
-                let _ = sock.send_to(tx.data.as_ref(), tx.to);
+                let _ = net.send_to(e, tx.data.as_ref(), tx.to);
             }
             while let Some(ev) = ep.client.poll_event() {
                 ep.on_event(ev);
             }
         }
+        let eps = &mut eps[chunk.clone()];
         if eps.iter().all(|e| e.failed.is_some() || done(e)) {
             return;
         }
@@ -263,17 +267,17 @@ fn drive(eps: &mut [Ep], socks: &[UdpSocket], done: impl Fn(&Ep) -> bool) {
 }
 
 impl TurnSetup {
-    /// Deletes every allocation (a Refresh with lifetime 0 from each endpoint's socket), so
+    /// Deletes every allocation (a Refresh with lifetime 0 from each endpoint's address), so
     /// the server frees its relay ports now rather than when they expire. Best effort: the
     /// answers are not awaited.
-    pub fn release(mut self, socks: &[UdpSocket]) {
+    pub fn release(mut self, net: &Net) {
         let t = now();
-        for (ep, sock) in self.eps.iter_mut().zip(socks) {
+        for (e, ep) in self.eps.iter_mut().enumerate() {
             if ep.relayed.is_none() || ep.client.delete(t).is_err() {
                 continue;
             }
             while let Some(tx) = ep.client.poll_transmit(t) {
-                let _ = sock.send_to(tx.data.as_ref(), tx.to);
+                let _ = net.send_to(e, tx.data.as_ref(), tx.to);
             }
         }
     }

@@ -16,13 +16,13 @@
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
-use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::hist::Hist;
+use crate::udpnet::{CmsgBuf, Net};
 
 /// Packets per `sendmmsg` / `recvmmsg`.
 pub const BATCH: usize = 64;
@@ -100,6 +100,13 @@ fn set_buf(fd: i32, force: libc::c_int, plain: libc::c_int, bytes: usize) {
     }
 }
 
+/// Sets a socket's kernel receive and send buffer sizes (forced past the sysctl caps where
+/// allowed; best effort).
+pub fn set_buffers(s: &UdpSocket, rcv: usize, snd: usize) {
+    set_buf(s.as_raw_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, rcv);
+    set_buf(s.as_raw_fd(), libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, snd);
+}
+
 /// `n` non-blocking UDP sockets on 127.0.0.1 (ephemeral ports) with the buffer sizes
 /// `loadgen.c` uses: 64 MiB of receive buffer spread over all (256 KiB..8 MiB each), 4 MiB send.
 pub fn bind_sockets(n: usize) -> io::Result<Vec<UdpSocket>> {
@@ -108,13 +115,7 @@ pub fn bind_sockets(n: usize) -> io::Result<Vec<UdpSocket>> {
         .map(|_| {
             let s = UdpSocket::bind("127.0.0.1:0")?;
             s.set_nonblocking(true)?;
-            set_buf(s.as_raw_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, rcv);
-            set_buf(
-                s.as_raw_fd(),
-                libc::SO_SNDBUFFORCE,
-                libc::SO_SNDBUF,
-                4 << 20,
-            );
+            set_buffers(&s, rcv, 4 << 20);
             Ok(s)
         })
         .collect()
@@ -164,15 +165,16 @@ pub struct SendStats {
 }
 
 /// Paces `pps` packets per second in total for `duration`, spread round-robin over
-/// `prefixes.len()` endpoints, in 250 µs ticks. `send(ep, bufs)` sends the first
-/// `bufs.len()` batch buffers (each `size` bytes, prefix and probe written) from endpoint
-/// `ep` and returns how many went out. Sequence numbers are per endpoint, from 0.
+/// `prefixes.len()` endpoints, in 250 µs ticks. `send(eps, bufs)` sends batch buffer
+/// `bufs[i]` (`size` bytes, prefix and probe written) from endpoint `eps[i]`, up to
+/// [`BATCH`] at once (each endpoint's packets adjacent), and returns how many went out.
+/// Sequence numbers are per endpoint, from 0.
 pub fn pace(
     prefixes: &[Vec<u8>],
     pps: f64,
     duration: Duration,
     size: usize,
-    send: impl FnMut(usize, &[Vec<u8>]) -> usize,
+    send: impl FnMut(&[usize], &[Vec<u8>]) -> usize,
 ) -> SendStats {
     pace_at(now_ns(), prefixes, pps, duration, size, send)
 }
@@ -185,11 +187,12 @@ pub fn pace_at(
     pps: f64,
     duration: Duration,
     size: usize,
-    mut send: impl FnMut(usize, &[Vec<u8>]) -> usize,
+    mut send: impl FnMut(&[usize], &[Vec<u8>]) -> usize,
 ) -> SendStats {
     let nep = prefixes.len().max(1) as u64;
     let mut seqs = vec![0u64; prefixes.len()];
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0x5a; size]).collect();
+    let mut eps = [0usize; BATCH];
     let mut st = SendStats::default();
     let early = t0_ns.saturating_sub(now_ns());
     if early > 0 {
@@ -218,19 +221,27 @@ pub fn pace_at(
         while attempted < target {
             let due = target - attempted;
             let per = due.div_ceil(nep).min(BATCH as u64) as usize;
-            let ep = cur;
-            cur = (cur + 1) % prefixes.len();
+            // One batch: `per` packets from each endpoint in turn, as many as fit.
+            let want = due.min(BATCH as u64) as usize;
             let ts = now_ns();
-            let p = &prefixes[ep];
-            for b in bufs.iter_mut().take(per) {
-                b[..p.len()].copy_from_slice(p);
-                write_probe(b, p.len(), ts, seqs[ep]);
-                seqs[ep] += 1;
+            let mut n = 0;
+            while n < want {
+                let ep = cur;
+                cur = (cur + 1) % prefixes.len();
+                let k = per.min(want - n);
+                let p = &prefixes[ep];
+                for b in &mut bufs[n..n + k] {
+                    b[..p.len()].copy_from_slice(p);
+                    write_probe(b, p.len(), ts, seqs[ep]);
+                    seqs[ep] += 1;
+                }
+                eps[n..n + k].fill(ep);
+                n += k;
             }
-            let ok = send(ep, &bufs[..per]).min(per);
-            attempted += per as u64;
+            let ok = send(&eps[..n], &bufs[..n]).min(n);
+            attempted += n as u64;
             st.sent += ok as u64;
-            st.send_failed += (per - ok) as u64;
+            st.send_failed += (n - ok) as u64;
         }
         last = now_ns();
         let next = (last + TICK.as_nanos() as u64).min(tend);
@@ -296,12 +307,12 @@ impl RecvStats {
     }
 }
 
-/// One receive thread over `socks[range]`: epoll + `recvmmsg`. `expect[i]` is the prefix
-/// packets arriving on `socks[i]` must carry (the peer's). Runs until `stop` is set, then
-/// returns what it saw.
+/// One receive thread over `net`'s sockets `sockets`: epoll + `recvmmsg`. A packet counts
+/// for the endpoint it was addressed to (see [`Net::endpoint_of_msg`]), whose peer's header
+/// it must carry: `expect[endpoint]`. Runs until `stop` is set, then returns what it saw.
 pub fn spawn_receiver(
-    socks: Arc<Vec<UdpSocket>>,
-    range: Range<usize>,
+    net: Arc<Net>,
+    sockets: Vec<usize>,
     expect: Arc<Vec<Vec<u8>>>,
     stop: Arc<AtomicBool>,
     live_received: Arc<AtomicU64>,
@@ -311,13 +322,14 @@ pub fn spawn_receiver(
     if ep < 0 {
         return Err(io::Error::last_os_error());
     }
-    for (i, s) in socks.iter().enumerate().take(range.end).skip(range.start) {
+    for &s in &sockets {
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
-            u64: i as u64,
+            u64: s as u64,
         };
+        let fd = net.socket(s).as_raw_fd();
         // SAFETY: ep and the socket fd are open; ev is a valid epoll_event.
-        if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) } < 0 {
+        if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
             let e = io::Error::last_os_error();
             // SAFETY: closing the epoll fd we created.
             unsafe { libc::close(ep) };
@@ -329,6 +341,7 @@ pub fn spawn_receiver(
         .spawn(move || {
             let mut st = RecvStats::default();
             let mut bufs = vec![[0u8; MAX_PACKET]; BATCH];
+            let mut cmsgs: Vec<CmsgBuf> = vec![[0; 4]; BATCH];
             let mut iov: Vec<libc::iovec> = bufs
                 .iter_mut()
                 .map(|b| libc::iovec {
@@ -342,21 +355,26 @@ pub fn spawn_receiver(
                     let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
                     m.msg_hdr.msg_iov = &mut iov[i];
                     m.msg_hdr.msg_iovlen = 1;
+                    m.msg_hdr.msg_control = cmsgs[i].as_mut_ptr() as *mut libc::c_void;
                     m
                 })
                 .collect();
-            let maxev = range.len().clamp(1, 1024);
+            let maxev = sockets.len().clamp(1, 1024);
             let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; maxev];
             while !stop.load(Relaxed) {
                 // SAFETY: evs has room for maxev events.
                 let n = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), maxev as libc::c_int, 20) };
                 for ev in evs.iter().take(n.max(0) as usize) {
-                    let i = ev.u64 as usize;
-                    let fd = socks[i].as_raw_fd();
+                    let s = ev.u64 as usize;
+                    let fd = net.socket(s).as_raw_fd();
                     // Bounded rounds per socket, so one busy socket cannot starve the rest.
                     for _ in 0..8 {
+                        for m in msgs.iter_mut() {
+                            m.msg_hdr.msg_controllen = std::mem::size_of::<CmsgBuf>();
+                        }
                         // SAFETY: msgs point at BATCH live iovecs over bufs, each
-                        // MAX_PACKET bytes; the kernel writes at most that much.
+                        // MAX_PACKET bytes, and BATCH control buffers of the length set
+                        // just above; the kernel writes at most that much.
                         let r = unsafe {
                             libc::recvmmsg(
                                 fd,
@@ -372,8 +390,11 @@ pub fn spawn_receiver(
                         let now = now_ns();
                         let before = st.received;
                         for k in 0..r as usize {
-                            let len = msgs[k].msg_len as usize;
-                            st.on_packet(&bufs[k][..len.min(MAX_PACKET)], &expect[i], now);
+                            let len = (msgs[k].msg_len as usize).min(MAX_PACKET);
+                            match net.endpoint_of_msg(s, &msgs[k].msg_hdr) {
+                                Some(e) => st.on_packet(&bufs[k][..len], &expect[e], now),
+                                None => st.bad += 1,
+                            }
                         }
                         live_received.fetch_add(st.received - before, Relaxed);
                         if (r as usize) < BATCH {
@@ -391,7 +412,11 @@ pub fn spawn_receiver(
 /// `sendmmsg` of `bufs` from `sock` to `dest` (IPv4), or with `None` to the address the
 /// socket is connected to (the kernel then reuses the socket's cached route instead of
 /// looking one up per packet); returns how many went out.
-pub fn send_batch(sock: &UdpSocket, dest: Option<&SocketAddrV4>, bufs: &[Vec<u8>]) -> usize {
+pub fn send_batch<B: AsRef<[u8]>>(
+    sock: &UdpSocket,
+    dest: Option<&SocketAddrV4>,
+    bufs: &[B],
+) -> usize {
     let sa = dest.map(sockaddr_v4);
     let (name, namelen) = match &sa {
         Some(sa) => (
@@ -408,8 +433,9 @@ pub fn send_batch(sock: &UdpSocket, dest: Option<&SocketAddrV4>, bufs: &[Vec<u8>
     let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
     let n = bufs.len().min(BATCH);
     for i in 0..n {
-        iov[i].iov_base = bufs[i].as_ptr() as *mut libc::c_void;
-        iov[i].iov_len = bufs[i].len();
+        let b = bufs[i].as_ref();
+        iov[i].iov_base = b.as_ptr() as *mut libc::c_void;
+        iov[i].iov_len = b.len();
         msgs[i].msg_hdr.msg_iov = &mut iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
         msgs[i].msg_hdr.msg_name = name;
@@ -435,7 +461,8 @@ pub fn send_batch(sock: &UdpSocket, dest: Option<&SocketAddrV4>, bufs: &[Vec<u8>
     off
 }
 
-fn sockaddr_v4(a: &SocketAddrV4) -> libc::sockaddr_in {
+/// The C form of an IPv4 socket address.
+pub fn sockaddr_v4(a: &SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: a.port().to_be(),
@@ -490,12 +517,13 @@ mod tests {
             4000.0,
             Duration::from_millis(200),
             32,
-            |ep, bufs| {
-                for b in bufs {
+            |eps, bufs| {
+                assert_eq!(eps.len(), bufs.len());
+                for (b, &ep) in bufs.iter().zip(eps) {
                     assert_eq!(&b[..8], &prefixes[ep][..]);
                     assert_eq!(b.len(), 32);
+                    per_ep[ep] += 1;
                 }
-                per_ep[ep] += bufs.len() as u64;
                 bufs.len()
             },
         );

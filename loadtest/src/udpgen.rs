@@ -2,32 +2,37 @@
 //! `--threads` generator workers so the generator is not one thread's worth of CPU.
 //!
 //! Owns the split of the pairs over workers (contiguous, both endpoints of a pair in the
-//! same worker, each worker's share of the total rate proportional to its endpoints), the
-//! connection of every endpoint socket to its destination (so each send reuses the socket's
-//! cached route), one pacer thread and one receiver thread per worker, one shared start
-//! instant so the shares add up to a smooth total, and the merge of their counters and
-//! histograms. Loss and latency stay exact with any number of workers: each packet is
+//! same worker, each worker's share of the total rate proportional to its endpoints; with
+//! `--addressing ips` a worker is exactly the endpoints of one shared socket), the
+//! connection of per-endpoint sockets to their destination (so each send reuses the
+//! socket's cached route), one pacer thread and one receiver thread per worker, one shared
+//! start instant so the shares add up to a smooth total, and the merge of their counters
+//! and histograms. Loss and latency stay exact with any number of workers: each packet is
 //! counted once by the pacer that sent it and once by the receiver of its peer's worker,
 //! and all stamps come from the one CLOCK_MONOTONIC. It does not set anything up (see
 //! `udpbench`) nor read any other process.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::SocketAddrV4;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::udp::{self, RecvStats, SendStats};
+use crate::udp::{self, RecvStats, SendStats, BATCH};
+use crate::udpnet::{Addressing, Net};
 
 /// How far ahead of now the workers' shared start instant is set, so every pacer thread
 /// is running before the first tick.
 const START_DELAY: Duration = Duration::from_millis(5);
 
-/// The endpoints of a window: endpoint `2i` and `2i + 1` are pair `i`.
+/// The endpoints of a window. Vectors indexed by endpoint are `net.endpoints()` long.
 pub struct Endpoints {
-    pub socks: Arc<Vec<UdpSocket>>,
-    /// Where each endpoint sends (the sockets are connected there).
+    pub net: Arc<Net>,
+    /// Endpoints that send, pairs adjacent: `[2i]` and `[2i + 1]` are a pair (all of
+    /// `net`'s, or only the pairs that were set up).
+    pub active: Vec<usize>,
+    /// Where each endpoint sends.
     pub dests: Vec<SocketAddrV4>,
     /// Header each endpoint's packets start with.
     pub prefixes: Vec<Vec<u8>>,
@@ -38,7 +43,7 @@ pub struct Endpoints {
 /// The load of a window.
 #[derive(Debug, Clone, Copy)]
 pub struct Load {
-    /// Total packets per second over all endpoints.
+    /// Total packets per second over all active endpoints.
     pub pps: f64,
     pub duration: Duration,
     /// UDP payload per packet, header included.
@@ -54,6 +59,40 @@ pub fn split(endpoints: usize, threads: usize) -> Vec<Range<usize>> {
     let n = threads.clamp(1, pairs.max(1));
     (0..n)
         .map(|t| 2 * (t * pairs / n)..2 * ((t + 1) * pairs / n))
+        .collect()
+}
+
+/// One worker: the endpoints it sends from and the sockets it receives on.
+#[derive(Debug, PartialEq)]
+struct Worker {
+    senders: Vec<usize>,
+    sockets: Vec<usize>,
+}
+
+/// `ports`: the active pairs split over `threads`; `ips`: one worker per shared socket.
+fn workers(net: &Net, active: &[usize], threads: usize) -> Vec<Worker> {
+    let groups: Vec<Vec<usize>> = match net.addressing() {
+        Addressing::Ports => split(active.len(), threads)
+            .into_iter()
+            .map(|r| active[r].to_vec())
+            .collect(),
+        Addressing::Ips => (0..net.sockets())
+            .map(|s| {
+                active
+                    .iter()
+                    .copied()
+                    .filter(|&e| net.owner(e) == s)
+                    .collect()
+            })
+            .collect(),
+    };
+    groups
+        .into_iter()
+        .filter(|g: &Vec<usize>| !g.is_empty())
+        .map(|senders| Worker {
+            sockets: net.sockets_of(senders.iter().copied()),
+            senders,
+        })
         .collect()
 }
 
@@ -74,18 +113,17 @@ pub fn run(
     on_start: impl FnOnce(),
     on_drained: impl FnOnce(),
 ) -> io::Result<WindowStats> {
-    let nep = eps.prefixes.len();
-    for (s, d) in eps.socks.iter().zip(&eps.dests) {
-        s.connect(SocketAddr::V4(*d))?;
+    for &e in &eps.active {
+        eps.net.connect(e, eps.dests[e])?;
     }
-    let ranges = split(nep, load.threads);
+    let ws = workers(&eps.net, &eps.active, load.threads);
     let stop = Arc::new(AtomicBool::new(false));
     let live = Arc::new(AtomicU64::new(0));
-    let mut rxs = Vec::with_capacity(ranges.len());
-    for r in &ranges {
+    let mut rxs = Vec::with_capacity(ws.len());
+    for w in &ws {
         match udp::spawn_receiver(
-            eps.socks.clone(),
-            r.clone(),
+            eps.net.clone(),
+            w.sockets.clone(),
             eps.expect.clone(),
             stop.clone(),
             live.clone(),
@@ -101,22 +139,39 @@ pub fn run(
     on_start();
     let t0 = udp::now_ns() + START_DELAY.as_nanos() as u64;
     let mut out = WindowStats {
-        threads: ranges.len(),
+        threads: ws.len(),
         ..WindowStats::default()
     };
+    let total = eps.active.len().max(1) as f64;
     let mut spawn_err = None;
     std::thread::scope(|scope| {
-        let mut txs = Vec::with_capacity(ranges.len());
-        for r in &ranges {
-            let share = load.pps * r.len() as f64 / nep.max(1) as f64;
-            let socks = &eps.socks;
-            let (prefixes, start) = (&eps.prefixes[r.clone()], r.start);
+        let mut txs = Vec::with_capacity(ws.len());
+        for w in &ws {
+            let share = load.pps * w.senders.len() as f64 / total;
+            let prefixes: Vec<Vec<u8>> =
+                w.senders.iter().map(|&e| eps.prefixes[e].clone()).collect();
+            let (net, senders, dests) = (&eps.net, &w.senders, &eps.dests);
             let spawned = std::thread::Builder::new()
                 .name("lt-udp-tx".into())
                 .spawn_scoped(scope, move || {
-                    udp::pace_at(t0, prefixes, share, load.duration, load.size, |ep, bufs| {
-                        udp::send_batch(&socks[start + ep], None, bufs)
-                    })
+                    let (mut ge, mut gd) = (
+                        [0usize; BATCH],
+                        [SocketAddrV4::new([0; 4].into(), 0); BATCH],
+                    );
+                    udp::pace_at(
+                        t0,
+                        &prefixes,
+                        share,
+                        load.duration,
+                        load.size,
+                        |local, bufs| {
+                            for (i, &l) in local.iter().enumerate() {
+                                ge[i] = senders[l];
+                                gd[i] = dests[ge[i]];
+                            }
+                            net.send_batch(&ge[..local.len()], &gd[..local.len()], bufs)
+                        },
+                    )
                 });
             match spawned {
                 Ok(h) => txs.push(h),
@@ -175,21 +230,19 @@ mod tests {
             .all(|r| r.start % 2 == 0 && r.len() % 2 == 0 && r.len() >= 666));
     }
 
-    /// Several workers over real loopback sockets: every endpoint sends to its peer
-    /// directly (a pair is its own forwarder), so nothing may be lost, latency merges
-    /// exactly, and every worker's share of the rate is sent.
-    #[test]
-    fn workers_merge_exactly_over_loopback() {
-        let socks = udp::bind_sockets(8).unwrap();
-        let addr = |i: usize| match socks[i].local_addr().unwrap() {
-            SocketAddr::V4(a) => a,
-            SocketAddr::V6(_) => unreachable!(),
-        };
-        let dests: Vec<_> = (0..8).map(|e| addr(e ^ 1)).collect();
-        let prefixes: Vec<Vec<u8>> = (0..8u64).map(|e| e.to_be_bytes().to_vec()).collect();
-        let expect: Vec<Vec<u8>> = (0..8).map(|e| prefixes[e ^ 1].clone()).collect();
+    /// Several workers over real loopback sockets in both layouts: every endpoint sends to
+    /// its peer directly (a pair is its own forwarder), so nothing may be lost, latency
+    /// merges exactly, and every worker's share of the rate is sent; an inactive pair
+    /// sends nothing.
+    fn loopback_window(addressing: Addressing) {
+        let nep = 10;
+        let net = Net::bind(nep, &split(nep, 3), addressing).unwrap();
+        let dests: Vec<_> = (0..nep).map(|e| net.local(e ^ 1)).collect();
+        let prefixes: Vec<Vec<u8>> = (0..nep as u64).map(|e| e.to_be_bytes().to_vec()).collect();
+        let expect: Vec<Vec<u8>> = (0..nep).map(|e| prefixes[e ^ 1].clone()).collect();
         let eps = Endpoints {
-            socks: Arc::new(socks),
+            net: Arc::new(net),
+            active: vec![0, 1, 2, 3, 6, 7, 8, 9],
             dests,
             prefixes,
             expect: Arc::new(expect),
@@ -203,12 +256,22 @@ mod tests {
         let (mut started, mut drained) = (false, false);
         let st = run(&eps, &load, || started = true, || drained = true).unwrap();
         assert!(started && drained);
-        assert_eq!(st.threads, 3);
+        assert_eq!(st.threads, 3, "{addressing:?}");
         assert!(st.send.sent > 300, "{:?}", st.send);
         assert_eq!(st.send.send_failed, 0);
-        assert_eq!(st.recv.received, st.send.sent);
+        assert_eq!(st.recv.received, st.send.sent, "{addressing:?}");
         assert_eq!(st.recv.bad, 0);
         assert_eq!(st.recv.latency.count(), st.recv.received);
         assert_eq!(st.recv.received_bytes, 64 * st.recv.received);
+    }
+
+    #[test]
+    fn workers_merge_exactly_over_loopback_ports() {
+        loopback_window(Addressing::Ports);
+    }
+
+    #[test]
+    fn workers_merge_exactly_over_loopback_ips() {
+        loopback_window(Addressing::Ips);
     }
 }

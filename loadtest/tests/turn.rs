@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use duet_loadtest::cli::TurnUser;
 use duet_loadtest::turnctl::{self, CHANNEL_HEADER_LEN};
-use duet_loadtest::udp;
 use duet_loadtest::udpbench::UdpReport;
+use duet_loadtest::udpnet::{Addressing, Net};
 
 const USER: &str = "bench";
 const PASSWORD: &str = "bench-secret";
@@ -138,14 +138,15 @@ fn payload(pair: usize, dir: usize, i: usize, len: usize) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn channels_carry_packets_both_ways_byte_exact() {
+/// Two pairs set up by `turnctl`, then bursts of distinct payloads both ways through the
+/// server, each compared byte for byte, in the given endpoint layout.
+fn channels_byte_exact(addressing: Addressing) {
     let Some(turn) = Coturn::start() else { return };
     const PAIRS: usize = 2;
     const LEN: usize = 300;
     const PACKETS: usize = 200;
-    let socks = udp::bind_sockets(2 * PAIRS).unwrap();
-    let (setup, bound) = turnctl::setup_pairs(&socks, turn.addr, &cred(), LEN).unwrap();
+    let net = Net::bind(2 * PAIRS, &[0..2 * PAIRS], addressing).unwrap();
+    let (setup, bound) = turnctl::setup_pairs(&net, turn.addr, &cred(), LEN);
     let bound: Vec<_> = bound
         .into_iter()
         .map(|b| b.unwrap_or_else(|e| panic!("{e}\n{}", turn.log())))
@@ -154,10 +155,6 @@ fn channels_carry_packets_both_ways_byte_exact() {
         let (a, b) = (&bound[2 * p], &bound[2 * p + 1]);
         assert_eq!((a.peer, b.peer), (b.relayed, a.relayed));
         assert_ne!(a.relayed, b.relayed);
-    }
-    for s in &socks {
-        s.set_nonblocking(false).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     }
     let mut buf = [0u8; 2048];
     for p in 0..PAIRS {
@@ -168,23 +165,45 @@ fn channels_carry_packets_both_ways_byte_exact() {
                 for i in burst..burst + 20 {
                     let mut pkt = bound[from].header.to_vec();
                     pkt.extend(payload(p, dir, i, LEN));
-                    socks[from].send_to(&pkt, turn.addr).unwrap();
+                    net.send_to(from, &pkt, turn.addr).unwrap();
                 }
                 for i in burst..burst + 20 {
-                    let (n, src) = socks[to].recv_from(&mut buf).unwrap_or_else(|e| {
-                        panic!("pair {p} dir {dir} packet {i}: {e}\n{}", turn.log())
-                    });
-                    assert_eq!(src, turn.addr);
+                    let until = Instant::now() + Duration::from_secs(10);
+                    let r = loop {
+                        if let Some(r) = net.recv_from(net.owner(to), &mut buf).unwrap() {
+                            break r;
+                        }
+                        assert!(
+                            Instant::now() < until,
+                            "pair {p} dir {dir} packet {i} never came\n{}",
+                            turn.log()
+                        );
+                        std::thread::sleep(Duration::from_millis(1));
+                    };
+                    assert_eq!((r.endpoint, r.from), (Some(to), turn.addr));
                     // The receiver's own channel for its peer, the same length, and the
                     // payload byte for byte (ChannelData over UDP needs no padding).
                     assert_eq!(&buf[..CHANNEL_HEADER_LEN], &bound[to].header[..]);
-                    assert_eq!(n, CHANNEL_HEADER_LEN + LEN);
-                    assert_eq!(&buf[CHANNEL_HEADER_LEN..n], &payload(p, dir, i, LEN)[..]);
+                    assert_eq!(r.len, CHANNEL_HEADER_LEN + LEN);
+                    assert_eq!(
+                        &buf[CHANNEL_HEADER_LEN..r.len],
+                        &payload(p, dir, i, LEN)[..]
+                    );
                 }
             }
         }
     }
-    setup.release(&socks);
+    setup.release(&net);
+}
+
+#[test]
+fn channels_carry_packets_both_ways_byte_exact() {
+    channels_byte_exact(Addressing::Ports);
+}
+
+#[test]
+fn channels_carry_packets_both_ways_byte_exact_from_shared_sockets() {
+    channels_byte_exact(Addressing::Ips);
 }
 
 #[test]
@@ -194,7 +213,15 @@ fn udp_turn_target_delivers_everything_and_reports() {
     let (_dir, path) = common::tmp("turn.json");
     let out = common::bin()
         .args(["udp", "--pairs", "20", "--pps", "2000", "--duration", "1s"])
-        .args(["--size", "160", "--threads", "2", "--turn-user"])
+        .args([
+            "--size",
+            "160",
+            "--threads",
+            "2",
+            "--addressing",
+            "ips",
+            "--turn-user",
+        ])
         .arg(format!("{USER}:{PASSWORD}"))
         .arg("--target")
         .arg(format!("turn={}", turn.addr))
@@ -231,9 +258,9 @@ fn udp_turn_target_delivers_everything_and_reports() {
 fn wrong_credentials_fail_setup_with_a_reason() {
     use turnctl::TurnSetupError::{Allocate, Closed, Timeout};
     let Some(turn) = Coturn::start() else { return };
-    let socks = udp::bind_sockets(2).unwrap();
+    let net = Net::bind(2, &[0..2], Addressing::Ports).unwrap();
     let bad: TurnUser = format!("{USER}:not-{PASSWORD}").parse().unwrap();
-    let (_, bound) = turnctl::setup_pairs(&socks, turn.addr, &bad, 100).unwrap();
+    let (_, bound) = turnctl::setup_pairs(&net, turn.addr, &bad, 100);
     for b in bound {
         let e = b.unwrap_err();
         assert!(matches!(e, Allocate | Closed | Timeout), "{e:?}");

@@ -167,10 +167,17 @@ fn collect(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
 /// packet the pacers sent arrives once, the merged histogram holds every sample).
 #[test]
 fn baseline_target_with_threads_merges_exactly() {
+    for addressing in ["ports", "ips"] {
+        baseline_with_threads(addressing);
+    }
+}
+
+fn baseline_with_threads(addressing: &str) {
     let fwd = Fwd::start();
     let (_dir, path) = common::tmp("udp.json");
     let out = common::bin()
         .args(["udp", "--pairs", "6", "--pps", "600", "--duration", "1s"])
+        .args(["--addressing", addressing])
         .args(["--size", "100", "--threads", "3", "--target"])
         .arg(format!("baseline={}", fwd.addr))
         .args(["--relay-pid", &std::process::id().to_string(), "--report"])
@@ -266,6 +273,13 @@ fn udp_argument_errors_exit_2() {
             "u:p",
         ],
         vec!["udp", "--target", "baseline=127.0.0.1:1", "--threads", "0"],
+        vec![
+            "udp",
+            "--target",
+            "baseline=127.0.0.1:1",
+            "--addressing",
+            "other",
+        ],
         // quic is paced by one thread through the SDK.
         vec![
             "udp",

@@ -7,9 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
-use super::{finish_raw, random_base, relay_sample, Measured, SetupReport};
+use super::{bind_net, finish_raw, random_base, relay_sample, Measured, SetupReport};
 use crate::cli::UdpArgs;
 use crate::udp::{self, RecvStats};
 use crate::udpgen::Endpoints;
@@ -27,7 +25,7 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
     let size = a.size as usize;
     let (_, rss0) = relay_sample(a.relay_pid);
     let t = Instant::now();
-    let socks = Arc::new(udp::bind_sockets(nep).context("binding the endpoint sockets")?);
+    let net = bind_net(a, nep)?;
     let base = random_base();
     let prefixes: Vec<Vec<u8>> = (0..nep)
         .map(|e| (base + (e / 2) as u64).to_be_bytes().to_vec())
@@ -38,8 +36,8 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
     let mut hello_fail = 0u64;
     for pass in 0..2 {
         for e in (pass..nep).step_by(2) {
-            if socks[e]
-                .send_to(&hello(&prefixes[e], size), SocketAddr::V4(dest))
+            if net
+                .send_to(e, &hello(&prefixes[e], size), SocketAddr::V4(dest))
                 .is_err()
             {
                 hello_fail += 1;
@@ -47,12 +45,15 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Count the hellos that came back (they sit in the A sockets' buffers).
+    // Count the hellos that came back (they sit in the A endpoints' socket buffers).
     let mut hellos = RecvStats::default();
     let mut buf = [0u8; udp::MAX_PACKET];
-    for (e, s) in socks.iter().enumerate() {
-        while let Ok(n) = s.recv(&mut buf) {
-            hellos.on_packet(&buf[..n], &prefixes[e], udp::now_ns());
+    for s in 0..net.sockets() {
+        while let Ok(Some(r)) = net.recv_from(s, &mut buf) {
+            match r.endpoint {
+                Some(e) => hellos.on_packet(&buf[..r.len], &prefixes[e], udp::now_ns()),
+                None => hellos.bad += 1,
+            }
         }
     }
     let mut setup = SetupReport {
@@ -76,7 +77,8 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
         ));
     }
     let eps = Endpoints {
-        socks,
+        net,
+        active: (0..nep).collect(),
         dests,
         expect: Arc::new(prefixes.clone()),
         prefixes,

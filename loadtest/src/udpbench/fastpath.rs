@@ -8,11 +8,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use duet_proto::fastpath::{FastPathHeader, PacketType};
 
 use super::joins::{client_runtime, ids, join_all, relay_access, run_id, token_ttl};
-use super::{finish_raw, kind_for, relay_sample, Measured, SetupReport};
+use super::{bind_net, finish_raw, kind_for, relay_sample, Measured, SetupReport};
 use crate::cli::UdpArgs;
 use crate::fpctl::{self, Control};
 use crate::target;
@@ -78,7 +77,7 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
     }
     let nep = ctls.len();
     let kind = kind_for(a.size as usize);
-    let socks = Arc::new(udp::bind_sockets(nep).context("binding the endpoint sockets")?);
+    let net = bind_net(a, nep)?;
     let offers: Vec<_> = ctls.iter().filter_map(|c| c.offer.clone()).collect();
     let dests: Vec<SocketAddrV4> = offers
         .iter()
@@ -101,7 +100,7 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
                 continue;
             }
             if let Some(pkt) = offers[e].bind_packet() {
-                let _ = socks[e].send_to(&pkt, SocketAddr::V4(dests[e]));
+                let _ = net.send_to(e, &pkt, SocketAddr::V4(dests[e]));
             }
         }
         let until = Instant::now() + Duration::from_secs(1);
@@ -133,7 +132,8 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
     };
     let fp_addr = dests.first().map(|d| SocketAddr::V4(*d));
     let eps = Endpoints {
-        socks,
+        net,
+        active: (0..nep).collect(),
         dests,
         prefixes,
         expect: Arc::new(expect),

@@ -25,8 +25,10 @@ mod turn;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use duet_proto::MediaKind;
 
 pub use report::{LatencyUs, RelayUdp, SetupReport, UdpReport, UDP_SCHEMA};
@@ -34,6 +36,7 @@ pub use report::{LatencyUs, RelayUdp, SetupReport, UdpReport, UDP_SCHEMA};
 use crate::cli::{UdpArgs, UdpTargetKind};
 use crate::udp::{self, RecvStats, SendStats, STOP};
 use crate::udpgen::{self, Endpoints};
+use crate::udpnet::{Addressing, Net};
 use crate::{resources, rng};
 
 /// What the target-specific part hands back.
@@ -113,6 +116,15 @@ fn hold(d: Duration) {
     }
 }
 
+/// The endpoints of a raw target: `--addressing`, shared sockets laid out as the
+/// `--threads` workers will split the pairs.
+fn bind_net(a: &UdpArgs, endpoints: usize) -> anyhow::Result<Arc<Net>> {
+    let groups = udpgen::split(endpoints, a.threads as usize);
+    let net =
+        Net::bind(endpoints, &groups, a.addressing).context("binding the endpoint sockets")?;
+    Ok(Arc::new(net))
+}
+
 /// The end shared by the raw targets: hold the sessions (`--idle`), or run the measured
 /// window over `eps` with `--threads` workers, forwarder and generator CPU read around it.
 fn finish_raw(
@@ -123,8 +135,8 @@ fn finish_raw(
     rss0: Option<u64>,
     warnings: Vec<String>,
 ) -> anyhow::Result<Measured> {
-    if a.idle || eps.prefixes.is_empty() {
-        hold(if eps.prefixes.is_empty() {
+    if a.idle || eps.active.is_empty() {
+        hold(if eps.active.is_empty() {
             Duration::ZERO
         } else {
             a.duration
@@ -193,8 +205,8 @@ pub fn validate(a: &UdpArgs) -> Result<(), String> {
                 k.as_str()
             ))
         }
-        UdpTargetKind::Quic if a.threads > 1 => Err(
-            "--threads applies to the raw targets (baseline, fastpath, turn); quic is paced by one thread through the SDK"
+        UdpTargetKind::Quic if a.threads > 1 || a.addressing != Addressing::Ports => Err(
+            "--threads and --addressing apply to the raw targets (baseline, fastpath, turn); quic is paced by one thread through the SDK"
                 .into(),
         ),
         UdpTargetKind::Turn => turn::validate(a),

@@ -98,9 +98,10 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
         let prefixes = vec![prefix.clone(); nep];
         let (c0, g0) = (relay_sample(a.relay_pid).0, udp::self_cpu_seconds());
         let cs = calls.clone();
-        let send = udp::pace(&prefixes, a.pps, a.duration, size, |ep, bufs| {
+        let send = udp::pace(&prefixes, a.pps, a.duration, size, |eps, bufs| {
             bufs.iter()
-                .filter(|b| cs[ep].send_raw_datagram(Bytes::copy_from_slice(b)).is_ok())
+                .zip(eps)
+                .filter(|(b, &ep)| cs[ep].send_raw_datagram(Bytes::copy_from_slice(b)).is_ok())
                 .count()
         });
         if !send.interrupted {

@@ -8,13 +8,12 @@
 //! out), which is what TURN costs for such a call.
 
 use std::collections::BTreeMap;
-use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::{finish_raw, relay_sample, Measured, SetupReport};
+use super::{bind_net, finish_raw, relay_sample, Measured, SetupReport};
 use crate::cli::UdpArgs;
 use crate::turnctl::{self, CHANNEL_HEADER_LEN};
 use crate::udp;
@@ -46,15 +45,14 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
     let size = a.size as usize;
     let (_, rss0) = relay_sample(a.relay_pid);
     let t = Instant::now();
-    let socks = udp::bind_sockets(nep).context("binding the endpoint sockets")?;
+    let net = bind_net(a, nep)?;
     let server = a.target.addr;
-    let (session, results) = turnctl::setup_pairs(&socks, server, cred, size - CHANNEL_HEADER_LEN)
-        .context("setting up the TURN allocations")?;
+    let (session, results) = turnctl::setup_pairs(&net, server, cred, size - CHANNEL_HEADER_LEN);
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
-    let mut ready = Vec::new();
+    let mut active = Vec::with_capacity(nep);
     for p in 0..a.pairs as usize {
         match (&results[2 * p], &results[2 * p + 1]) {
-            (Ok(x), Ok(y)) => ready.push((p, *x, *y)),
+            (Ok(_), Ok(_)) => active.extend([2 * p, 2 * p + 1]),
             (Err(e), _) | (_, Err(e)) => *failures.entry(e.label().into()).or_default() += 1,
         }
     }
@@ -67,42 +65,28 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
         ));
     }
     let setup = SetupReport {
-        pairs_ready: ready.len() as u32,
-        pairs_failed: a.pairs - ready.len() as u32,
+        pairs_ready: (active.len() / 2) as u32,
+        pairs_failed: a.pairs - (active.len() / 2) as u32,
         failures,
         hellos_back: None,
         binds_confirmed: None,
         channels_bound: Some(bound),
         setup_s: t.elapsed().as_secs_f64(),
     };
-    // Only the ready pairs carry media; the others' sockets stay open until the release.
-    let socks = Arc::new(socks);
-    let mut idx = Vec::with_capacity(2 * ready.len());
-    let mut prefixes = Vec::with_capacity(2 * ready.len());
-    for (p, x, y) in &ready {
-        idx.extend([2 * p, 2 * p + 1]);
-        prefixes.extend([x.header.to_vec(), y.header.to_vec()]);
-    }
-    let dest = udp::v4(server)?;
-    let data_socks = if idx.len() == socks.len() {
-        socks.clone()
-    } else {
-        Arc::new(select(&socks, &idx)?)
-    };
+    // Only the ready pairs send; the server frames a relayed payload with the receiver's
+    // own channel number, so an endpoint receives its own header.
+    let prefixes: Vec<Vec<u8>> = results
+        .iter()
+        .map(|r| r.as_ref().map(|b| b.header.to_vec()).unwrap_or_default())
+        .collect();
     let eps = Endpoints {
-        socks: data_socks,
-        dests: vec![dest; prefixes.len()],
-        // The server frames a relayed payload with the receiver's own channel number.
+        net: net.clone(),
+        active,
+        dests: vec![udp::v4(server)?; nep],
         expect: Arc::new(prefixes.clone()),
         prefixes,
     };
     let m = finish_raw(a, eps, setup, None, rss0, warnings);
-    session.release(&socks);
+    session.release(&net);
     m
-}
-
-/// Duplicates of the sockets at `idx` (the same kernel sockets, so the allocations stay
-/// theirs), in that order: the ready pairs' when some pairs failed.
-fn select(socks: &[UdpSocket], idx: &[usize]) -> std::io::Result<Vec<UdpSocket>> {
-    idx.iter().map(|&i| socks[i].try_clone()).collect()
 }
