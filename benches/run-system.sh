@@ -32,14 +32,18 @@
 #                   half the CPUs, at least one: 1 on a 2-core box, like fwd.c's one thread)
 #        FP_WORKERS_ALT=2 (an extra fast-path row per case with these workers, e.g. one per
 #                   CPU; empty skips it)
-#        GEN_THREADS=1 (duet-loadtest udp --threads for the side-by-side rows)
+#        GEN_THREADS=1 GEN_ADDRESSING=ports (duet-loadtest udp --threads / --addressing for the
+#                   side-by-side rows; ports = a socket per endpoint, as loadgen.c and earlier runs)
 #        TURN=auto (coturn rows when `turnserver` is installed; 1 requires it, 0 skips them)
 #        TURN_THREADS=1 (coturn --relay-threads: one, like fwd.c and the relay's default fast-path
 #                   workers here; coturn's own default is one per CPU)
 #        TURN_THREADS_ALT="" (an extra coturn row per case with these relay threads, e.g. 2)
 #        SAT=0 (1: the saturation ladder)  SAT_SIZES="160 1200"  SAT_PAIRS=1000  SAT_D=$D
 #        SAT_RATES="50000 100000 150000 200000 250000 300000 350000 400000 500000"
-#        SAT_THREADS=2 (generator workers in the ladder)  SAT_LOSS=0.1 (%)  SAT_BUDGET=1200 (s)
+#        SAT_THREADS=2 SAT_ADDRESSING=ips (generator workers and addressing in the ladder: ips = a
+#                   socket per worker and an address per endpoint, so a send or receive call
+#                   carries many endpoints' packets, as a forwarder's do)
+#        SAT_LOSS=0.1 (%)  SAT_BUDGET=1200 (s)
 #        SIDE=1 (0 skips the side-by-side cases, e.g. to run only the ladder)
 #        D=5 (send seconds per row)  IDLE_N=1000 (0 skips)  OUT=target/bench-system
 #        SKIP_BUILD=1 (reuse the binaries)  PROFILE=release (debug: functional check only)  BASE=../shared/baseline
@@ -48,12 +52,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 T_START=$(date +%s)
 FP_WORKERS=${FP_WORKERS:-0}; FP_WORKERS_ALT=${FP_WORKERS_ALT-2}
-GEN_THREADS=${GEN_THREADS:-1}
+GEN_THREADS=${GEN_THREADS:-1}; GEN_ADDRESSING=${GEN_ADDRESSING:-ports}
 TURN=${TURN:-auto}; TURN_THREADS=${TURN_THREADS:-1}; TURN_THREADS_ALT=${TURN_THREADS_ALT-}
 D=${D:-5}; IDLE_N=${IDLE_N:-1000}; OUT=${OUT:-target/bench-system}; SIDE=${SIDE:-1}
 SAT=${SAT:-0}; SAT_SIZES=${SAT_SIZES:-"160 1200"}; SAT_PAIRS=${SAT_PAIRS:-1000}; SAT_D=${SAT_D:-$D}
 SAT_RATES=${SAT_RATES:-"50000 100000 150000 200000 250000 300000 350000 400000 500000"}
-SAT_THREADS=${SAT_THREADS:-2}; SAT_LOSS=${SAT_LOSS:-0.1}; SAT_BUDGET=${SAT_BUDGET:-1200}
+SAT_THREADS=${SAT_THREADS:-2}; SAT_ADDRESSING=${SAT_ADDRESSING:-ips}; SAT_LOSS=${SAT_LOSS:-0.1}; SAT_BUDGET=${SAT_BUDGET:-1200}
 CASES=${CASES-"160x1:1:160:40000 160x1000:1000:160:40000 1200x1:1:1200:30000 1200x1000:1000:1200:30000"}
 QUIC_CASES=${QUIC_CASES-"160x1:1:160:10000 160x100:100:160:10000 1100x1:1:1100:10000"}
 [ "$SIDE" = 1 ] || { CASES=""; QUIC_CASES=""; IDLE_N=0; }
@@ -195,12 +199,12 @@ print("\t".join(["C fwd <- C loadgen", k, s, g("offered_pps", "%.0f"), "%.3f" % 
                  g("loadgen_cpu_s", "%.2f"), "-"]))
 PY
   # 2. C fwd + duet-loadtest udp (baseline protocol).
-  raw_row fwd "$K" "$S" "$PPS" "$OUT/$name-baseline.json" - --threads "$GEN_THREADS"
+  raw_row fwd "$K" "$S" "$PPS" "$OUT/$name-baseline.json" - --threads "$GEN_THREADS" --addressing "$GEN_ADDRESSING"
   udp_row "C fwd <- duet-loadtest" "$K" "$S" "$OUT/$name-baseline.json" >> "$ROWS"
   # 3. duet-relay fast path (FP_WORKERS, then FP_WORKERS_ALT).
   if [ "$HAS_FP" = 1 ]; then
     for w in $FP_WORKERS $FP_WORKERS_ALT; do
-      raw_row fastpath "$K" "$S" "$PPS" "$OUT/$name-fastpath-w$w.json" "$w" --threads "$GEN_THREADS"
+      raw_row fastpath "$K" "$S" "$PPS" "$OUT/$name-fastpath-w$w.json" "$w" --threads "$GEN_THREADS" --addressing "$GEN_ADDRESSING"
       udp_row "$(fp_label "$w")" "$K" "$S" "$OUT/$name-fastpath-w$w.json" >> "$ROWS"
     done
   else
@@ -209,7 +213,7 @@ PY
   # 4. coturn (TURN_THREADS, then TURN_THREADS_ALT).
   if [ "$HAS_TURN" = 1 ]; then
     for th in $TURN_THREADS $TURN_THREADS_ALT; do
-      raw_row turn "$K" "$S" "$PPS" "$OUT/$name-turn-m$th.json" "$th" --threads "$GEN_THREADS"
+      raw_row turn "$K" "$S" "$PPS" "$OUT/$name-turn-m$th.json" "$th" --threads "$GEN_THREADS" --addressing "$GEN_ADDRESSING"
       udp_row "coturn, relay-threads=$th" "$K" "$S" "$OUT/$name-turn-m$th.json" >> "$ROWS"
     done
   fi
@@ -218,7 +222,7 @@ done
 for c in $QUIC_CASES; do
   IFS=: read -r name K S PPS <<<"$c"
   echo "== quic case $name: $K pairs, $S B, $PPS pps, ${D}s (load $(cut -d' ' -f1 /proc/loadavg))" >&2
-  raw_row fwd "$K" "$S" "$PPS" "$OUT/$name-qbaseline.json" - --threads "$GEN_THREADS"
+  raw_row fwd "$K" "$S" "$PPS" "$OUT/$name-qbaseline.json" - --threads "$GEN_THREADS" --addressing "$GEN_ADDRESSING"
   udp_row "C fwd <- duet-loadtest (QUIC case)" "$K" "$S" "$OUT/$name-qbaseline.json" >> "$ROWS"
   start_relay
   udp_run "quic=127.0.0.1:$QUIC_PORT" "$K" "$S" "$PPS" "$OUT/$name-quic.json" \
@@ -226,7 +230,7 @@ for c in $QUIC_CASES; do
   stop_relay
   udp_row "duet-relay QUIC datagrams" "$K" "$S" "$OUT/$name-quic.json" >> "$ROWS"
   if [ "$HAS_TURN" = 1 ]; then
-    raw_row turn "$K" "$S" "$PPS" "$OUT/$name-qturn.json" "$TURN_THREADS" --threads "$GEN_THREADS"
+    raw_row turn "$K" "$S" "$PPS" "$OUT/$name-qturn.json" "$TURN_THREADS" --threads "$GEN_THREADS" --addressing "$GEN_ADDRESSING"
     udp_row "coturn, relay-threads=$TURN_THREADS (QUIC case)" "$K" "$S" "$OUT/$name-qturn.json" >> "$ROWS"
   fi
 done
@@ -259,7 +263,8 @@ fi
 sat_step() { # kind label size rate json
   local kind=$1 label=$2 size=$3 rate=$4 json=$5 variant=-
   case "$kind" in fastpath) variant=$FP_WORKERS ;; turn) variant=$TURN_THREADS ;; esac
-  D=$SAT_D raw_row "$kind" "$SAT_PAIRS" "$size" "$rate" "$json" "$variant" --threads "$SAT_THREADS"
+  D=$SAT_D raw_row "$kind" "$SAT_PAIRS" "$size" "$rate" "$json" "$variant" \
+    --threads "$SAT_THREADS" --addressing "$SAT_ADDRESSING"
   python3 - "$label" "$size" "$rate" "$json" "$SAT_LOSS" "$(cut -d' ' -f1 /proc/loadavg)" "$SAT_ROWS" <<'PY'
 import json, sys
 label, size, rate, f, max_loss, load, rows = sys.argv[1:8]
@@ -309,7 +314,7 @@ if [ "$SAT" = 1 ]; then
         [ "$v" = ok ] || v=$(sat_step "$t" "$label (retry)" "$S" "$R" "$OUT/sat-$t-$S-$R-retry.json")
         [ "$v" = ok ] && next="$next $t"
       done
-      alive=$next
+      alive=$(echo $next)
     done
   done
 fi

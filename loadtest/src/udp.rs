@@ -1,14 +1,15 @@
 //! The raw UDP load engine behind `duet-loadtest udp`: paced sending over many endpoints
-//! and one batched receiver, the same for every target so their figures compare.
+//! and batched receivers, the same for every target so their figures compare.
 //!
-//! Owns the endpoint sockets (one per endpoint, bound to 127.0.0.1, large kernel buffers),
-//! the payload layout of a probe packet, the pacing (a TOTAL rate spread round-robin over all
-//! endpoints in 250 µs ticks, up to 64 packets per `sendmmsg`, no catch-up bursts: more than
-//! ~2 ms of overdue packets are skipped and counted, exactly like `loadgen.c`), and the
-//! receiver (one thread, epoll over every socket + `recvmmsg` in batches of 64, one-way
-//! latency into a [`Hist`]). It does not know what the target is: the caller gives each
-//! endpoint its header prefix and destination, and does any hello/bind exchange first (see
-//! `udpbench`).
+//! Owns the per-endpoint sockets of the `ports` layout (bound to 127.0.0.1, large kernel
+//! buffers), the payload layout of a probe packet, the pacing (a TOTAL rate spread
+//! round-robin over endpoints in 250 µs ticks, batches of up to 64 packets handed to the
+//! sender, no catch-up bursts: more than ~2 ms of overdue packets are skipped and counted,
+//! exactly like `loadgen.c`), and one receiver thread (epoll over its sockets + `recvmmsg` in
+//! batches of 64, one-way latency into a [`Hist`]). It does not know what the target is,
+//! nor how many workers run (`udpgen`) or how endpoints are addressed (`udpnet`): the caller
+//! gives each endpoint its header prefix and destination, and does any hello/bind exchange
+//! first (see `udpbench`).
 //!
 //! Probe packet: `prefix | send time (u64, CLOCK_MONOTONIC ns, little endian) | seq (u64 LE;
 //! u64::MAX = hello) | filler 0x5a` up to the requested size. With the 8-byte session id as

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use duet_loadtest::cli::TurnUser;
 use duet_loadtest::turnctl::{self, CHANNEL_HEADER_LEN};
 use duet_loadtest::udpbench::UdpReport;
+use duet_loadtest::udpgen;
 use duet_loadtest::udpnet::{Addressing, Net};
 
 const USER: &str = "bench";
@@ -145,7 +146,7 @@ fn channels_byte_exact(addressing: Addressing) {
     const PAIRS: usize = 2;
     const LEN: usize = 300;
     const PACKETS: usize = 200;
-    let net = Net::bind(2 * PAIRS, &[0..2 * PAIRS], addressing).unwrap();
+    let net = Net::bind(2 * PAIRS, &udpgen::split(2 * PAIRS, 1), addressing).unwrap();
     let (setup, bound) = turnctl::setup_pairs(&net, turn.addr, &cred(), LEN);
     let bound: Vec<_> = bound
         .into_iter()
@@ -258,7 +259,7 @@ fn udp_turn_target_delivers_everything_and_reports() {
 fn wrong_credentials_fail_setup_with_a_reason() {
     use turnctl::TurnSetupError::{Allocate, Closed, Timeout};
     let Some(turn) = Coturn::start() else { return };
-    let net = Net::bind(2, &[0..2], Addressing::Ports).unwrap();
+    let net = Net::bind(2, &udpgen::split(2, 1), Addressing::Ports).unwrap();
     let bad: TurnUser = format!("{USER}:not-{PASSWORD}").parse().unwrap();
     let (_, bound) = turnctl::setup_pairs(&net, turn.addr, &bad, 100);
     for b in bound {
