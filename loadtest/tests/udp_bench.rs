@@ -75,18 +75,29 @@ impl Drop for Fwd {
     }
 }
 
+/// `duet-loadtest udp` for 1 s against `fwd`, measuring this test process as the
+/// forwarder, with `args` and the report written to `report`.
+fn udp_baseline(fwd: &Fwd, args: &[&str], report: &std::path::Path) -> std::process::Output {
+    common::bin()
+        .args(["udp", "--duration", "1s"])
+        .args(args)
+        .arg("--target")
+        .arg(format!("baseline={}", fwd.addr))
+        .args(["--relay-pid", &std::process::id().to_string(), "--report"])
+        .arg(report)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn baseline_target_delivers_everything_and_reports() {
     let fwd = Fwd::start();
     let (_dir, path) = common::tmp("udp.json");
-    let out = common::bin()
-        .args(["udp", "--pairs", "4", "--pps", "400", "--duration", "1s"])
-        .args(["--size", "160", "--target"])
-        .arg(format!("baseline={}", fwd.addr))
-        .args(["--relay-pid", &std::process::id().to_string(), "--report"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = udp_baseline(
+        &fwd,
+        &["--pairs", "4", "--pps", "400", "--size", "160"],
+        &path,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -175,15 +186,21 @@ fn baseline_target_with_threads_merges_exactly() {
 fn baseline_with_threads(addressing: &str) {
     let fwd = Fwd::start();
     let (_dir, path) = common::tmp("udp.json");
-    let out = common::bin()
-        .args(["udp", "--pairs", "6", "--pps", "600", "--duration", "1s"])
-        .args(["--addressing", addressing])
-        .args(["--size", "100", "--threads", "3", "--target"])
-        .arg(format!("baseline={}", fwd.addr))
-        .args(["--relay-pid", &std::process::id().to_string(), "--report"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let args = [
+        "--pairs",
+        "6",
+        "--pps",
+        "600",
+        "--size",
+        "100",
+        "--threads",
+        "3",
+    ];
+    let out = udp_baseline(
+        &fwd,
+        &[&args[..], &["--addressing", addressing]].concat(),
+        &path,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains(" threads=3 "), "{stdout}");
