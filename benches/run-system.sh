@@ -39,7 +39,7 @@
 #                   workers here; coturn's own default is one per CPU)
 #        TURN_THREADS_ALT="" (an extra coturn row per case with these relay threads, e.g. 2)
 #        SAT=0 (1: the saturation ladder)  SAT_SIZES="160 1200"  SAT_PAIRS=1000  SAT_D=$D
-#        SAT_RATES="50000 100000 150000 200000 250000 300000 350000 400000 500000"
+#        SAT_RATES="25000 50000 75000 100000 125000 150000 200000 250000 300000 400000"
 #        SAT_THREADS=2 SAT_ADDRESSING=ips (generator workers and addressing in the ladder: ips = a
 #                   socket per worker and an address per endpoint, so a send or receive call
 #                   carries many endpoints' packets, as a forwarder's do)
@@ -56,7 +56,7 @@ GEN_THREADS=${GEN_THREADS:-1}; GEN_ADDRESSING=${GEN_ADDRESSING:-ports}
 TURN=${TURN:-auto}; TURN_THREADS=${TURN_THREADS:-1}; TURN_THREADS_ALT=${TURN_THREADS_ALT-}
 D=${D:-5}; IDLE_N=${IDLE_N:-1000}; OUT=${OUT:-target/bench-system}; SIDE=${SIDE:-1}
 SAT=${SAT:-0}; SAT_SIZES=${SAT_SIZES:-"160 1200"}; SAT_PAIRS=${SAT_PAIRS:-1000}; SAT_D=${SAT_D:-$D}
-SAT_RATES=${SAT_RATES:-"50000 100000 150000 200000 250000 300000 350000 400000 500000"}
+SAT_RATES=${SAT_RATES:-"25000 50000 75000 100000 125000 150000 200000 250000 300000 400000"}
 SAT_THREADS=${SAT_THREADS:-2}; SAT_ADDRESSING=${SAT_ADDRESSING:-ips}; SAT_LOSS=${SAT_LOSS:-0.1}; SAT_BUDGET=${SAT_BUDGET:-1200}
 CASES=${CASES-"160x1:1:160:40000 160x1000:1000:160:40000 1200x1:1:1200:30000 1200x1000:1000:1200:30000"}
 QUIC_CASES=${QUIC_CASES-"160x1:1:160:10000 160x100:100:160:10000 1100x1:1:1100:10000"}
