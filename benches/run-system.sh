@@ -362,14 +362,16 @@ for r in rows:
     print("| " + " | ".join([label, size, rate, offered, us, ratio] + r[5:]) + " |")
     key = (label.replace(" (retry)", ""), size)
     if r[10] == "ok":
-        best[key] = max(best.get(key, 0), int(rate)); limit.pop(key, None)
+        if int(rate) >= best.get(key, (0, ""))[0]:
+            best[key] = (int(rate), "%s (offered %s)" % (rate, offered))
+        limit.pop(key, None)
     else:
         limit[key] = "%s at %s pps" % (r[10], rate)
 print()
-print("| path | size B | max loss-free rate (pps, loss <= %s %%) | what stopped it |" % sys.argv[2])
+print("| path | size B | max loss-free rate, pps (loss <= %s %%) | what stopped it |" % sys.argv[2])
 print("|---|---|---|---|")
 for key in sorted(set(best) | set(limit), key=lambda k: (int(k[1]), k[0])):
-    print("| %s | %s | %s | %s |" % (key[0], key[1], best.get(key, "none"), limit.get(key, "top of SAT_RATES")))
+    print("| %s | %s | %s | %s |" % (key[0], key[1], best.get(key, (0, "none"))[1], limit.get(key, "top of SAT_RATES")))
 PY
 [ -z "${SAT_NOTE:-}" ] || echo "$SAT_NOTE"
 fi

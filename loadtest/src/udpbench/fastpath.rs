@@ -17,6 +17,7 @@ use crate::fpctl::{self, Control};
 use crate::target;
 use crate::udp::{self, STOP};
 use crate::udpgen::Endpoints;
+use crate::udpnet::Addressing;
 
 pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
     let access = relay_access(a)?;
@@ -26,40 +27,53 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
     let t = Instant::now();
     let relay = a.target.addr;
     let ttl = token_ttl(a);
-    let (pairs, failures) = rt.block_on(async {
-        let ep = fpctl::endpoint(&access.cert_pem)?;
-        let key = access.key.clone();
-        let server_name = a.server_name.clone();
-        let run_id = run_id.clone();
-        anyhow::Ok(
-            join_all(a.pairs, move |p, side| {
-                let (ep, key, server_name) = (ep.clone(), key.clone(), server_name.clone());
-                let id = ids(&run_id, p, side);
-                async move {
-                    let (session, user, device) = id?;
-                    let token = target::mint(&key, &session, &user, &device, None, ttl);
-                    Control::join(
-                        &ep,
-                        relay,
-                        &server_name,
-                        token,
-                        session,
-                        Duration::from_secs(10),
-                    )
-                    .await
-                }
-            })
-            .await,
-        )
-    })?;
+    let nep = 2 * a.pairs as usize;
+    let net = bind_net(a, nep)?;
+    // The relay binds the fast-path ticket to the control connection's IP, so an endpoint's
+    // BIND must leave from that IP: with `ips` each endpoint's control connection leaves
+    // from the endpoint's own address (one QUIC endpoint each), with `ports` all share one.
+    let cfg = fpctl::client_config(&access.cert_pem)?;
+    let binds: Vec<SocketAddr> = match net.addressing() {
+        Addressing::Ports => vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+        Addressing::Ips => (0..nep)
+            .map(|e| SocketAddr::new((*net.local(e).ip()).into(), 0))
+            .collect(),
+    };
+    let quic_eps: Arc<Vec<quinn::Endpoint>> = Arc::new(rt.block_on(async {
+        binds
+            .iter()
+            .map(|b| fpctl::endpoint(cfg.clone(), *b))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?);
+    let key = access.key.clone();
+    let server_name = a.server_name.clone();
+    let (pairs, failures) = rt.block_on(join_all(a.pairs, move |p, side| {
+        let e = 2 * p as usize + usize::from(side == "b");
+        let ep = quic_eps[if quic_eps.len() == 1 { 0 } else { e }].clone();
+        let (key, server_name) = (key.clone(), server_name.clone());
+        let id = ids(&run_id, p, side);
+        async move {
+            let (session, user, device) = id?;
+            let token = target::mint(&key, &session, &user, &device, None, ttl);
+            Control::join(
+                &ep,
+                relay,
+                &server_name,
+                token,
+                session,
+                Duration::from_secs(10),
+            )
+            .await
+        }
+    }));
     let mut warnings = Vec::new();
-    // Flatten: endpoint 2i = pair i side a, 2i+1 = side b; keep pairs where both got offers.
-    let mut ctls: Vec<Control> = Vec::new();
+    // Endpoint 2i = pair i side a, 2i+1 = side b; a pair sends when both got offers.
+    let mut ctls: Vec<Option<Control>> = (0..nep).map(|_| None).collect();
     let mut no_offer = 0u64;
-    for (x, y) in pairs {
+    for (p, x, y) in pairs {
         if x.offer.is_some() && y.offer.is_some() {
-            ctls.push(x);
-            ctls.push(y);
+            ctls[2 * p as usize] = Some(x);
+            ctls[2 * p as usize + 1] = Some(y);
         } else {
             no_offer += 1;
             rt.block_on(async {
@@ -75,50 +89,48 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
             "{no_offer} pairs joined without a fast-path offer: is the relay started with --fast-path-listen?"
         ));
     }
-    let nep = ctls.len();
+    let active: Vec<usize> = (0..nep).filter(|&e| ctls[e].is_some()).collect();
     let kind = kind_for(a.size as usize);
-    let net = bind_net(a, nep)?;
-    let offers: Vec<_> = ctls.iter().filter_map(|c| c.offer.clone()).collect();
-    let dests: Vec<SocketAddrV4> = offers
-        .iter()
-        .map(|o| udp::v4(o.target(relay)))
+    let offer = |e: usize| ctls[e].as_ref().and_then(|c| c.offer.as_ref());
+    let dests: Vec<SocketAddrV4> = (0..nep)
+        .map(|e| udp::v4(offer(e).map_or(relay, |o| o.target(relay))))
         .collect::<Result<_, _>>()?;
-    let prefixes: Vec<Vec<u8>> = offers
-        .iter()
-        .map(|o| {
-            FastPathHeader::new(PacketType::Media(kind), o.channel)
-                .to_bytes()
-                .to_vec()
+    let prefixes: Vec<Vec<u8>> = (0..nep)
+        .map(|e| {
+            offer(e).map_or_else(Vec::new, |o| {
+                FastPathHeader::new(PacketType::Media(kind), o.channel)
+                    .to_bytes()
+                    .to_vec()
+            })
         })
         .collect();
     // The receiver sees the sender's header: the peer's channel.
     let expect: Vec<Vec<u8>> = (0..nep).map(|e| prefixes[e ^ 1].clone()).collect();
-    // BIND from each endpoint's own socket until the relay confirms (3 tries, 1 s each).
+    let bound = |e: usize| ctls[e].as_ref().is_some_and(|c| c.bound.load(Relaxed));
+    // BIND from each endpoint's own address until the relay confirms (3 tries, 1 s each).
     for _ in 0..3 {
-        for (e, c) in ctls.iter().enumerate() {
-            if c.bound.load(Relaxed) {
-                continue;
-            }
-            if let Some(pkt) = offers[e].bind_packet() {
+        for &e in active.iter().filter(|&&e| !bound(e)) {
+            if let Some(pkt) = offer(e).and_then(|o| o.bind_packet()) {
                 let _ = net.send_to(e, &pkt, SocketAddr::V4(dests[e]));
             }
         }
         let until = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < until && !ctls.iter().all(|c| c.bound.load(Relaxed)) {
+        while Instant::now() < until && !active.iter().all(|&e| bound(e)) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        if ctls.iter().all(|c| c.bound.load(Relaxed)) || STOP.load(Relaxed) {
+        if active.iter().all(|&e| bound(e)) || STOP.load(Relaxed) {
             break;
         }
     }
-    let confirmed = ctls.iter().filter(|c| c.bound.load(Relaxed)).count() as u64;
+    let confirmed = active.iter().filter(|&&e| bound(e)).count() as u64;
     let ready = (0..nep / 2)
-        .filter(|p| ctls[2 * p].bound.load(Relaxed) && ctls[2 * p + 1].bound.load(Relaxed))
+        .filter(|p| bound(2 * p) && bound(2 * p + 1))
         .count() as u32;
-    if confirmed < nep as u64 {
+    if confirmed < active.len() as u64 {
         warnings.push(format!(
-            "{} of {nep} endpoints never got FastPathBound; their media will be lost",
-            nep as u64 - confirmed
+            "{} of {} endpoints never got FastPathBound; their media will be lost",
+            active.len() as u64 - confirmed,
+            active.len()
         ));
     }
     let setup = SetupReport {
@@ -130,10 +142,10 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
         channels_bound: None,
         setup_s: t.elapsed().as_secs_f64(),
     };
-    let fp_addr = dests.first().map(|d| SocketAddr::V4(*d));
+    let fp_addr = active.first().map(|&e| SocketAddr::V4(dests[e]));
     let eps = Endpoints {
         net,
-        active: (0..nep).collect(),
+        active,
         dests,
         prefixes,
         expect: Arc::new(expect),
@@ -141,7 +153,7 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
     let m = finish_raw(a, eps, setup, fp_addr, rss0, warnings)?;
     rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
-        for c in ctls {
+        for c in ctls.into_iter().flatten() {
             set.spawn(c.leave());
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), async {

@@ -47,8 +47,12 @@ pub(super) fn token_ttl(a: &UdpArgs) -> Duration {
 }
 
 /// Joins every pair with `join(pair, side)`, at most 64 joins in flight; returns the joined
-/// pairs (both sides) and failure counts by reason.
-pub(super) async fn join_all<T, F, Fut>(pairs: u32, join: F) -> (Vec<(T, T)>, BTreeMap<String, u64>)
+/// pairs (index, both sides) in order, and failure counts by reason.
+#[allow(clippy::type_complexity)]
+pub(super) async fn join_all<T, F, Fut>(
+    pairs: u32,
+    join: F,
+) -> (Vec<(u32, T, T)>, BTreeMap<String, u64>)
 where
     T: Send + 'static,
     F: Fn(u32, &'static str) -> Fut,
@@ -83,7 +87,7 @@ where
         }
     }
     ok.sort_by_key(|(p, _, _)| *p);
-    (ok.into_iter().map(|(_, x, y)| (x, y)).collect(), fails)
+    (ok, fails)
 }
 
 /// This run's id in session and user names: given, or random.

@@ -40,7 +40,7 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
             Ok(c.join(session).await?)
         }
     }));
-    let calls: Arc<Vec<Call>> = Arc::new(pairs.into_iter().flat_map(|(x, y)| [x, y]).collect());
+    let calls: Arc<Vec<Call>> = Arc::new(pairs.into_iter().flat_map(|(_, x, y)| [x, y]).collect());
     let nep = calls.len();
     let mut warnings = Vec::new();
     // Wait (bounded) until every connection's path carries a datagram of --size.

@@ -50,7 +50,7 @@ pub struct UdpReport {
     /// This process's CPU over the send window and drain only (set-up excluded).
     #[serde(default)]
     pub generator_window_cpu_s: Option<f64>,
-    /// At least 98 % of `target_pps` offered (skipped packets count against it).
+    /// At least 97 % of `target_pps` offered (skipped packets count against it).
     #[serde(default)]
     pub generator_kept_up: bool,
     pub warnings: Vec<String>,
@@ -164,7 +164,7 @@ pub(super) fn build(
         ));
     }
     // Skipped packets lower the offered rate, so a pacer that fell behind shows here too.
-    let kept_up = !a.idle && rate(send.sent) >= 0.98 * a.pps;
+    let kept_up = !a.idle && rate(send.sent) >= 0.97 * a.pps;
     let h = &recv.latency;
     let relay = a.relay_pid.map(|pid| {
         let cpu_s = cpu.map(|(c0, c1)| c1 - c0);
