@@ -94,6 +94,8 @@ pub enum UdpTargetKind {
     FastPath,
     /// duet-relay's QUIC datagram path through the SDK
     Quic,
+    /// A TURN server (e.g. coturn) over UDP: two allocations per pair, ChannelData both ways
+    Turn,
 }
 
 impl UdpTargetKind {
@@ -102,15 +104,18 @@ impl UdpTargetKind {
             Self::Baseline => "baseline",
             Self::FastPath => "fastpath",
             Self::Quic => "quic",
+            Self::Turn => "turn",
         }
     }
 
-    /// Bytes in front of the 16-byte probe: session id, fast-path header, media header.
+    /// Bytes in front of the 16-byte probe: session id, fast-path header, media header,
+    /// ChannelData header.
     pub fn prefix_len(self) -> usize {
         match self {
             Self::Baseline => 8,
             Self::FastPath => duet_proto::fastpath::FASTPATH_HEADER_LEN,
             Self::Quic => duet_proto::media::MEDIA_HEADER_LEN,
+            Self::Turn => crate::turnctl::CHANNEL_HEADER_LEN,
         }
     }
 
@@ -121,7 +126,8 @@ impl UdpTargetKind {
 }
 
 /// `--target KIND=IP:PORT`. For `fastpath` and `quic` the address is the relay's QUIC
-/// listen address (the fast-path port comes from the offer in `Joined`).
+/// listen address (the fast-path port comes from the offer in `Joined`); for `turn` the
+/// TURN server's UDP listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpTarget {
     pub kind: UdpTargetKind,
@@ -132,19 +138,52 @@ impl std::str::FromStr for UdpTarget {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (k, a) = s.split_once('=').ok_or_else(|| {
-            format!("{s:?}: expected baseline=IP:PORT, fastpath=IP:PORT or quic=IP:PORT")
+            format!(
+                "{s:?}: expected baseline=IP:PORT, fastpath=IP:PORT, quic=IP:PORT or turn=IP:PORT"
+            )
         })?;
         let kind = match k {
             "baseline" => UdpTargetKind::Baseline,
             "fastpath" | "fast-path" => UdpTargetKind::FastPath,
             "quic" => UdpTargetKind::Quic,
-            _ => return Err(format!("{k:?}: unknown target (baseline, fastpath, quic)")),
+            "turn" => UdpTargetKind::Turn,
+            _ => {
+                return Err(format!(
+                    "{k:?}: unknown target (baseline, fastpath, quic, turn)"
+                ))
+            }
         };
         let addr: SocketAddr = a.parse().map_err(|_| format!("{a:?}: expected IP:PORT"))?;
         if !addr.is_ipv4() {
             return Err(format!("{a:?}: the udp bench is IPv4 only"));
         }
         Ok(Self { kind, addr })
+    }
+}
+
+/// `--turn-user USER:PASSWORD`: a TURN long-term credential (RFC 8489 §9.2).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TurnUser {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for TurnUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TurnUser({:?}, <password>)", self.user)
+    }
+}
+
+impl std::str::FromStr for TurnUser {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some((u, p)) if !u.is_empty() && !p.is_empty() => Ok(Self {
+                user: u.to_owned(),
+                password: p.to_owned(),
+            }),
+            _ => Err("expected USER:PASSWORD, both non-empty".into()),
+        }
     }
 }
 
@@ -161,12 +200,24 @@ pub struct UdpArgs {
     pub duration: Duration,
     /// UDP payload the generator sends, bytes, header included (baseline: 8-byte session
     /// id; fastpath: 10-byte fast-path header; quic: the datagram handed to QUIC, 2-byte
-    /// media header included)
+    /// media header included; turn: 4-byte ChannelData header)
     #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u16).range(18..=2048))]
     pub size: u16,
-    /// KIND=IP:PORT, KIND one of baseline, fastpath, quic
+    /// KIND=IP:PORT, KIND one of baseline, fastpath, quic, turn
     #[arg(long, value_name = "KIND=IP:PORT")]
     pub target: UdpTarget,
+    /// Generator workers (baseline, fastpath, turn): the pairs are split across them, each
+    /// with its own pacer and receiver thread over its own sockets
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
+    /// How endpoints get distinct addresses (raw targets): ports = a socket per endpoint on
+    /// 127.0.0.1 (one packet per send call at many pairs); ips = a socket per worker and a
+    /// 127.x.y.z address per endpoint, so batches span endpoints (needs CAP_NET_RAW)
+    #[arg(long, value_enum, default_value = "ports")]
+    pub addressing: crate::udpnet::Addressing,
+    /// TURN long-term credential (turn target), e.g. a static user of coturn's --user
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub turn_user: Option<TurnUser>,
     /// PEM of the relay's certificate (fastpath and quic)
     #[arg(long, value_name = "PEM")]
     pub cert: Option<PathBuf>,

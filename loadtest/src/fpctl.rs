@@ -18,8 +18,9 @@ use duet_proto::{ClientMessage, FastPathOffer, FrameDecoder, RelayMessage, Sessi
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
-/// One QUIC client endpoint (one UDP socket) shared by every control connection.
-pub fn endpoint(cert_pem: &[u8]) -> anyhow::Result<quinn::Endpoint> {
+/// The control connections' client configuration: the relay's certificate trusted, TLS 1.3
+/// on aws-lc-rs, ALPN `duet/1`, a keep-alive per 10 s.
+pub fn client_config(cert_pem: &[u8]) -> anyhow::Result<quinn::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(cert_pem) {
         roots.add(cert?)?;
@@ -41,7 +42,14 @@ pub fn endpoint(cert_pem: &[u8]) -> anyhow::Result<quinn::Endpoint> {
     // connection keeps the control plane's share of the relay's CPU during a bench negligible.
     transport.keep_alive_interval(Some(Duration::from_secs(10)));
     cfg.transport_config(Arc::new(transport));
-    let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    Ok(cfg)
+}
+
+/// One QUIC client endpoint (one UDP socket on `bind`) for control connections. Its
+/// connections leave from `bind`'s IP, which the relay binds its fast-path ticket to.
+/// Needs a tokio runtime context.
+pub fn endpoint(cfg: quinn::ClientConfig, bind: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+    let mut ep = quinn::Endpoint::client(bind)?;
     ep.set_default_client_config(cfg);
     Ok(ep)
 }

@@ -19,8 +19,11 @@
 //! | [`progress`] | live progress on stderr | yes |
 //! | [`runner`] | the run's timeline, the calls, their bounds | yes |
 //! | [`udp`] | `udp` subcommand engine: endpoint sockets, pacing, batched send/receive | yes |
+//! | [`udpnet`] | `udp` endpoint addresses and sockets: one per endpoint, or shared (IP_PKTINFO) | yes |
+//! | [`udpgen`] | `udp` measured window over `--threads` workers (pacer + receiver each), merged | yes |
 //! | [`fpctl`] | minimal control client for the fast-path offer and bind confirmation | yes |
-//! | [`udpbench`] | `udp` subcommand: baseline/fastpath/quic set-up, its report and `RESULT` line | yes |
+//! | [`turnctl`] | TURN allocations, permissions and channels per endpoint (turn-client-proto) | yes |
+//! | [`udpbench`] | `udp` subcommand: baseline/fastpath/quic/turn set-up, its report and `RESULT` line | yes |
 
 pub mod cli;
 pub mod fpctl;
@@ -37,8 +40,11 @@ pub mod slo;
 pub mod stats;
 pub mod summary;
 pub mod target;
+pub mod turnctl;
 pub mod udp;
 pub mod udpbench;
+pub mod udpgen;
+pub mod udpnet;
 
 /// Process exit codes of `duet-loadtest` (stable: scripts and CI read them).
 pub mod exit {

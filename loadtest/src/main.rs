@@ -11,6 +11,7 @@ use duet_loadtest::cli::{Cli, Cmd, MergeArgs, RunArgs, Transport, UdpArgs};
 use duet_loadtest::report::{Report, StopReason};
 use duet_loadtest::runner::{run, RunOptions, RunTarget};
 use duet_loadtest::target::{self, EmbeddedRelay};
+use duet_loadtest::udpbench::UdpReport;
 use duet_loadtest::{exit, merge, resources, rng, summary, udpbench};
 
 fn main() -> ExitCode {
@@ -224,15 +225,52 @@ fn udp_cmd(a: UdpArgs) -> anyhow::Result<u8> {
 }
 
 fn merge_cmd(m: MergeArgs) -> anyhow::Result<u8> {
-    let reports = m
+    let texts = m
         .inputs
         .iter()
-        .map(|p| {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            Report::from_json(&text).with_context(|| format!("{}", p.display()))
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let udp = texts
+        .iter()
+        .map(|t| {
+            serde_json::from_str::<serde_json::Value>(t).is_ok_and(|v| merge::is_udp_report(&v))
         })
+        .collect::<Vec<_>>();
+    if udp.iter().any(|&u| u) {
+        return merge_udp_cmd(&m, &texts, &udp);
+    }
+    let reports = texts
+        .iter()
+        .zip(&m.inputs)
+        .map(|(text, p)| Report::from_json(text).with_context(|| format!("{}", p.display())))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut merged = merge::merge(&reports)?;
     finish(&mut merged, m.slo.as_ref(), m.output.as_deref(), false)
+}
+
+/// `merge` of udp reports (several `duet-loadtest udp` generators run at once).
+fn merge_udp_cmd(m: &MergeArgs, texts: &[String], udp: &[bool]) -> anyhow::Result<u8> {
+    if !udp.iter().all(|&u| u) {
+        usage_error("merge: udp reports and call reports cannot be merged together");
+    }
+    if m.slo.is_some() {
+        usage_error("merge: --slo applies to call reports, not udp reports");
+    }
+    let reports = texts
+        .iter()
+        .zip(&m.inputs)
+        .map(|(t, p)| {
+            serde_json::from_str::<UdpReport>(t).with_context(|| format!("{}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let merged = merge::merge_udp(&reports)?;
+    let json = serde_json::to_string_pretty(&merged)?;
+    match &m.output {
+        Some(p) => {
+            write_atomic(p, &json)?;
+            println!("{}", merged.result_line());
+        }
+        None => println!("{json}"),
+    }
+    Ok(exit::OK)
 }

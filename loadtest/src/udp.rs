@@ -1,14 +1,15 @@
 //! The raw UDP load engine behind `duet-loadtest udp`: paced sending over many endpoints
-//! and one batched receiver, the same for every target so their figures compare.
+//! and batched receivers, the same for every target so their figures compare.
 //!
-//! Owns the endpoint sockets (one per endpoint, bound to 127.0.0.1, large kernel buffers),
-//! the payload layout of a probe packet, the pacing (a TOTAL rate spread round-robin over all
-//! endpoints in 250 µs ticks, up to 64 packets per `sendmmsg`, no catch-up bursts: more than
-//! ~2 ms of overdue packets are skipped and counted, exactly like `loadgen.c`), and the
-//! receiver (one thread, epoll over every socket + `recvmmsg` in batches of 64, one-way
-//! latency into a [`Hist`]). It does not know what the target is: the caller gives each
-//! endpoint its header prefix and destination, and does any hello/bind exchange first (see
-//! `udpbench`).
+//! Owns the per-endpoint sockets of the `ports` layout (bound to 127.0.0.1, large kernel
+//! buffers), the payload layout of a probe packet, the pacing (a TOTAL rate spread
+//! round-robin over endpoints in 250 µs ticks, batches of up to 64 packets handed to the
+//! sender, no catch-up bursts: more than ~2 ms of overdue packets are skipped and counted,
+//! exactly like `loadgen.c`), and one receiver thread (epoll over its sockets + `recvmmsg` in
+//! batches of 64, one-way latency into a [`Hist`]). It does not know what the target is,
+//! nor how many workers run (`udpgen`) or how endpoints are addressed (`udpnet`): the caller
+//! gives each endpoint its header prefix and destination, and does any hello/bind exchange
+//! first (see `udpbench`).
 //!
 //! Probe packet: `prefix | send time (u64, CLOCK_MONOTONIC ns, little endian) | seq (u64 LE;
 //! u64::MAX = hello) | filler 0x5a` up to the requested size. With the 8-byte session id as
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::hist::Hist;
+use crate::udpnet::{CmsgBuf, Net};
 
 /// Packets per `sendmmsg` / `recvmmsg`.
 pub const BATCH: usize = 64;
@@ -99,6 +101,13 @@ fn set_buf(fd: i32, force: libc::c_int, plain: libc::c_int, bytes: usize) {
     }
 }
 
+/// Sets a socket's kernel receive and send buffer sizes (forced past the sysctl caps where
+/// allowed; best effort).
+pub fn set_buffers(s: &UdpSocket, rcv: usize, snd: usize) {
+    set_buf(s.as_raw_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, rcv);
+    set_buf(s.as_raw_fd(), libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, snd);
+}
+
 /// `n` non-blocking UDP sockets on 127.0.0.1 (ephemeral ports) with the buffer sizes
 /// `loadgen.c` uses: 64 MiB of receive buffer spread over all (256 KiB..8 MiB each), 4 MiB send.
 pub fn bind_sockets(n: usize) -> io::Result<Vec<UdpSocket>> {
@@ -107,13 +116,7 @@ pub fn bind_sockets(n: usize) -> io::Result<Vec<UdpSocket>> {
         .map(|_| {
             let s = UdpSocket::bind("127.0.0.1:0")?;
             s.set_nonblocking(true)?;
-            set_buf(s.as_raw_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, rcv);
-            set_buf(
-                s.as_raw_fd(),
-                libc::SO_SNDBUFFORCE,
-                libc::SO_SNDBUF,
-                4 << 20,
-            );
+            set_buffers(&s, rcv, 4 << 20);
             Ok(s)
         })
         .collect()
@@ -163,21 +166,40 @@ pub struct SendStats {
 }
 
 /// Paces `pps` packets per second in total for `duration`, spread round-robin over
-/// `prefixes.len()` endpoints, in 250 µs ticks. `send(ep, bufs)` sends the first
-/// `bufs.len()` batch buffers (each `size` bytes, prefix and probe written) from endpoint
-/// `ep` and returns how many went out. Sequence numbers are per endpoint, from 0.
+/// `prefixes.len()` endpoints, in 250 µs ticks. `send(eps, bufs)` sends batch buffer
+/// `bufs[i]` (`size` bytes, prefix and probe written) from endpoint `eps[i]`, up to
+/// [`BATCH`] at once (each endpoint's packets adjacent), and returns how many went out.
+/// Sequence numbers are per endpoint, from 0.
 pub fn pace(
     prefixes: &[Vec<u8>],
     pps: f64,
     duration: Duration,
     size: usize,
-    mut send: impl FnMut(usize, &[Vec<u8>]) -> usize,
+    send: impl FnMut(&[usize], &[Vec<u8>]) -> usize,
+) -> SendStats {
+    pace_at(now_ns(), prefixes, pps, duration, size, send)
+}
+
+/// [`pace`] from the CLOCK_MONOTONIC instant `t0_ns` (waited for if in the future), so that
+/// several pacer threads share one timeline and their rates add up smoothly.
+pub fn pace_at(
+    t0_ns: u64,
+    prefixes: &[Vec<u8>],
+    pps: f64,
+    duration: Duration,
+    size: usize,
+    mut send: impl FnMut(&[usize], &[Vec<u8>]) -> usize,
 ) -> SendStats {
     let nep = prefixes.len().max(1) as u64;
     let mut seqs = vec![0u64; prefixes.len()];
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0x5a; size]).collect();
+    let mut eps = [0usize; BATCH];
     let mut st = SendStats::default();
-    let t0 = now_ns();
+    let early = t0_ns.saturating_sub(now_ns());
+    if early > 0 {
+        std::thread::sleep(Duration::from_nanos(early));
+    }
+    let t0 = t0_ns;
     let tend = t0 + duration.as_nanos() as u64;
     let maxlag = ((pps * 0.002) as u64).max(BATCH as u64);
     let mut attempted = 0u64;
@@ -200,19 +222,27 @@ pub fn pace(
         while attempted < target {
             let due = target - attempted;
             let per = due.div_ceil(nep).min(BATCH as u64) as usize;
-            let ep = cur;
-            cur = (cur + 1) % prefixes.len();
+            // One batch: `per` packets from each endpoint in turn, as many as fit.
+            let want = due.min(BATCH as u64) as usize;
             let ts = now_ns();
-            let p = &prefixes[ep];
-            for b in bufs.iter_mut().take(per) {
-                b[..p.len()].copy_from_slice(p);
-                write_probe(b, p.len(), ts, seqs[ep]);
-                seqs[ep] += 1;
+            let mut n = 0;
+            while n < want {
+                let ep = cur;
+                cur = (cur + 1) % prefixes.len();
+                let k = per.min(want - n);
+                let p = &prefixes[ep];
+                for b in &mut bufs[n..n + k] {
+                    b[..p.len()].copy_from_slice(p);
+                    write_probe(b, p.len(), ts, seqs[ep]);
+                    seqs[ep] += 1;
+                }
+                eps[n..n + k].fill(ep);
+                n += k;
             }
-            let ok = send(ep, &bufs[..per]).min(per);
-            attempted += per as u64;
+            let ok = send(&eps[..n], &bufs[..n]).min(n);
+            attempted += n as u64;
             st.sent += ok as u64;
-            st.send_failed += (per - ok) as u64;
+            st.send_failed += (n - ok) as u64;
         }
         last = now_ns();
         let next = (last + TICK.as_nanos() as u64).min(tend);
@@ -222,6 +252,17 @@ pub fn pace(
     }
     st.elapsed_s = (last.max(now_ns().min(tend)) - t0) as f64 / 1e9;
     st
+}
+
+impl SendStats {
+    /// Adds another pacer's counts; the window is the longest of the two.
+    pub fn merge(&mut self, o: &SendStats) {
+        self.sent += o.sent;
+        self.send_failed += o.send_failed;
+        self.skipped += o.skipped;
+        self.elapsed_s = self.elapsed_s.max(o.elapsed_s);
+        self.interrupted |= o.interrupted;
+    }
 }
 
 /// What the receiver saw.
@@ -257,6 +298,7 @@ impl RecvStats {
         }
     }
 
+    /// Adds another receiver's counts and samples (histograms add exactly).
     pub fn merge(&mut self, o: &RecvStats) {
         self.received += o.received;
         self.received_bytes += o.received_bytes;
@@ -266,11 +308,13 @@ impl RecvStats {
     }
 }
 
-/// One receive thread over `socks`: epoll + `recvmmsg`. `expect[i]` is the prefix packets
-/// arriving on `socks[i]` must carry (the peer's). Runs until `stop` is set, then returns.
+/// One receive thread over `net`'s sockets `sockets`: epoll + `recvmmsg`. A packet counts
+/// for the endpoint it was addressed to (see [`Net::endpoint_of_msg`]), whose peer's header
+/// it must carry: `expect[endpoint]`. Runs until `stop` is set, then returns what it saw.
 pub fn spawn_receiver(
-    socks: Arc<Vec<UdpSocket>>,
-    expect: Vec<Vec<u8>>,
+    net: Arc<Net>,
+    sockets: Vec<usize>,
+    expect: Arc<Vec<Vec<u8>>>,
     stop: Arc<AtomicBool>,
     live_received: Arc<AtomicU64>,
 ) -> io::Result<std::thread::JoinHandle<RecvStats>> {
@@ -279,13 +323,14 @@ pub fn spawn_receiver(
     if ep < 0 {
         return Err(io::Error::last_os_error());
     }
-    for (i, s) in socks.iter().enumerate() {
+    for &s in &sockets {
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
-            u64: i as u64,
+            u64: s as u64,
         };
+        let fd = net.socket(s).as_raw_fd();
         // SAFETY: ep and the socket fd are open; ev is a valid epoll_event.
-        if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) } < 0 {
+        if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
             let e = io::Error::last_os_error();
             // SAFETY: closing the epoll fd we created.
             unsafe { libc::close(ep) };
@@ -297,6 +342,7 @@ pub fn spawn_receiver(
         .spawn(move || {
             let mut st = RecvStats::default();
             let mut bufs = vec![[0u8; MAX_PACKET]; BATCH];
+            let mut cmsgs: Vec<CmsgBuf> = vec![[0; 4]; BATCH];
             let mut iov: Vec<libc::iovec> = bufs
                 .iter_mut()
                 .map(|b| libc::iovec {
@@ -310,21 +356,26 @@ pub fn spawn_receiver(
                     let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
                     m.msg_hdr.msg_iov = &mut iov[i];
                     m.msg_hdr.msg_iovlen = 1;
+                    m.msg_hdr.msg_control = cmsgs[i].as_mut_ptr() as *mut libc::c_void;
                     m
                 })
                 .collect();
-            let maxev = socks.len().clamp(1, 1024);
+            let maxev = sockets.len().clamp(1, 1024);
             let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; maxev];
             while !stop.load(Relaxed) {
                 // SAFETY: evs has room for maxev events.
                 let n = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), maxev as libc::c_int, 20) };
                 for ev in evs.iter().take(n.max(0) as usize) {
-                    let i = ev.u64 as usize;
-                    let fd = socks[i].as_raw_fd();
+                    let s = ev.u64 as usize;
+                    let fd = net.socket(s).as_raw_fd();
                     // Bounded rounds per socket, so one busy socket cannot starve the rest.
                     for _ in 0..8 {
+                        for m in msgs.iter_mut() {
+                            m.msg_hdr.msg_controllen = std::mem::size_of::<CmsgBuf>();
+                        }
                         // SAFETY: msgs point at BATCH live iovecs over bufs, each
-                        // MAX_PACKET bytes; the kernel writes at most that much.
+                        // MAX_PACKET bytes, and BATCH control buffers of the length set
+                        // just above; the kernel writes at most that much.
                         let r = unsafe {
                             libc::recvmmsg(
                                 fd,
@@ -340,8 +391,11 @@ pub fn spawn_receiver(
                         let now = now_ns();
                         let before = st.received;
                         for k in 0..r as usize {
-                            let len = msgs[k].msg_len as usize;
-                            st.on_packet(&bufs[k][..len.min(MAX_PACKET)], &expect[i], now);
+                            let len = (msgs[k].msg_len as usize).min(MAX_PACKET);
+                            match net.endpoint_of_msg(s, &msgs[k].msg_hdr) {
+                                Some(e) => st.on_packet(&bufs[k][..len], &expect[e], now),
+                                None => st.bad += 1,
+                            }
                         }
                         live_received.fetch_add(st.received - before, Relaxed);
                         if (r as usize) < BATCH {
@@ -356,9 +410,22 @@ pub fn spawn_receiver(
         })
 }
 
-/// `sendmmsg` of `bufs` from `sock` to `dest` (IPv4); returns how many went out.
-pub fn send_batch(sock: &UdpSocket, dest: &SocketAddrV4, bufs: &[Vec<u8>]) -> usize {
-    let sa = sockaddr_v4(dest);
+/// `sendmmsg` of `bufs` from `sock` to `dest` (IPv4), or with `None` to the address the
+/// socket is connected to (the kernel then reuses the socket's cached route instead of
+/// looking one up per packet); returns how many went out.
+pub fn send_batch<B: AsRef<[u8]>>(
+    sock: &UdpSocket,
+    dest: Option<&SocketAddrV4>,
+    bufs: &[B],
+) -> usize {
+    let sa = dest.map(sockaddr_v4);
+    let (name, namelen) = match &sa {
+        Some(sa) => (
+            sa as *const libc::sockaddr_in as *mut libc::c_void,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ),
+        None => (std::ptr::null_mut(), 0),
+    };
     let mut iov: [libc::iovec; BATCH] = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -367,17 +434,18 @@ pub fn send_batch(sock: &UdpSocket, dest: &SocketAddrV4, bufs: &[Vec<u8>]) -> us
     let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
     let n = bufs.len().min(BATCH);
     for i in 0..n {
-        iov[i].iov_base = bufs[i].as_ptr() as *mut libc::c_void;
-        iov[i].iov_len = bufs[i].len();
+        let b = bufs[i].as_ref();
+        iov[i].iov_base = b.as_ptr() as *mut libc::c_void;
+        iov[i].iov_len = b.len();
         msgs[i].msg_hdr.msg_iov = &mut iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
-        msgs[i].msg_hdr.msg_name = &sa as *const libc::sockaddr_in as *mut libc::c_void;
-        msgs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        msgs[i].msg_hdr.msg_name = name;
+        msgs[i].msg_hdr.msg_namelen = namelen;
     }
     let mut off = 0;
     while off < n {
-        // SAFETY: msgs[off..n] point at live buffers and a live sockaddr_in; the kernel
-        // only reads them.
+        // SAFETY: msgs[off..n] point at live buffers and a live sockaddr_in (or none); the
+        // kernel only reads them.
         let r = unsafe {
             libc::sendmmsg(
                 sock.as_raw_fd(),
@@ -394,7 +462,8 @@ pub fn send_batch(sock: &UdpSocket, dest: &SocketAddrV4, bufs: &[Vec<u8>]) -> us
     off
 }
 
-fn sockaddr_v4(a: &SocketAddrV4) -> libc::sockaddr_in {
+/// The C form of an IPv4 socket address.
+pub fn sockaddr_v4(a: &SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: a.port().to_be(),
@@ -449,12 +518,13 @@ mod tests {
             4000.0,
             Duration::from_millis(200),
             32,
-            |ep, bufs| {
-                for b in bufs {
+            |eps, bufs| {
+                assert_eq!(eps.len(), bufs.len());
+                for (b, &ep) in bufs.iter().zip(eps) {
                     assert_eq!(&b[..8], &prefixes[ep][..]);
                     assert_eq!(b.len(), 32);
+                    per_ep[ep] += 1;
                 }
-                per_ep[ep] += bufs.len() as u64;
                 bufs.len()
             },
         );

@@ -75,18 +75,29 @@ impl Drop for Fwd {
     }
 }
 
+/// `duet-loadtest udp` for 1 s against `fwd`, measuring this test process as the
+/// forwarder, with `args` and the report written to `report`.
+fn udp_baseline(fwd: &Fwd, args: &[&str], report: &std::path::Path) -> std::process::Output {
+    common::bin()
+        .args(["udp", "--duration", "1s"])
+        .args(args)
+        .arg("--target")
+        .arg(format!("baseline={}", fwd.addr))
+        .args(["--relay-pid", &std::process::id().to_string(), "--report"])
+        .arg(report)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn baseline_target_delivers_everything_and_reports() {
     let fwd = Fwd::start();
     let (_dir, path) = common::tmp("udp.json");
-    let out = common::bin()
-        .args(["udp", "--pairs", "4", "--pps", "400", "--duration", "1s"])
-        .args(["--size", "160", "--target"])
-        .arg(format!("baseline={}", fwd.addr))
-        .args(["--relay-pid", &std::process::id().to_string(), "--report"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = udp_baseline(
+        &fwd,
+        &["--pairs", "4", "--pps", "400", "--size", "160"],
+        &path,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -163,6 +174,121 @@ fn collect(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
+/// Several generator workers: pairs split across them, loss and latency still exact (every
+/// packet the pacers sent arrives once, the merged histogram holds every sample).
+#[test]
+fn baseline_target_with_threads_merges_exactly() {
+    for addressing in ["ports", "ips"] {
+        baseline_with_threads(addressing);
+    }
+}
+
+fn baseline_with_threads(addressing: &str) {
+    let fwd = Fwd::start();
+    let (_dir, path) = common::tmp("udp.json");
+    let args = [
+        "--pairs",
+        "6",
+        "--pps",
+        "600",
+        "--size",
+        "100",
+        "--threads",
+        "3",
+    ];
+    let out = udp_baseline(
+        &fwd,
+        &[&args[..], &["--addressing", addressing]].concat(),
+        &path,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains(" threads=3 "), "{stdout}");
+    let r: UdpReport = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!((r.threads, r.setup.pairs_ready), (3, 6));
+    assert!(r.sent > 0);
+    assert_eq!(r.received, r.sent, "{stdout}");
+    assert_eq!(r.bad, 0);
+    let h = duet_loadtest::hist::Hist::from_base64(&r.latency_us.histogram).unwrap();
+    assert_eq!(h.count(), r.received);
+    assert_eq!(fwd.forwarded.load(Relaxed), r.received + 6);
+    assert!(r.generator_kept_up && r.generator_window_cpu_s.is_some());
+}
+
+/// Two generator processes at once against one forwarder, then `merge`: counters and
+/// pairs add, the histograms add exactly, the forwarder's CPU is one reading (not a sum),
+/// and reports of different loads are refused.
+#[test]
+fn reports_of_generators_run_at_once_merge() {
+    let fwd = Fwd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pid = std::process::id().to_string();
+    let gens: Vec<_> = [("a", "4", "ports"), ("b", "2", "ips")]
+        .into_iter()
+        .map(|(name, pairs, addressing)| {
+            let path = dir.path().join(format!("{name}.json"));
+            let child = common::bin()
+                .args(["udp", "--pairs", pairs, "--pps", "400", "--duration", "1s"])
+                .args(["--size", "120", "--addressing", addressing, "--target"])
+                .arg(format!("baseline={}", fwd.addr))
+                .args(["--relay-pid", &pid, "--report"])
+                .arg(&path)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            (path, child)
+        })
+        .collect();
+    let mut parts = Vec::new();
+    for (path, mut child) in gens {
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        let r: UdpReport = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        parts.push((path, r));
+    }
+    let merged = dir.path().join("m.json");
+    let out = common::bin()
+        .arg("merge")
+        .args(parts.iter().map(|(p, _)| p))
+        .arg("-o")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("RESULT "));
+    let m: UdpReport = serde_json::from_str(&std::fs::read_to_string(&merged).unwrap()).unwrap();
+    let (a, b) = (&parts[0].1, &parts[1].1);
+    assert_eq!((m.pairs, m.setup.pairs_ready), (6, 6));
+    assert_eq!(m.sent, a.sent + b.sent);
+    assert_eq!(m.received, a.received + b.received);
+    assert_eq!(m.received, m.sent);
+    assert_eq!(m.target_pps, 800.0);
+    assert_eq!(m.addressing, "mixed");
+    let h = duet_loadtest::hist::Hist::from_base64(&m.latency_us.histogram).unwrap();
+    assert_eq!(h.count(), m.received);
+    assert!(m.latency_us.max >= a.latency_us.max.max(b.latency_us.max));
+    let cpu = |r: &UdpReport| r.relay.as_ref().and_then(|x| x.cpu_s).unwrap();
+    assert_eq!(cpu(&m), cpu(a).max(cpu(b)));
+    assert_eq!(fwd.forwarded.load(Relaxed), m.received + 6);
+    // Different sizes measured different things: refused.
+    let mut other = b.clone();
+    other.size_bytes = 200;
+    let odd = dir.path().join("odd.json");
+    std::fs::write(&odd, serde_json::to_string(&other).unwrap()).unwrap();
+    let out = common::bin()
+        .arg("merge")
+        .arg(&parts[0].0)
+        .arg(&odd)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("size_bytes"));
+}
+
 #[test]
 fn idle_mode_sets_up_pairs_and_sends_no_media() {
     let fwd = Fwd::start();
@@ -208,6 +334,54 @@ fn udp_argument_errors_exit_2() {
             "baseline=127.0.0.1:1",
             "--token-key-file",
             "k",
+        ],
+        // turn: credentials required, no relay access files, at most 4 minutes.
+        vec!["udp", "--target", "turn=127.0.0.1:1"],
+        vec!["udp", "--target", "turn=127.0.0.1:1", "--turn-user", "u"],
+        vec![
+            "udp",
+            "--target",
+            "turn=127.0.0.1:1",
+            "--turn-user",
+            "u:p",
+            "--duration",
+            "5m",
+        ],
+        vec![
+            "udp",
+            "--target",
+            "turn=127.0.0.1:1",
+            "--turn-user",
+            "u:p",
+            "--cert",
+            "c.pem",
+        ],
+        vec![
+            "udp",
+            "--target",
+            "baseline=127.0.0.1:1",
+            "--turn-user",
+            "u:p",
+        ],
+        vec!["udp", "--target", "baseline=127.0.0.1:1", "--threads", "0"],
+        vec![
+            "udp",
+            "--target",
+            "baseline=127.0.0.1:1",
+            "--addressing",
+            "other",
+        ],
+        // quic is paced by one thread through the SDK.
+        vec![
+            "udp",
+            "--target",
+            "quic=127.0.0.1:1",
+            "--cert",
+            "c.pem",
+            "--token-key-file",
+            "k",
+            "--threads",
+            "2",
         ],
     ] {
         let out = common::bin().args(&args).output().unwrap();
