@@ -1,17 +1,15 @@
-//! Connecting to a relay and joining a session: the QUIC + TLS handshake (aws-lc-rs, so
-//! the hop negotiates X25519MLKEM768 first), then `Join` on the control stream.
+//! Connecting to a relay and joining a session: the QUIC + TLS handshake (configured by
+//! [`crate::tls`], so the hop negotiates X25519MLKEM768 first), then `Join` on the control
+//! stream.
 //!
-//! Owns trust (the relay's certificate the app passes in) and the join exchange. What
+//! Owns the connection and the join exchange; trust and TLS settings are [`crate::tls`]'s. What
 //! happens after `Joined` belongs to `Call`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use duet_proto::control::encode;
-use duet_proto::{ClientMessage, FrameDecoder, RelayMessage, ResumeSecret, SessionId, ALPN};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use duet_proto::{ClientMessage, FrameDecoder, RelayMessage, ResumeSecret, SessionId};
 
 use crate::call::Call;
 use crate::e2ee::{E2eeUnavailable, UnavailableReason};
@@ -34,50 +32,6 @@ pub struct Client {
     opts: ConnectOptions,
 }
 
-fn tls_config(opts: &ConnectOptions) -> Result<rustls::ClientConfig, SdkError> {
-    let pem = opts
-        .trusted_cert_pem
-        .as_deref()
-        .ok_or_else(|| SdkError::Certificate("no trusted certificate given".into()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem) {
-        let cert = cert.map_err(|e| SdkError::Certificate(e.to_string()))?;
-        roots
-            .add(cert)
-            .map_err(|e| SdkError::Certificate(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(SdkError::Certificate("the PEM holds no certificate".into()));
-    }
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    // Offer the hybrid post-quantum group first whatever rustls' build features say, so
-    // the hop to the relay stays private against a future quantum adversary.
-    provider
-        .kx_groups
-        .sort_by_key(|g| g.name() != rustls::NamedGroup::X25519MLKEM768);
-    let provider = Arc::new(provider);
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| SdkError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(tls)
-}
-
-fn quic_config(opts: &ConnectOptions) -> Result<quinn::ClientConfig, SdkError> {
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls_config(opts)?)
-        .map_err(|e| SdkError::Tls(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(opts.keep_alive));
-    // Room for a keyframe burst in both directions without dropping pieces locally.
-    transport.datagram_receive_buffer_size(Some(4 << 20));
-    transport.datagram_send_buffer_size(4 << 20);
-    cfg.transport_config(Arc::new(transport));
-    Ok(cfg)
-}
-
 impl Client {
     /// Connects to the relay at `relay` (QUIC, TLS 1.3, ALPN `duet/1`). Not joined yet.
     pub async fn connect(
@@ -91,7 +45,7 @@ impl Client {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
         let mut endpoint = quinn::Endpoint::client(bind)?;
-        endpoint.set_default_client_config(quic_config(&opts)?);
+        endpoint.set_default_client_config(crate::tls::quic_client_config(&opts)?);
         let connecting = endpoint.connect(relay, &opts.server_name)?;
         let conn = tokio::time::timeout(opts.join_timeout, connecting)
             .await

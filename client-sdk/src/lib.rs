@@ -62,8 +62,11 @@
 //! ([`Event::FastPathFallback`]); [`Call::transport`] says which is in use and
 //! [`Call::rebind_fast_path`] moves the binding to a new socket after a network change.
 //!
-//! [`Client::join`] is the plain transport (no E2EE), used by the relay's tests and load
-//! generator.
+//! [`Client::join`] is the plain transport (no E2EE), used by the end-to-end tests (in the
+//! `duet-testkit` crate) and the load generator.
+//!
+//! [`tls`] builds the client's TLS and QUIC configuration (X25519MLKEM768 first): the one
+//! copy, which the load tester and the test kit's raw client use too.
 
 pub mod call;
 pub mod client;
@@ -73,6 +76,7 @@ pub mod fastpath;
 pub mod fragment;
 pub mod options;
 pub mod secure;
+pub mod tls;
 
 pub use call::{Call, CallStats, E2eeStats, Event, MAX_FRAMES_BEFORE_KEYS};
 pub use client::{Client, ResumeTicket};

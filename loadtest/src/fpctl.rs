@@ -1,11 +1,11 @@
 //! A minimal control-plane client for the fast-path bench: QUIC + TLS to the relay, `Join`
 //! (no E2EE), and the control stream kept open for the run.
 //!
-//! Why not the SDK: the bench needs the `FastPathOffer` in `Joined` and the relay's
-//! `FastPathBound` confirmation, and the SDK (today) exposes neither (`Call` keeps `Joined`
-//! private and drops `FastPathBound`). This speaks exactly the SDK's protocol (same ALPN,
-//! aws-lc-rs TLS 1.3, same control framing) over one shared QUIC endpoint, so the relay sees
-//! ordinary control connections. Media never goes over these connections; the bench's raw
+//! Why not the SDK: the bench binds thousands of endpoints from a few shared sockets (one
+//! QUIC endpoint, raw UDP sockets it batches itself), which the SDK's one-call-one-socket
+//! driver does not do. This speaks exactly the SDK's protocol (the SDK's own
+//! TLS and QUIC configuration from `duet_sdk::tls`, the same control framing) over one shared
+//! QUIC endpoint, so the relay sees ordinary control connections. Media never goes over these connections; the bench's raw
 //! UDP sockets carry it.
 
 use std::net::SocketAddr;
@@ -14,35 +14,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duet_proto::control::encode;
-use duet_proto::{ClientMessage, FastPathOffer, FrameDecoder, RelayMessage, SessionId, ALPN};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use duet_proto::{ClientMessage, FastPathOffer, FrameDecoder, RelayMessage, SessionId};
+use duet_sdk::ConnectOptions;
 
-/// The control connections' client configuration: the relay's certificate trusted, TLS 1.3
-/// on aws-lc-rs, ALPN `duet/1`, a keep-alive per 10 s.
+/// The control connections' client configuration: the SDK's (`duet_sdk::tls`: TLS 1.3 on
+/// aws-lc-rs, X25519MLKEM768 first, ALPN `duet/1`, trust in `cert_pem` only) with a keep-alive
+/// per 10 s.
 pub fn client_config(cert_pem: &[u8]) -> anyhow::Result<quinn::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(cert_pem) {
-        roots.add(cert?)?;
-    }
-    anyhow::ensure!(
-        !roots.is_empty(),
-        "the certificate PEM holds no certificate"
-    );
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    // The relay closes idle QUIC connections after 30 s; one keep-alive per 10 s per
-    // connection keeps the control plane's share of the relay's CPU during a bench negligible.
-    transport.keep_alive_interval(Some(Duration::from_secs(10)));
-    cfg.transport_config(Arc::new(transport));
-    Ok(cfg)
+    let opts = ConnectOptions {
+        // The relay closes idle QUIC connections after 30 s; one keep-alive per 10 s per
+        // connection keeps the control plane's share of the relay's CPU during a bench negligible.
+        keep_alive: Duration::from_secs(10),
+        ..ConnectOptions::trusting(cert_pem)
+    };
+    Ok(duet_sdk::tls::quic_client_config(&opts)?)
 }
 
 /// One QUIC client endpoint (one UDP socket on `bind`) for control connections. Its

@@ -9,6 +9,9 @@
 //! `policy` (the administrator's E2EE policy store), `process_metrics` (`process_*` from
 //! /proc); for the binary: `notify` (systemd readiness), `healthcheck` (`/healthz` client),
 //! `exit_status` (78 for a bad configuration).
+//!
+//! Tests: `tests/` drive the relay with raw clients, the binary and `/metrics` (helpers from
+//! the `duet-testkit` crate); the tests with SDK clients are in `testkit/tests/`.
 
 pub mod config;
 pub mod exit_status;

@@ -1,11 +1,10 @@
 //! The `duet-relay` binary: `token mint` on the embedded default key, config errors named
 //! by field, and `serve` on embedded defaults printing its paths and draining on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use duet_proto::{TokenKeyring, VerifyOptions, VerifyingKey};
+use duet_testkit::{relay_command, RelayProcess};
 
 /// The public key `token mint` generated next to its signing key in `dir`.
 fn default_public_key(dir: &std::path::Path) -> VerifyingKey {
@@ -13,14 +12,10 @@ fn default_public_key(dir: &std::path::Path) -> VerifyingKey {
     VerifyingKey::ed25519_from_hex("default", &hex).unwrap()
 }
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_duet-relay"))
-}
-
 #[test]
 fn token_mint_creates_the_default_key_and_signs_with_it() {
     let dir = tempfile::tempdir().unwrap();
-    let out = bin()
+    let out = relay_command()
         .args([
             "token",
             "mint",
@@ -58,7 +53,7 @@ fn token_mint_evaluates_the_policy_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("policy");
     let mint = || {
-        let out = bin()
+        let out = relay_command()
             .args(["token", "mint", "--session", "s1", "--user", "bob"])
             .args(["--device", "laptop", "--data-dir"])
             .arg(dir.path())
@@ -77,7 +72,7 @@ fn token_mint_evaluates_the_policy_store() {
     };
     assert_eq!(mint(), duet_proto::E2eeClaim::PolicyDisabled);
     let admin = |args: &[&str]| {
-        let out = bin()
+        let out = relay_command()
             .args(args)
             .arg("--store")
             .arg(&store)
@@ -108,7 +103,7 @@ fn bad_config_is_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("relay.toml");
     std::fs::write(&cfg, "[limits]\nsignals_per_sec = 0\n").unwrap();
-    let out = bin()
+    let out = relay_command()
         .args(["serve", "--config"])
         .arg(&cfg)
         .output()
@@ -118,7 +113,7 @@ fn bad_config_is_refused_naming_the_field() {
     assert!(err.contains("limits.signals_per_sec"), "{err}");
 
     std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nlisten_port = 5\n").unwrap();
-    let out = bin()
+    let out = relay_command()
         .args(["serve", "--config"])
         .arg(&cfg)
         .output()
@@ -131,51 +126,22 @@ fn bad_config_is_refused_naming_the_field() {
 #[cfg(unix)]
 #[test]
 fn serve_on_embedded_defaults_prints_its_paths_and_drains_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = bin()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--drain-deadline-ms", "200", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+    let mut relay = RelayProcess::builder()
+        .args(["--drain-deadline-ms", "200"])
+        .start()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let mut seen = String::new();
-    while let Some(Ok(line)) = lines.next() {
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("ops http") {
-            break;
-        }
-    }
+    let seen = relay.banner();
     assert!(seen.contains("cert.pem"), "{seen}");
     assert!(seen.contains("token-key.pub"), "{seen}");
     assert!(seen.contains("quic"), "{seen}");
-    assert!(dir.path().join("cert.pem").exists());
-    assert!(dir.path().join("token-key.pub").exists());
-    assert!(dir.path().join("token-signing-key").exists());
+    let dir = relay.data_dir();
+    assert!(dir.join("cert.pem").exists());
+    assert!(dir.join("token-key.pub").exists());
+    assert!(dir.join("token-signing-key").exists());
     // SIGTERM: drains (nothing to wait for) and exits cleanly.
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let t0 = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success());
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "did not exit on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    relay.sigterm().unwrap();
+    let status = relay
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
 }

@@ -3,12 +3,12 @@
 //! from the first scrape, and still after a real call), every label they use is one the
 //! relay exports, and no label is per session, user or device.
 
-mod common;
-
 use std::collections::BTreeSet;
 
 use anyhow::Result;
-use common::{assert_media_flows, http_get, metric, sdk_join, start};
+use duet_proto::{ClientMessage, RelayMessage};
+use duet_testkit::raw::assert_datagrams_flow;
+use duet_testkit::{metric, scrape, Raw, TestRelay};
 
 const RULES: &str = include_str!("../../deploy/prometheus/duet-relay.rules.yml");
 const DASHBOARD: &str = include_str!("../../deploy/grafana/duet-relay-dashboard.json");
@@ -333,17 +333,11 @@ fn the_reference_extractor_sees_metrics_labels_and_skips_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_and_label_in_the_rules_and_dashboard_is_exported() -> Result<()> {
-    let relay = start().await;
-    let scrape = || async {
-        let (status, body) = http_get(relay.ops_addr(), "/metrics")
-            .await
-            .expect("scrape");
-        assert_eq!(status, 200);
-        body
-    };
+    let relay = TestRelay::start().await;
+    let metrics = || scrape(relay.ops_addr());
 
     // A fresh relay: nothing used yet, every series the alerts read already there.
-    let fresh = scrape().await;
+    let fresh = metrics().await;
     check_against(&fresh, "fresh relay");
     assert_eq!(
         metric(&fresh, "duet_max_sessions"),
@@ -353,19 +347,20 @@ async fn every_metric_and_label_in_the_rules_and_dashboard_is_exported() -> Resu
     assert!(metric(&fresh, "process_resident_memory_bytes") > 0.0);
     assert!(metric(&fresh, "process_open_fds") > 0.0);
 
-    // One real call through it: media both ways.
-    let a = sdk_join(&relay, "deploy-metrics", "alice", "phone").await?;
-    let b = sdk_join(&relay, "deploy-metrics", "bob", "laptop").await?;
-    assert_media_flows(&a, &b).await?;
-    let used = scrape().await;
+    // One real call through it (two clients as the relay sees any): media both ways.
+    let (mut a, _) = Raw::join(&relay, "deploy-metrics", "alice", "phone").await?;
+    let (mut b, _) = Raw::join(&relay, "deploy-metrics", "bob", "laptop").await?;
+    assert_eq!(a.next().await?, Some(RelayMessage::PeerJoined));
+    assert_datagrams_flow(&a, &b).await?;
+    let used = metrics().await;
     check_against(&used, "after a call");
     assert!(metric(&used, "duet_join_latency_seconds_count") >= 2.0);
     assert!(metric(&used, "duet_sessions") >= 1.0);
     assert!(metric(&used, "process_cpu_seconds_total") > 0.0);
 
     relay.drain();
-    assert_eq!(metric(&scrape().await, "duet_draining"), 1.0);
-    a.leave().await?;
-    b.leave().await?;
+    assert_eq!(metric(&metrics().await, "duet_draining"), 1.0);
+    a.send_msg(&ClientMessage::Leave).await?;
+    b.send_msg(&ClientMessage::Leave).await?;
     Ok(())
 }

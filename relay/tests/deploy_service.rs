@@ -4,36 +4,15 @@
 //! the `healthcheck` subcommand the image's `HEALTHCHECK` runs.
 #![cfg(unix)]
 
-mod common;
-
-use std::io::{BufRead, BufReader, Lines};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::net::UnixDatagram;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use duet_proto::{DeviceId, E2eeClaim, JoinClaims, JoinToken, SessionId, SigningKey, UserId};
+use duet_proto::{ClientMessage, RelayMessage};
 use duet_relay::healthcheck;
-use duet_sdk::{Client, ConnectOptions};
-
-/// Generous: a loaded 2-core box may take seconds to start a debug binary.
-const WAIT: Duration = Duration::from_secs(60);
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_duet-relay"))
-}
-
-/// Kills the child if a test fails half-way, so no relay outlives its test.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+use duet_testkit::process::PROCESS_WAIT;
+use duet_testkit::{relay_command, Raw, RelayProcess, RelayUnderTest, TestRelay};
 
 fn recv_notification(sock: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];
@@ -43,44 +22,11 @@ fn recv_notification(sock: &UnixDatagram) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-/// Reads the banner until `ops http`, returning the QUIC and ops addresses it printed.
-fn banner_addrs(lines: &mut Lines<BufReader<ChildStdout>>) -> (SocketAddr, SocketAddr) {
-    let (mut quic, mut ops) = (None, None);
-    for line in lines.by_ref() {
-        let line = line.expect("banner line");
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["quic", addr, ..] => quic = addr.parse().ok(),
-            ["ops", "http", url, ..] => {
-                ops = url
-                    .trim_start_matches("http://")
-                    .trim_end_matches("/metrics")
-                    .parse()
-                    .ok();
-                break;
-            }
-            _ => {}
-        }
-    }
-    (quic.expect("quic address"), ops.expect("ops address"))
-}
-
 fn get_status(ops: SocketAddr, path: &str) -> Option<u16> {
     match healthcheck::check(ops, path, Duration::from_secs(10)) {
         Ok(()) => Some(200),
         Err(healthcheck::HealthcheckError::Status { status, .. }) => Some(status),
         Err(_) => None,
-    }
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let t0 = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(t0.elapsed() < within, "did not exit within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -92,67 +38,33 @@ fn serve_sends_ready_when_listening_and_stopping_when_draining() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(WAIT)).unwrap();
-    let data = dir.path().join("data");
-    let child = bin()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--fast-path-enabled",
-            "false",
-            "--drain-deadline-ms",
-            "60000",
-        ])
-        .arg("--data-dir")
-        .arg(&data)
+    sock.set_read_timeout(Some(PROCESS_WAIT)).unwrap();
+    let mut relay = RelayProcess::builder()
+        .args(["--fast-path-enabled", "false"])
+        .args(["--drain-deadline-ms", "60000"])
         .env("NOTIFY_SOCKET", &sock_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+        .start()
         .unwrap();
-    let mut child = Reaper(child);
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
 
     let ready = recv_notification(&sock);
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
     // Listening already when READY=1 was sent: ops answers without any retry.
-    let (quic, ops) = banner_addrs(&mut lines);
+    let ops = relay.ops_addr();
     assert_eq!(get_status(ops, "/healthz"), Some(200));
     assert_eq!(get_status(ops, "/readyz"), Some(200));
 
     // One endpoint holds a session open, so the drain has something to wait for.
-    let seed = std::fs::read_to_string(data.join("token-signing-key")).unwrap();
-    let key = SigningKey::ed25519_from_hex("default", &seed).unwrap();
-    let claims = JoinClaims::builder(
-        SessionId::new("drain-me").unwrap(),
-        UserId::new("alice").unwrap(),
-        DeviceId::new("phone").unwrap(),
-    )
-    .e2ee(E2eeClaim::Allowed)
-    .build()
-    .unwrap();
-    let token = JoinToken::mint(&key, &claims);
-    let cert = std::fs::read(data.join("cert.pem")).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let call = rt.block_on(async {
-        let client = Client::connect(quic, token, ConnectOptions::trusting(cert))
-            .await
-            .expect("connect");
-        client
-            .join(SessionId::new("drain-me").unwrap())
-            .await
-            .expect("join")
+    let mut endpoint = rt.block_on(async {
+        let mut r = Raw::connect(&relay).await.expect("connect");
+        let token = relay.token("drain-me", "alice", "phone");
+        match r.join_raw("drain-me", token, None).await.expect("join") {
+            RelayMessage::Joined(_) => r,
+            other => panic!("expected Joined, got {other:?}"),
+        }
     });
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status();
+    relay.sigterm().unwrap();
     let stopping = recv_notification(&sock);
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
     assert!(stopping.contains("STATUS=draining"), "{stopping:?}");
@@ -167,17 +79,18 @@ fn serve_sends_ready_when_listening_and_stopping_when_draining() {
         "still alive while draining"
     );
     assert!(
-        child.0.try_wait().unwrap().is_none(),
+        relay.try_wait().unwrap().is_none(),
         "waits for the live session"
     );
 
-    rt.block_on(async { call.leave().await.expect("leave") });
-    let status = wait_exit(&mut child.0, WAIT);
+    rt.block_on(endpoint.send_msg(&ClientMessage::Leave))
+        .expect("leave");
+    let status = relay.wait_exit(PROCESS_WAIT).unwrap();
     assert!(status.success(), "{status:?}");
 }
 
 fn serve_status(args: &[&str], data: &std::path::Path) -> (Option<i32>, String) {
-    let out = bin()
+    let out = relay_command()
         .arg("serve")
         .args(["--ops-listen", "127.0.0.1:0"])
         .args(args)
@@ -234,13 +147,13 @@ fn a_bad_configuration_exits_78_and_a_busy_port_exits_1() {
     assert_eq!(code, Some(1), "busy port: {err}");
     assert!(err.contains("cannot bind QUIC"), "{err}");
 
-    let out = bin().arg("--help").output().unwrap();
+    let out = relay_command().arg("--help").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "--help is not a failure");
 }
 
 fn healthcheck_status(ops: SocketAddr, timeout: &str) -> (Option<i32>, Duration) {
     let t0 = Instant::now();
-    let out = bin()
+    let out = relay_command()
         .args([
             "healthcheck",
             "--ops",
@@ -257,7 +170,7 @@ fn healthcheck_status(ops: SocketAddr, timeout: &str) -> (Option<i32>, Duration)
 /// readiness), 1 when nothing listens, and 1 within its timeout when the peer never answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_subcommand_exits_0_on_a_live_relay_and_1_otherwise() {
-    let relay = common::start().await;
+    let relay = TestRelay::start().await;
     let ops = relay.ops_addr();
     let live = tokio::task::spawn_blocking(move || healthcheck_status(ops, "10s"));
     assert_eq!(live.await.unwrap().0, Some(0));

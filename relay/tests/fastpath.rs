@@ -2,18 +2,16 @@
 //! each with a QUIC control connection (for `Joined`, tickets and confirmations) and a plain
 //! UDP socket for media.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use common::*;
 use duet_proto::fastpath::{FastPathHeader, PacketType, FASTPATH_HEADER_LEN};
 use duet_proto::{
     ClientMessage, FastPathOffer, Joined, MediaHeader, MediaKind, RefusalReason, RelayMessage,
 };
+use duet_testkit::{metric, scrape, wait_metric, Raw, RelayUnderTest, TestRelay, STEP};
 use tokio::net::UdpSocket;
 
 /// One endpoint: its control connection, its offer and its UDP socket.
@@ -120,7 +118,7 @@ async fn pair(relay: &TestRelay, session: &str) -> Result<(Endpoint, Endpoint)> 
 
 #[tokio::test]
 async fn joined_offers_the_fast_path_and_media_is_forwarded_byte_exact() -> Result<()> {
-    let relay = start().await;
+    let relay = TestRelay::start().await;
     let fp = relay
         .fast_path_addr()
         .context("fast path is on by default")?;
@@ -145,8 +143,13 @@ async fn joined_offers_the_fast_path_and_media_is_forwarded_byte_exact() -> Resu
             sent += 1;
         }
     }
-    wait_metric(&relay, "duet_fastpath_forwarded_packets_total", sent as f64).await;
-    let m = scrape(&relay).await;
+    wait_metric(
+        relay.ops_addr(),
+        "duet_fastpath_forwarded_packets_total",
+        sent as f64,
+    )
+    .await;
+    let m = scrape(relay.ops_addr()).await;
     assert_eq!(
         metric(&m, "duet_fastpath_forwarded_packets_total"),
         sent as f64
@@ -167,7 +170,7 @@ async fn joined_offers_the_fast_path_and_media_is_forwarded_byte_exact() -> Resu
 
 #[tokio::test]
 async fn spoofed_unbound_and_forged_senders_get_zero_bytes_and_are_counted() -> Result<()> {
-    let relay = start().await;
+    let relay = TestRelay::start().await;
     let (a, b) = pair(&relay, "fp-spoof").await?;
     let stranger = UdpSocket::bind("127.0.0.1:0").await?;
     let fp = a.target();
@@ -214,14 +217,18 @@ async fn spoofed_unbound_and_forged_senders_get_zero_bytes_and_are_counted() -> 
         ("bad_mac", 1.0),
     ] {
         let series = format!("duet_fastpath_dropped_total{{reason=\"{reason}\"}}");
-        assert_eq!(wait_metric(&relay, &series, n).await, n, "{series}");
+        assert_eq!(
+            wait_metric(relay.ops_addr(), &series, n).await,
+            n,
+            "{series}"
+        );
     }
     assert_silent(&stranger).await;
     assert_silent(&b.udp).await;
     assert_silent(&a.udp).await;
     assert_eq!(
         metric(
-            &scrape(&relay).await,
+            &scrape(relay.ops_addr()).await,
             "duet_fastpath_forwarded_packets_total"
         ),
         0.0
@@ -231,7 +238,7 @@ async fn spoofed_unbound_and_forged_senders_get_zero_bytes_and_are_counted() -> 
 
 #[tokio::test]
 async fn rebinding_after_a_source_port_change_needs_a_fresh_ticket() -> Result<()> {
-    let relay = start().await;
+    let relay = TestRelay::start().await;
     let (mut a, b) = pair(&relay, "fp-rebind").await?;
     let old = std::mem::replace(&mut a.udp, UdpSocket::bind("127.0.0.1:0").await?);
     let fp = a.target();
@@ -239,7 +246,7 @@ async fn rebinding_after_a_source_port_change_needs_a_fresh_ticket() -> Result<(
     // The new port with the old ticket: refused, media from it dropped.
     a.send_bind(&a.offer.clone()).await?;
     wait_metric(
-        &relay,
+        relay.ops_addr(),
         "duet_fastpath_dropped_total{reason=\"stale_ticket\"}",
         1.0,
     )
@@ -248,7 +255,7 @@ async fn rebinding_after_a_source_port_change_needs_a_fresh_ticket() -> Result<(
         .send_to(&a.media(MediaKind::Audio, b"too early"), fp)
         .await?;
     wait_metric(
-        &relay,
+        relay.ops_addr(),
         "duet_fastpath_dropped_total{reason=\"spoofed_source\"}",
         1.0,
     )
@@ -262,7 +269,12 @@ async fn rebinding_after_a_source_port_change_needs_a_fresh_ticket() -> Result<(
     a.send_bind(&fresh).await?;
     assert_eq!(a.bound().await?, a.udp.local_addr()?);
     assert_eq!(
-        wait_metric(&relay, "duet_fastpath_binds_total{outcome=\"moved\"}", 1.0).await,
+        wait_metric(
+            relay.ops_addr(),
+            "duet_fastpath_binds_total{outcome=\"moved\"}",
+            1.0
+        )
+        .await,
         1.0
     );
     let p = a.media(MediaKind::Video, b"from the new port");
@@ -274,7 +286,7 @@ async fn rebinding_after_a_source_port_change_needs_a_fresh_ticket() -> Result<(
     // The old port is a stranger now.
     old.send_to(&a.media(MediaKind::Audio, b"old"), fp).await?;
     wait_metric(
-        &relay,
+        relay.ops_addr(),
         "duet_fastpath_dropped_total{reason=\"spoofed_source\"}",
         2.0,
     )
@@ -286,16 +298,16 @@ async fn rebinding_after_a_source_port_change_needs_a_fresh_ticket() -> Result<(
 
 #[tokio::test]
 async fn an_expired_ticket_binds_nothing() -> Result<()> {
-    let relay = start_with(|c| c.fast_path.ticket_ttl_secs = 2).await;
+    let relay = TestRelay::start_with(|c| c.fast_path.ticket_ttl_secs = 2).await;
     let mut a = Endpoint::join(&relay, "fp-expiry", "alice").await?;
     let until = a.offer.expires_unix;
-    while now() < until {
+    while duet_proto::clock::unix_now() < until {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     a.send_bind(&a.offer.clone()).await?;
     assert_eq!(
         wait_metric(
-            &relay,
+            relay.ops_addr(),
             "duet_fastpath_dropped_total{reason=\"ticket_expired\"}",
             1.0
         )
@@ -313,7 +325,7 @@ async fn an_expired_ticket_binds_nothing() -> Result<()> {
 
 #[tokio::test]
 async fn mixed_transports_are_bridged_both_ways() -> Result<()> {
-    let relay = start().await;
+    let relay = TestRelay::start().await;
     // a is on the fast path; b stays on QUIC datagrams.
     let mut a = Endpoint::join(&relay, "fp-mixed", "alice").await?;
     let (b, _) = Raw::join(&relay, "fp-mixed", "bob", "d1").await?;
@@ -343,7 +355,7 @@ async fn mixed_transports_are_bridged_both_ways() -> Result<()> {
     assert_eq!(rest, body);
     assert_eq!(got.len(), FASTPATH_HEADER_LEN + body.len());
 
-    let m = scrape(&relay).await;
+    let m = scrape(relay.ops_addr()).await;
     assert_eq!(
         metric(
             &m,
@@ -353,7 +365,7 @@ async fn mixed_transports_are_bridged_both_ways() -> Result<()> {
     );
     assert_eq!(
         wait_metric(
-            &relay,
+            relay.ops_addr(),
             "duet_fastpath_bridged_packets_total{direction=\"to_quic\"}",
             1.0
         )
@@ -365,7 +377,7 @@ async fn mixed_transports_are_bridged_both_ways() -> Result<()> {
 
 #[tokio::test]
 async fn ended_sessions_release_their_channels() -> Result<()> {
-    let relay = start().await;
+    let relay = TestRelay::start().await;
     let (mut a, mut b) = pair(&relay, "fp-release").await?;
     let (pa, chan) = (a.media(MediaKind::Audio, b"late"), a.target());
     a.ctl.send_msg(&ClientMessage::Leave).await?;
@@ -378,7 +390,7 @@ async fn ended_sessions_release_their_channels() -> Result<()> {
     a.udp.send_to(&pa, chan).await?;
     assert_eq!(
         wait_metric(
-            &relay,
+            relay.ops_addr(),
             "duet_fastpath_dropped_total{reason=\"unknown_channel\"}",
             1.0
         )
@@ -391,7 +403,7 @@ async fn ended_sessions_release_their_channels() -> Result<()> {
 
 #[tokio::test]
 async fn without_the_fast_path_there_is_no_offer_and_tickets_are_refused() -> Result<()> {
-    let relay = start_with(|c| c.fast_path.enabled = false).await;
+    let relay = TestRelay::start_with(|c| c.fast_path.enabled = false).await;
     assert_eq!(relay.fast_path_addr(), None);
     let (mut a, joined) = Raw::join(&relay, "fp-off", "alice", "d1").await?;
     assert!(joined.fast_path.is_none());
@@ -405,7 +417,7 @@ async fn without_the_fast_path_there_is_no_offer_and_tickets_are_refused() -> Re
 #[tokio::test]
 async fn advertised_address_is_what_the_offer_names() -> Result<()> {
     let adv: SocketAddr = "192.0.2.7:4999".parse()?;
-    let relay = start_with(|c| c.fast_path.advertise = Some(adv)).await;
+    let relay = TestRelay::start_with(|c| c.fast_path.advertise = Some(adv)).await;
     let (a, joined) = Raw::join(&relay, "fp-adv", "alice", "d1").await?;
     let offer = offer_of(&joined)?;
     assert_eq!(offer.target(a.conn.remote_address()), adv);

@@ -10,78 +10,29 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use duet_proto::fastpath::{FastPathHeader, PacketType};
-use duet_proto::{
-    DeviceId, E2eeClaim, JoinClaims, JoinToken, MediaHeader, MediaKind, SessionId, UserId,
-};
-use duet_relay::{Config, LimitsConfig, Relay, RelayHandle};
-use duet_sdk::{
-    Call, CallOptions, Client, ConnectOptions, E2eeConfig, Event, FastPathMode, IdentityKey,
-    Transport,
-};
+use duet_proto::{E2eeClaim, MediaHeader, MediaKind};
+use duet_relay::Config;
+use duet_sdk::{Call, Client, ConnectOptions, Event, FastPathMode, Transport};
+use duet_testkit::sdk::{a_then_b, e2ee_config, e2ee_join};
+use duet_testkit::{metric_sum, sid, RelayUnderTest, TestRelay, STEP};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-const STEP: Duration = Duration::from_secs(10);
-
-struct TestRelay {
-    relay: RelayHandle,
-    _dir: tempfile::TempDir,
-}
-
+/// A test relay with one fast-path worker, changed by `tweak`.
 async fn start(tweak: impl FnOnce(&mut Config)) -> TestRelay {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config {
-        node_id: "test-node".into(),
-        limits: LimitsConfig {
-            media_packets_per_sec: 1_000_000,
-            media_bytes_per_sec: 1_000_000_000,
-            signals_per_sec: 1000,
-            join_timeout_ms: 2_000,
-            idle_timeout_ms: 20_000,
-            resume_window_ms: 5_000,
-            ..LimitsConfig::default()
-        },
-        ..Config::loopback(dir.path())
-    };
-    cfg.fast_path.workers = 1;
-    tweak(&mut cfg);
-    let relay = Relay::start(cfg).await.expect("relay starts");
-    TestRelay { relay, _dir: dir }
+    TestRelay::start_with(|c| {
+        c.fast_path.workers = 1;
+        tweak(c);
+    })
+    .await
 }
 
-fn token(relay: &RelayHandle, session: &str, user: &str) -> String {
-    let key = relay.config().load_signing_key(None, None).unwrap();
-    let claims = JoinClaims::builder(
-        SessionId::new(session).unwrap(),
-        UserId::new(user).unwrap(),
-        DeviceId::new(format!("{user}-phone")).unwrap(),
-    )
-    .e2ee(E2eeClaim::Allowed)
-    .build()
-    .unwrap();
-    JoinToken::mint(&key, &claims)
+fn token(relay: &TestRelay, session: &str, user: &str) -> String {
+    relay.token(session, user, &format!("{user}-phone"))
 }
 
-fn e2ee() -> E2eeConfig {
-    E2eeConfig {
-        options: CallOptions {
-            e2ee: true,
-            ..CallOptions::default()
-        },
-        handshake_timeout: STEP,
-        ..E2eeConfig::new(Arc::new(IdentityKey::generate().unwrap()))
-    }
-}
-
-fn opts(relay: &RelayHandle, mode: FastPathMode) -> ConnectOptions {
+fn opts(relay: &TestRelay, mode: FastPathMode) -> ConnectOptions {
     ConnectOptions {
         fast_path: mode,
         // Generous: two shared cores under a parallel test run.
@@ -92,21 +43,14 @@ fn opts(relay: &RelayHandle, mode: FastPathMode) -> ConnectOptions {
     }
 }
 
-async fn join(
-    relay: &RelayHandle,
-    session: &str,
-    user: &str,
-    opts: ConnectOptions,
-) -> Result<Call> {
-    let client = Client::connect(relay.quic_addr(), token(relay, session, user), opts).await?;
-    Ok(client
-        .join_e2ee(SessionId::new(session).unwrap(), e2ee())
-        .await?)
+async fn join(relay: &TestRelay, session: &str, user: &str, opts: ConnectOptions) -> Result<Call> {
+    let cfg = e2ee_config(true);
+    Ok(e2ee_join(relay, session, user, E2eeClaim::Allowed, cfg, opts).await?)
 }
 
 /// An E2EE call: alice (slot A) joins first, bob once alice is in.
 async fn pair(
-    relay: &RelayHandle,
+    relay: &TestRelay,
     session: &str,
     (mode_a, mode_b): (FastPathMode, FastPathMode),
 ) -> Result<(Call, Call)> {
@@ -116,21 +60,17 @@ async fn pair(
 /// Both endpoints are E2EE: besides being what apps do, the handshake's round trips keep
 /// the first media well clear of the join (see the report on `before_join` drops).
 async fn pair_with(
-    relay: &RelayHandle,
+    relay: &TestRelay,
     session: &str,
     opts_a: ConnectOptions,
     opts_b: ConnectOptions,
 ) -> Result<(Call, Call)> {
-    let before = relay.endpoint_count();
-    let a = join(relay, session, "alice", opts_a);
-    let b = async {
-        let deadline = tokio::time::Instant::now() + STEP;
-        while relay.endpoint_count() == before && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        join(relay, session, "bob", opts_b).await
-    };
-    let (a, b) = tokio::join!(a, b);
+    let (a, b) = a_then_b(
+        relay,
+        join(relay, session, "alice", opts_a),
+        join(relay, session, "bob", opts_b),
+    )
+    .await;
     Ok((a.context("alice")?, b.context("bob")?))
 }
 
@@ -208,19 +148,9 @@ async fn frames_flow(from: &Call, to: &Call, tag: usize) -> Result<()> {
     Ok(())
 }
 
-/// Sum of every sample of `name` whose labels contain all of `labels`.
-fn metric(relay: &RelayHandle, name: &str, labels: &[&str]) -> f64 {
-    relay
-        .metrics_text()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// Sum of every sample of `name` whose labels contain all of `labels`, rendered in-process.
+fn metric(relay: &TestRelay, name: &str, labels: &[&str]) -> f64 {
+    metric_sum(&relay.metrics_text(), name, labels)
 }
 
 const FP_FORWARDED: &str = "duet_fastpath_forwarded_packets_total";
@@ -231,7 +161,7 @@ const QUIC_FORWARDED: &str = "duet_forwarded_packets_total";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_prefer_endpoints_send_media_over_the_fast_path_both_ways() -> Result<()> {
     let relay = start(|_| {}).await;
-    let r = &relay.relay;
+    let r = &relay;
     let fp = r.fast_path_addr().context("fast path on by default")?;
     let (a, b) = pair(r, "fp-both", (FastPathMode::Prefer, FastPathMode::Prefer)).await?;
     for call in [&a, &b] {
@@ -297,7 +227,7 @@ async fn a_closed_fast_path_port_falls_back_to_quic_and_media_flows() -> Result<
         })
         .context("a free port")?;
     let relay = start(|c| c.fast_path.advertise = Some(closed)).await;
-    let r = &relay.relay;
+    let r = &relay;
     let (a, b) = pair(
         r,
         "fp-fallback",
@@ -328,7 +258,7 @@ async fn a_closed_fast_path_port_falls_back_to_quic_and_media_flows() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefer_and_an_off_endpoint_are_bridged_both_ways() -> Result<()> {
     let relay = start(|_| {}).await;
-    let r = &relay.relay;
+    let r = &relay;
     let (a, b) = pair(r, "fp-mixed", (FastPathMode::Prefer, FastPathMode::Off)).await?;
     bound(&a).await?;
     assert_eq!(a.transport(), Transport::FastPath);
@@ -362,7 +292,7 @@ async fn a_prefer_and_an_off_endpoint_are_bridged_both_ways() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebind_moves_the_binding_to_a_new_port_and_media_continues() -> Result<()> {
     let relay = start(|_| {}).await;
-    let r = &relay.relay;
+    let r = &relay;
     let (a, b) = pair(r, "fp-rebind", (FastPathMode::Prefer, FastPathMode::Prefer)).await?;
     let first = bound(&a).await?;
     bound(&b).await?;
@@ -391,7 +321,7 @@ async fn rebind_moves_the_binding_to_a_new_port_and_media_continues() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_relay_fast_path_prefer_stays_on_quic() -> Result<()> {
     let relay = start(|c| c.fast_path.enabled = false).await;
-    let r = &relay.relay;
+    let r = &relay;
     let (a, b) = pair(r, "fp-none", (FastPathMode::Prefer, FastPathMode::Prefer)).await?;
     assert!(a.fast_path_offer().is_none());
     fallback(&a).await?;
@@ -406,9 +336,9 @@ async fn without_a_relay_fast_path_prefer_stays_on_quic() -> Result<()> {
 }
 
 /// A plain (no E2EE) call of one endpoint, for tests that drive the other side by hand.
-async fn join_plain(relay: &RelayHandle, session: &str, opts: ConnectOptions) -> Result<Call> {
+async fn join_plain(relay: &TestRelay, session: &str, opts: ConnectOptions) -> Result<Call> {
     let client = Client::connect(relay.quic_addr(), token(relay, session, "carol"), opts).await?;
-    Ok(client.join(SessionId::new(session).unwrap()).await?)
+    Ok(client.join(sid(session)).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,7 +347,7 @@ async fn an_unconfirmed_bind_times_out_to_quic_and_fast_path_arrivals_are_read()
     let hole = UdpSocket::bind("127.0.0.1:0").await?;
     let hole_addr = hole.local_addr()?;
     let relay = start(|c| c.fast_path.advertise = Some(hole_addr)).await;
-    let r = &relay.relay;
+    let r = &relay;
     let call = join_plain(
         r,
         "fp-hole",
@@ -495,7 +425,7 @@ async fn an_unconfirmed_bind_times_out_to_quic_and_fast_path_arrivals_are_read()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bound_fast_path_refreshes_its_binding_with_fresh_tickets() -> Result<()> {
     let relay = start(|_| {}).await;
-    let r = &relay.relay;
+    let r = &relay;
     let call = join_plain(
         r,
         "fp-refresh",
@@ -655,7 +585,7 @@ async fn a_nat_port_change_is_healed_by_the_next_refresh() -> Result<()> {
     let inside = UdpSocket::bind("127.0.0.1:0").await?;
     let inside_addr = inside.local_addr()?;
     let relay = start(|c| c.fast_path.advertise = Some(inside_addr)).await;
-    let r = &relay.relay;
+    let r = &relay;
     let mut nat = Nat::spawn(inside, r.fast_path_addr().context("fast path on")?, false);
 
     // Alice is behind the NAT on the fast path; Bob is on QUIC (the relay bridges).
@@ -693,7 +623,7 @@ async fn a_nat_port_change_is_healed_by_the_next_refresh() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_sent_right_after_join_reaches_a_fast_path_peer() -> Result<()> {
     let relay = start(|_| {}).await;
-    let r = &relay.relay;
+    let r = &relay;
     let alice = join_plain(r, "fp-early", opts(r, FastPathMode::Prefer)).await?;
     bound(&alice).await?;
     let client = Client::connect(
@@ -702,7 +632,7 @@ async fn media_sent_right_after_join_reaches_a_fast_path_peer() -> Result<()> {
         ConnectOptions::trusting(r.cert_pem()),
     )
     .await?;
-    let bob = client.join(SessionId::new("fp-early").unwrap()).await?;
+    let bob = client.join(sid("fp-early")).await?;
     // No wait of any kind: the relay must route the first QUIC datagram after Joined.
     let data = frame(MediaKind::Audio, 1, 120);
     bob.send_media(MediaKind::Audio, &data).await?;
@@ -719,7 +649,7 @@ async fn after_a_fallback_the_refresh_retries_from_a_new_socket_and_binds() -> R
     let inside = UdpSocket::bind("127.0.0.1:0").await?;
     let inside_addr = inside.local_addr()?;
     let relay = start(|c| c.fast_path.advertise = Some(inside_addr)).await;
-    let r = &relay.relay;
+    let r = &relay;
     let mut nat = Nat::spawn(inside, r.fast_path_addr().context("fast path on")?, true);
 
     let (alice, bob) = pair_with(
@@ -751,7 +681,7 @@ async fn a_fast_path_that_dies_mid_call_moves_sending_back_to_quic() -> Result<(
     let inside = UdpSocket::bind("127.0.0.1:0").await?;
     let inside_addr = inside.local_addr()?;
     let relay = start(|c| c.fast_path.advertise = Some(inside_addr)).await;
-    let r = &relay.relay;
+    let r = &relay;
     let nat = Nat::spawn(inside, r.fast_path_addr().context("fast path on")?, false);
     let (alice, bob) = pair_with(
         r,

@@ -2,112 +2,46 @@
 //! code, frames of each kind intact, the opt-in matrix, rekey mid-call, and that the bytes
 //! the relay forwards hold none of the plaintext.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use duet_proto::{DeviceId, E2eeClaim, JoinClaims, JoinToken, MediaKind, SessionId, UserId};
-use duet_relay::{Config, LimitsConfig, Relay, RelayHandle};
-use duet_sdk::{
-    Call, CallOptions, Client, ConnectOptions, E2eeConfig, E2eeUnavailable, Event, IdentityKey,
-    SdkError, UnavailableReason,
-};
+use duet_proto::{E2eeClaim, MediaKind};
+use duet_sdk::{Call, E2eeConfig, E2eeUnavailable, Event, SdkError, UnavailableReason};
+use duet_testkit::sdk::{a_then_b, connect_options, e2ee_config as cfg, e2ee_join};
+use duet_testkit::{claims, RelayUnderTest, TestRelay, STEP};
 
-const STEP: Duration = Duration::from_secs(10);
-
-struct TestRelay {
-    relay: RelayHandle,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> TestRelay {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        node_id: "test-node".into(),
-        limits: LimitsConfig {
-            media_packets_per_sec: 1_000_000,
-            media_bytes_per_sec: 1_000_000_000,
-            signals_per_sec: 1000,
-            join_timeout_ms: 2_000,
-            idle_timeout_ms: 20_000,
-            resume_window_ms: 5_000,
-            ..LimitsConfig::default()
-        },
-        ..Config::loopback(dir.path())
-    };
-    let relay = Relay::start(cfg).await.expect("relay starts");
-    TestRelay { relay, _dir: dir }
-}
-
-fn token(relay: &RelayHandle, session: &str, user: &str, claim: E2eeClaim) -> String {
-    let key = relay.config().load_signing_key(None, None).unwrap();
-    let claims = JoinClaims::builder(
-        SessionId::new(session).unwrap(),
-        UserId::new(user).unwrap(),
-        DeviceId::new(format!("{user}-phone")).unwrap(),
-    )
-    .e2ee(claim)
-    .build()
-    .unwrap();
-    JoinToken::mint(&key, &claims)
-}
-
-fn cfg(on: bool) -> E2eeConfig {
-    E2eeConfig {
-        options: CallOptions {
-            e2ee: on,
-            ..CallOptions::default()
-        },
-        handshake_timeout: STEP,
-        ..E2eeConfig::new(Arc::new(IdentityKey::generate().unwrap()))
-    }
+fn token(relay: &TestRelay, session: &str, user: &str, claim: E2eeClaim) -> String {
+    let mut c = claims(session, user, &format!("{user}-phone"));
+    c.e2ee = claim;
+    relay.token_with(&c)
 }
 
 async fn join(
-    relay: &RelayHandle,
+    relay: &TestRelay,
     session: &str,
     user: &str,
     claim: E2eeClaim,
     cfg: E2eeConfig,
 ) -> Result<Call, SdkError> {
-    let client = Client::connect(
-        relay.quic_addr(),
-        token(relay, session, user, claim),
-        ConnectOptions::trusting(relay.cert_pem()),
-    )
-    .await?;
-    client
-        .join_e2ee(SessionId::new(session).unwrap(), cfg)
-        .await
+    e2ee_join(relay, session, user, claim, cfg, connect_options(relay)).await
 }
 
 /// Slot A joins first and waits; slot B joins once A is in.
 async fn pair(
-    relay: &RelayHandle,
+    relay: &TestRelay,
     session: &str,
     (claim_a, cfg_a): (E2eeClaim, E2eeConfig),
     (claim_b, cfg_b): (E2eeClaim, E2eeConfig),
 ) -> (Result<Call, SdkError>, Result<Call, SdkError>) {
-    let before = relay.endpoint_count();
-    let a = join(relay, session, "alice", claim_a, cfg_a);
-    let b = async {
-        let deadline = tokio::time::Instant::now() + STEP;
-        while relay.endpoint_count() == before && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        join(relay, session, "bob", claim_b, cfg_b).await
-    };
-    tokio::join!(a, b)
+    a_then_b(
+        relay,
+        join(relay, session, "alice", claim_a, cfg_a),
+        join(relay, session, "bob", claim_b, cfg_b),
+    )
+    .await
 }
 
-async fn established_pair(relay: &RelayHandle, session: &str) -> Result<(Call, Call)> {
+async fn established_pair(relay: &TestRelay, session: &str) -> Result<(Call, Call)> {
     let on = (E2eeClaim::Allowed, cfg(true));
     let (a, b) = pair(relay, session, on.clone(), (E2eeClaim::Allowed, cfg(true))).await;
     Ok((a.context("alice")?, b.context("bob")?))
@@ -127,8 +61,8 @@ fn frame(kind: MediaKind, i: usize, len: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_sides_get_the_same_code_and_frames_of_each_kind_arrive_intact() -> Result<()> {
-    let relay = start().await;
-    let (a, b) = established_pair(&relay.relay, "code-and-frames").await?;
+    let relay = TestRelay::start().await;
+    let (a, b) = established_pair(&relay, "code-and-frames").await?;
     let (ca, cb) = (a.security_code().unwrap(), b.security_code().unwrap());
     assert_eq!(ca, cb);
     assert_eq!(ca.digits().len(), 20);
@@ -168,11 +102,11 @@ async fn both_sides_get_the_same_code_and_frames_of_each_kind_arrive_intact() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_side_off_gives_peer_not_enabled_on_the_other() -> Result<()> {
-    let relay = start().await;
+    let relay = TestRelay::start().await;
     for (a_on, b_on) in [(true, false), (false, true)] {
         let session = format!("one-off-{a_on}");
         let (a, b) = pair(
-            &relay.relay,
+            &relay,
             &session,
             (E2eeClaim::Allowed, cfg(a_on)),
             (E2eeClaim::Allowed, cfg(b_on)),
@@ -198,7 +132,7 @@ async fn one_side_off_gives_peer_not_enabled_on_the_other() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_claims_that_forbid_e2ee_are_typed_on_both_sides() -> Result<()> {
-    let relay = start().await;
+    let relay = TestRelay::start().await;
     for (claim, reason) in [
         (E2eeClaim::PolicyDisabled, UnavailableReason::PolicyDisabled),
         (
@@ -209,7 +143,7 @@ async fn token_claims_that_forbid_e2ee_are_typed_on_both_sides() -> Result<()> {
         let session = format!("claim-{}", reason.as_str().replace('_', "-"));
         // The app asks for E2EE on both sides; the token says otherwise for bob.
         let (a, b) = pair(
-            &relay.relay,
+            &relay,
             &session,
             (E2eeClaim::Allowed, cfg(true)),
             (claim, cfg(true)),
@@ -234,9 +168,9 @@ async fn token_claims_that_forbid_e2ee_are_typed_on_both_sides() -> Result<()> {
 /// the refusal, so the peer joining later gets a typed answer at once, not a timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_joining_after_a_forbidden_join_gets_a_typed_answer() -> Result<()> {
-    let relay = start().await;
+    let relay = TestRelay::start().await;
     let first = join(
-        &relay.relay,
+        &relay,
         "late-callee",
         "bob",
         E2eeClaim::PolicyDisabled,
@@ -251,7 +185,7 @@ async fn a_peer_joining_after_a_forbidden_join_gets_a_typed_answer() -> Result<(
     }
     let started = std::time::Instant::now();
     let later = join(
-        &relay.relay,
+        &relay,
         "late-callee",
         "alice",
         E2eeClaim::Allowed,
@@ -274,8 +208,8 @@ async fn a_peer_joining_after_a_forbidden_join_gets_a_typed_answer() -> Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rekey_mid_call_loses_no_frames() -> Result<()> {
-    let relay = start().await;
-    let (a, b) = established_pair(&relay.relay, "rekey").await?;
+    let relay = TestRelay::start().await;
+    let (a, b) = established_pair(&relay, "rekey").await?;
     let n = 40;
     let mut sent = Vec::new();
     for i in 0..n {
@@ -311,8 +245,8 @@ async fn rekey_mid_call_loses_no_frames() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_forwards_no_plaintext() -> Result<()> {
-    let relay = start().await;
-    let (a, b) = established_pair(&relay.relay, "no-plaintext").await?;
+    let relay = TestRelay::start().await;
+    let (a, b) = established_pair(&relay, "no-plaintext").await?;
     let marker: [u8; 32] = *b"DUET-PLAINTEXT-MARKER-0123456789";
     let mut tap = b.tap_raw();
     let mut plain = Vec::new();
@@ -343,8 +277,8 @@ async fn the_relay_forwards_no_plaintext() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_reads_the_claim_from_the_token() -> Result<()> {
-    let relay = start().await;
-    let t = token(&relay.relay, "s", "u", E2eeClaim::ComplianceRecording);
+    let relay = TestRelay::start().await;
+    let t = token(&relay, "s", "u", E2eeClaim::ComplianceRecording);
     assert_eq!(
         duet_sdk::token_claims(&t)?.e2ee,
         E2eeClaim::ComplianceRecording
@@ -360,8 +294,7 @@ async fn the_sdk_reads_the_claim_from_the_token() -> Result<()> {
 async fn frames_bob_sends_the_moment_he_is_established_reach_alice() -> Result<()> {
     // Bob (slot B) is established when he sends Finished, before alice has processed it:
     // his first frames may reach alice before her keys; she buffers them and opens them.
-    let relay = start().await;
-    let relay = &relay.relay;
+    let relay = &TestRelay::start().await;
     let before = relay.endpoint_count();
     let first = frame(MediaKind::Audio, 7, 300);
     let a = join(relay, "early", "alice", E2eeClaim::Allowed, cfg(true));

@@ -3,16 +3,14 @@
 //! mint` does) and what a real relay on loopback says to its join, including telling the
 //! waiting peer that E2EE is unavailable (and only why).
 
-mod common;
-
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use common::*;
 use duet_proto::{DeviceId, E2eeClaim, RefusalReason, UserId};
 use duet_relay::policy::{mint_token, CallingE2ee, Change, GroupName, PolicyName, PolicyStore};
-use duet_relay::RelayHandle;
 use duet_sdk::{Call, Client, Event, SdkError};
+use duet_testkit::sdk::{connect_options, expect_event, next_event};
+use duet_testkit::{sid, RelayUnderTest, TestRelay};
 
 struct World {
     store: PolicyStore,
@@ -64,14 +62,14 @@ impl World {
     /// What an app backend does: evaluate the policy and mint with the relay's key.
     fn mint(
         &self,
-        relay: &RelayHandle,
+        relay: &TestRelay,
         session: &str,
         user: &str,
         device: &str,
     ) -> Result<(String, E2eeClaim)> {
         let (token, eff) = mint_token(
             &self.store,
-            &signer(relay),
+            &relay.signer(),
             sid(session),
             UserId::new(user)?,
             DeviceId::new(device)?,
@@ -83,13 +81,13 @@ impl World {
 
     async fn join(
         &self,
-        relay: &RelayHandle,
+        relay: &TestRelay,
         session: &str,
         user: &str,
         device: &str,
     ) -> Result<Result<Call, RefusalReason>> {
         let (token, _) = self.mint(relay, session, user, device)?;
-        let client = Client::connect(relay.quic_addr(), token, opts(relay)).await?;
+        let client = Client::connect(relay.quic_addr(), token, connect_options(relay)).await?;
         match client.join(sid(session)).await {
             Ok(call) => Ok(Ok(call)),
             Err(SdkError::Refused(r)) => Ok(Err(r)),
@@ -103,7 +101,7 @@ impl World {
 /// told exactly the claim.
 async fn case(
     w: &World,
-    relay: &RelayHandle,
+    relay: &TestRelay,
     session: &str,
     user: &str,
     device: &str,
@@ -136,7 +134,7 @@ async fn case(
 
 #[tokio::test]
 async fn each_policy_case_gets_its_answer_from_the_relay() -> Result<()> {
-    let relay = start().await;
+    let relay = TestRelay::start().await;
     let w = World::new()?;
     // Alice is the waiting peer in every case: a pilot policy and her switch on.
     w.set("Pilot", CallingE2ee::DisabledUserOverride)?;
@@ -208,7 +206,7 @@ async fn each_policy_case_gets_its_answer_from_the_relay() -> Result<()> {
 
 #[tokio::test]
 async fn the_switch_follows_the_user_to_a_second_device() -> Result<()> {
-    let relay = start().await;
+    let relay = TestRelay::start().await;
     let w = World::new()?;
     w.set("Global", CallingE2ee::DisabledUserOverride)?;
     w.switch("alice", true)?;

@@ -1,0 +1,129 @@
+//! The SDK as an app uses it, against a relay under test: connect and join (plain or
+//! end-to-end encrypted), wait for events, check media still flows, and order two joins so
+//! each test knows which endpoint holds which slot.
+//!
+//! What the SDK does is the SDK's (`duet_sdk`); hand-built clients are [`crate::raw`]'s.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use duet_proto::{E2eeClaim, MediaKind};
+use duet_relay::RelayHandle;
+use duet_sdk::{
+    Call, CallOptions, Client, ConnectOptions, E2eeConfig, Event, IdentityKey, SdkError,
+};
+
+use crate::relay::RelayUnderTest;
+use crate::tokens::{claims, sid};
+use crate::STEP;
+
+/// The SDK's defaults, trusting `relay`'s certificate.
+pub fn connect_options(relay: &impl RelayUnderTest) -> ConnectOptions {
+    ConnectOptions::trusting(relay.cert_pem())
+}
+
+/// Connects with the SDK and joins `session` on the plain transport (no E2EE).
+pub async fn sdk_join(
+    relay: &impl RelayUnderTest,
+    session: &str,
+    user: &str,
+    device: &str,
+) -> Result<Call> {
+    let token = relay.token(session, user, device);
+    let client = Client::connect(relay.quic_addr(), token, connect_options(relay)).await?;
+    Ok(client.join(sid(session)).await?)
+}
+
+/// E2EE on (`on`) or off for this user, a fresh identity key, the handshake bounded by [`STEP`].
+pub fn e2ee_config(on: bool) -> E2eeConfig {
+    E2eeConfig {
+        options: CallOptions {
+            e2ee: on,
+            ..CallOptions::default()
+        },
+        handshake_timeout: STEP,
+        ..E2eeConfig::new(Arc::new(IdentityKey::generate().expect("an identity key")))
+    }
+}
+
+/// Connects as `user` (device `<user>-phone`) with a token carrying `claim`, and joins
+/// `session` with end-to-end encryption as `cfg` says. The SDK's error is kept typed.
+pub async fn e2ee_join(
+    relay: &impl RelayUnderTest,
+    session: &str,
+    user: &str,
+    claim: E2eeClaim,
+    cfg: E2eeConfig,
+    opts: ConnectOptions,
+) -> Result<Call, SdkError> {
+    let mut c = claims(session, user, &format!("{user}-phone"));
+    c.e2ee = claim;
+    let client = Client::connect(relay.quic_addr(), relay.token_with(&c), opts).await?;
+    client.join_e2ee(sid(session), cfg).await
+}
+
+/// Runs two joins so that `first` takes slot A: `second` is started only once the relay
+/// counts one more endpoint (or after [`STEP`]). Both then run together, as an E2EE
+/// handshake needs.
+pub async fn a_then_b<A: Future, B: Future>(
+    relay: &RelayHandle,
+    first: A,
+    second: B,
+) -> (A::Output, B::Output) {
+    let before = relay.endpoint_count();
+    let second = async {
+        let deadline = tokio::time::Instant::now() + STEP;
+        while relay.endpoint_count() == before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        second.await
+    };
+    tokio::join!(first, second)
+}
+
+/// The next event, skipping none; fails after [`STEP`].
+pub async fn next_event(call: &Call) -> Result<Event> {
+    tokio::time::timeout(STEP, call.next_event())
+        .await
+        .context("timed out waiting for an event")?
+        .context("event stream ended")
+}
+
+/// Waits for an event equal to `want`, skipping others; fails after [`STEP`].
+pub async fn expect_event(call: &Call, want: Event) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, call.next_event())
+            .await
+            .with_context(|| format!("timed out waiting for {want:?}"))?
+            .with_context(|| format!("events ended before {want:?}"))?;
+        if ev == want {
+            return Ok(());
+        }
+    }
+}
+
+/// A pair that still forwards: one small frame each way arrives intact (resent until it
+/// does: datagrams are unreliable).
+pub async fn assert_media_flows(a: &Call, b: &Call) -> Result<()> {
+    for (from, to) in [(a, b), (b, a)] {
+        let payload = format!("still here {}", rand::random::<u64>()).into_bytes();
+        let got = tokio::time::timeout(STEP, async {
+            loop {
+                from.send_media(MediaKind::Audio, &payload).await?;
+                if let Ok(Ok(f)) =
+                    tokio::time::timeout(Duration::from_millis(200), to.recv_media()).await
+                {
+                    if f.data.as_ref() == payload.as_slice() {
+                        return anyhow::Ok(());
+                    }
+                }
+            }
+        })
+        .await;
+        got.context("media did not flow")??;
+    }
+    Ok(())
+}

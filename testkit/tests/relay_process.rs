@@ -1,0 +1,41 @@
+//! The test kit's child-process relay: the real binary starts, serves a join on the
+//! addresses its banner printed, comes back on the same ports and data directory after a
+//! crash (SIGKILL), and dies with its handle.
+
+use anyhow::Result;
+use duet_proto::RelayMessage;
+use duet_testkit::{http_get, Raw, RelayProcess, RelayUnderTest};
+
+/// A raw client joins the relay process (its own token key, its own certificate).
+fn joins(rt: &tokio::runtime::Runtime, relay: &RelayProcess, session: &str) -> Result<()> {
+    rt.block_on(async {
+        let (mut a, _) = Raw::join(relay, session, "alice", "phone").await?;
+        let (_b, _) = Raw::join(relay, session, "bob", "laptop").await?;
+        assert_eq!(a.next().await?, Some(RelayMessage::PeerJoined));
+        let (status, _) = http_get(relay.ops_addr(), "/readyz").await?;
+        assert_eq!(status, 200);
+        Ok(())
+    })
+}
+
+#[test]
+fn a_killed_relay_restarts_on_the_same_ports_and_a_dropped_one_is_gone() -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut relay = RelayProcess::start()?;
+    let before = relay.addrs();
+    assert!(before.fast_path.is_some(), "{}", relay.banner());
+    joins(&rt, &relay, "before-crash")?;
+
+    let status = relay.sigkill()?;
+    assert!(!status.success(), "{status:?}");
+    relay.restart()?;
+    assert_eq!(relay.addrs(), before, "same ports after the restart");
+    joins(&rt, &relay, "after-crash")?;
+
+    let pid = libc::pid_t::try_from(relay.pid())?;
+    drop(relay);
+    // SAFETY: signal 0 only checks whether the (reaped) pid still exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    assert!(!alive, "the relay process outlived its handle");
+    Ok(())
+}
