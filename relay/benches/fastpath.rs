@@ -11,7 +11,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use duet_proto::fastpath::{FastPathHeader, FastPathKey, FastPathTicket, PacketType};
 use duet_proto::MediaKind;
-use duet_relay::fastpath::{ChannelTable, FastPathLimits};
+use duet_relay::fastpath::ChannelTable;
+use duet_relay::forward::MediaLimits;
 
 fn addr(i: u32, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i)), port)
@@ -28,7 +29,7 @@ fn setup(pairs: u32, len: usize) -> (ChannelTable, Vec<(FastPathHeader, SocketAd
     let mut senders = Vec::new();
     for p in 0..pairs {
         let chans = table
-            .allocate(FastPathLimits {
+            .allocate(MediaLimits {
                 packets_per_sec: u32::MAX,
                 bytes_per_sec: u64::MAX / 4,
             })
@@ -36,16 +37,13 @@ fn setup(pairs: u32, len: usize) -> (ChannelTable, Vec<(FastPathHeader, SocketAd
         for (side, ch) in chans.into_iter().enumerate() {
             let src = addr(p * 2 + side as u32, 40_000 + side as u16);
             let t = FastPathTicket {
-                channel: duet_proto::ChannelId(ch),
+                channel: ch,
                 ip: src.ip(),
                 expires_unix: now + 3600,
                 seq: 0,
             };
             table.bind(src, ch, &t.encode(&key), now).unwrap();
-            let h = FastPathHeader::new(
-                PacketType::Media(MediaKind::Video),
-                duet_proto::ChannelId(ch),
-            );
+            let h = FastPathHeader::new(PacketType::Media(MediaKind::Video), ch);
             let mut d = h.to_bytes().to_vec();
             d.resize(len, 0xA5);
             senders.push((h, src, d));
@@ -68,7 +66,7 @@ fn bench_route(c: &mut Criterion) {
                     i = i.wrapping_add(7);
                     black_box(table.route(
                         *src,
-                        black_box(h.channel.0),
+                        black_box(h.channel),
                         MediaKind::Video,
                         d.len(),
                         Instant::now(),
@@ -97,7 +95,7 @@ fn bench_route(c: &mut Criterion) {
         b.iter(|| {
             black_box(table.route(
                 spoof,
-                black_box(h.channel.0),
+                black_box(h.channel),
                 MediaKind::Video,
                 d.len(),
                 Instant::now(),
@@ -139,7 +137,7 @@ fn bench_route_contended(c: &mut Criterion) {
                                     }
                                     black_box(table.route(
                                         *src,
-                                        black_box(h.channel.0),
+                                        black_box(h.channel),
                                         MediaKind::Video,
                                         d.len(),
                                         Instant::now(),

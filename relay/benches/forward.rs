@@ -11,7 +11,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use duet_proto::{MediaHeader, MediaKind};
 use duet_relay::forward::forward_step;
-use duet_relay::limits::MediaLimiter;
+use duet_relay::forward::MediaLimiter;
 
 /// Stands in for the peer's connection handle.
 struct Peer {
@@ -34,10 +34,10 @@ fn bench_forward(c: &mut Criterion) {
                 forwarded: Default::default(),
             })));
             // Limits high enough that the bench measures the pass path.
-            let mut limiter = MediaLimiter::new(u32::MAX, u64::MAX / 4, Instant::now());
+            let limiter = MediaLimiter::new(u32::MAX, u64::MAX / 4, Instant::now());
             b.iter(|| {
                 let now = Instant::now();
-                match forward_step(black_box(d), &mut limiter, &peer, now) {
+                match forward_step(black_box(d), &limiter, &peer, now) {
                     Ok((k, to)) => {
                         if let Some(p) = to.as_ref() {
                             // The hand-off: a clone of the same Bytes, as send_datagram takes.
@@ -58,9 +58,9 @@ fn bench_forward(c: &mut Criterion) {
     let bad = Bytes::from_static(&[9, 1, 0, 0]);
     g.bench_function("bad_header", |b| {
         let peer: ArcSwapOption<Peer> = ArcSwapOption::empty();
-        let mut limiter = MediaLimiter::new(1000, 1_000_000, Instant::now());
+        let limiter = MediaLimiter::new(1000, 1_000_000, Instant::now());
         b.iter(|| {
-            black_box(forward_step(black_box(&bad), &mut limiter, &peer, Instant::now()).is_err())
+            black_box(forward_step(black_box(&bad), &limiter, &peer, Instant::now()).is_err())
         });
     });
     g.finish();

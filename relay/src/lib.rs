@@ -3,12 +3,32 @@
 //! and its token-verification keys.
 //!
 //! Start one in-process with [`Relay::start`]; the `duet-relay` binary is a thin shell
-//! around it. Module map: `config` (file + flags), `tls` (rustls, certificates, key-exchange
-//! counting), `session` (sans-IO session rules), `limits` (rate limiters), `forward` (the
-//! per-datagram step), `server` (QUIC I/O), `metrics` + `ops` (Prometheus, health),
-//! `policy` (the administrator's E2EE policy store), `process_metrics` (`process_*` from
-//! /proc); for the binary: `notify` (systemd readiness), `healthcheck` (`/healthz` client),
-//! `exit_status` (78 for a bad configuration).
+//! around it ([`RelayHandle::describe`] is its banner).
+//!
+//! Module map (what each owns; what it does not):
+//! - `session`: the sans-IO session core, every control-plane rule (join and token
+//!   verification, pairing, resume, signals and their limits, feature refusals, tickets,
+//!   timers, drain). No sockets, no clock, no QUIC.
+//! - `quic`: the QUIC driver: endpoint setup, one task per connection moving control bytes
+//!   to and from the core, the media datagram loop, the fast-path bridge. Decides nothing.
+//! - `forward`: the forwarding vocabulary of both transports: `DropReason` (one label
+//!   scheme), the one rate limiter (GCRA over atomics), the QUIC per-datagram step.
+//! - `fastpath`: the raw-UDP fast path: channel table, batched socket, workers, the service,
+//!   and the plane the core allocates channels and mints offers through.
+//! - `config` (file + flags, key files), `tls` (rustls, certificates, key-exchange
+//!   counting), `metrics` + `ops` (Prometheus, health, readiness), `process_metrics`
+//!   (`process_*` from /proc), `policy` (the administrator's E2EE policy store), `handle`
+//!   (the running relay); for the binary: `notify` (systemd), `healthcheck` (`/healthz`
+//!   client), `exit_status` (78 for a bad configuration).
+//!
+//! One datagram through the relay, at most three files per transport:
+//! - QUIC: `quic/media.rs` (read, hand-off) -> `forward.rs` (`forward_step`: header, budget,
+//!   peer) -> back in `media.rs`, or `fastpath/service.rs` (`send_bridged`) when the peer is
+//!   bound on the fast path.
+//! - Fast path: `fastpath/worker.rs` (receive batch, send batch) -> `fastpath/table.rs`
+//!   (`process`: header, binding, source check, budget from `forward.rs`, verdict) -> back in
+//!   `worker.rs`, or `quic/bridge.rs` when the peer is on QUIC. The syscalls are in
+//!   `fastpath/socket/`.
 //!
 //! Tests: `tests/` drive the relay with raw clients, the binary and `/metrics` (helpers from
 //! the `duet-testkit` crate); the tests with SDK clients are in `testkit/tests/`.
@@ -17,32 +37,28 @@ pub mod config;
 pub mod exit_status;
 pub mod fastpath;
 pub mod forward;
+mod handle;
 pub mod healthcheck;
-pub mod limits;
 pub mod metrics;
 pub mod notify;
 mod ops;
 pub mod policy;
 mod process_metrics;
-pub mod server;
+pub mod quic;
 pub mod session;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use duet_proto::{NodeId, VerifyingKey};
-use tokio::task::JoinHandle;
 
 pub use config::{Config, ConfigError, FastPathConfig, LimitsConfig, TokenKeyConfig};
+pub use handle::RelayHandle;
 pub use tls::TlsError;
 
 use crate::fastpath::FastPathService;
 use crate::metrics::RelayMetrics;
-use crate::server::Shared;
-use crate::session::TableConfig;
+use crate::quic::bridge::Bridge;
+use crate::quic::driver::{run_timers, Driver};
 use crate::tls::{CertPaths, CertStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,14 +98,13 @@ impl Relay {
         let paths = CertPaths::resolve(&config)?;
         let store = Arc::new(CertStore::load(paths, provider.clone())?);
         let tls_cfg = tls::server_config(provider, store.clone())?;
-        let server_cfg = server::quinn_server_config(tls_cfg)?;
-        let endpoint = server::bind_endpoint(server_cfg, config.listen).map_err(|source| {
-            RelayError::Bind {
+        let server_cfg = quic::quinn_server_config(tls_cfg)?;
+        let endpoint =
+            quic::bind_endpoint(server_cfg, config.listen).map_err(|source| RelayError::Bind {
                 what: "QUIC",
                 addr: config.listen,
                 source,
-            }
-        })?;
+            })?;
         let quic_addr = endpoint.local_addr().map_err(|source| RelayError::Bind {
             what: "QUIC",
             addr: config.listen,
@@ -110,49 +125,41 @@ impl Relay {
                 source,
             })?;
 
-        let table = TableConfig {
-            node: node.clone(),
-            max_sessions: config.limits.max_sessions as usize,
-            resume_window: config.limits.resume_window(),
-            idle_timeout: config.limits.idle_timeout(),
-            max_lifetime: config.limits.max_session(),
-            limits: config.limits.to_wire(),
-        };
         let fast_path = if config.fast_path.enabled {
-            let routes = Arc::new(server::FastPathRoutes::new(table.max_sessions));
+            let max_sessions = config.limits.max_sessions as usize;
+            let bridge = Arc::new(Bridge::new(max_sessions));
             let addr = config.fast_path.listen_addr(config.listen);
-            let capacity = u32::try_from(table.max_sessions).unwrap_or(u32::MAX);
-            let service = FastPathService::start(&config.fast_path, addr, capacity, routes.clone())
+            let capacity = u32::try_from(max_sessions).unwrap_or(u32::MAX);
+            let service = FastPathService::start(&config.fast_path, addr, capacity, bridge.clone())
                 .map_err(|source| RelayError::Bind {
                     what: "fast path",
                     addr,
                     source,
                 })?;
-            Some((Arc::new(service), routes))
+            Some((Arc::new(service), bridge))
         } else {
             None
         };
         let fast_path_addr = fast_path.as_ref().map(|(s, _)| s.local_addr());
         let config = Arc::new(config);
-        let shared = Shared::new(
+        let driver = Driver::new(
             config.clone(),
             config::Config::keyring(&keys),
             metrics,
-            table,
             fast_path,
-        );
+        )?;
 
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(server::accept_loop(
-            shared.clone(),
+        tasks.push(tokio::spawn(quic::endpoint::accept_loop(
+            driver.clone(),
             endpoint.clone(),
         )));
-        tasks.push(tokio::spawn(server::ticker(shared.clone())));
+        tasks.push(tokio::spawn(run_timers(driver.clone())));
         let router = ops::router(ops::OpsState {
-            shared: shared.clone(),
+            driver: driver.clone(),
             endpoint: endpoint.clone(),
         });
-        let mut stop = shared.shutdown.subscribe();
+        let mut stop = driver.shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
             let served = axum::serve(ops_listener, router)
                 .with_graceful_shutdown(async move {
@@ -179,7 +186,7 @@ impl Relay {
                     source,
                 })?;
                 let router = policy::router(store, token);
-                let mut stop = shared.shutdown.subscribe();
+                let mut stop = driver.shutdown.subscribe();
                 tasks.push(tokio::spawn(async move {
                     let served = axum::serve(listener, router)
                         .with_graceful_shutdown(async move {
@@ -196,7 +203,7 @@ impl Relay {
         };
         tracing::info!(%quic_addr, ?fast_path_addr, %ops_addr, ?admin_addr, node = %node, "relay listening");
         Ok(RelayHandle {
-            shared,
+            driver,
             endpoint,
             quic_addr,
             fast_path_addr,
@@ -207,128 +214,5 @@ impl Relay {
             node,
             tasks,
         })
-    }
-}
-
-/// A running relay.
-pub struct RelayHandle {
-    shared: Arc<Shared>,
-    endpoint: quinn::Endpoint,
-    quic_addr: SocketAddr,
-    fast_path_addr: Option<SocketAddr>,
-    admin_addr: Option<SocketAddr>,
-    ops_addr: SocketAddr,
-    store: Arc<CertStore>,
-    keys: Vec<VerifyingKey>,
-    node: NodeId,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl RelayHandle {
-    /// The bound QUIC (UDP) address.
-    pub fn quic_addr(&self) -> SocketAddr {
-        self.quic_addr
-    }
-
-    /// The bound fast-path (raw UDP) address, when the fast path is on.
-    pub fn fast_path_addr(&self) -> Option<SocketAddr> {
-        self.fast_path_addr
-    }
-
-    /// The bound ops HTTP address.
-    pub fn ops_addr(&self) -> SocketAddr {
-        self.ops_addr
-    }
-
-    /// The admin HTTP API's address, when `admin_listen` is set.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
-    }
-
-    /// PEM of the certificate chain in use (for clients to trust a self-signed one).
-    pub fn cert_pem(&self) -> Vec<u8> {
-        self.store.cert_pem()
-    }
-
-    /// Where the certificate and key were read from.
-    pub fn cert_path(&self) -> PathBuf {
-        self.store.paths().cert.clone()
-    }
-
-    pub fn key_path(&self) -> PathBuf {
-        self.store.paths().key.clone()
-    }
-
-    pub fn cert_is_self_signed(&self) -> bool {
-        self.store.paths().self_signed
-    }
-
-    /// Every key this relay verifies tokens with (public keys; it holds no signing key).
-    pub fn token_keys(&self) -> &[VerifyingKey] {
-        &self.keys
-    }
-
-    pub fn node_id(&self) -> &NodeId {
-        &self.node
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.shared.cfg
-    }
-
-    /// The Prometheus text of this relay's metrics (what `/metrics` serves).
-    pub fn metrics_text(&self) -> String {
-        self.shared.render_metrics()
-    }
-
-    pub fn session_count(&self) -> usize {
-        self.shared.session_count()
-    }
-
-    pub fn endpoint_count(&self) -> usize {
-        self.shared.endpoint_count()
-    }
-
-    /// Starts draining: readiness goes false, new joins get `RelayDraining`, live sessions
-    /// go on until they end or the drain deadline, then get `SessionEnded(RelayShutdown)`.
-    pub fn drain(&self) {
-        self.shared.drain();
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.shared
-            .draining
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Waits until a drain has emptied the relay (sessions ended, or the deadline passed and
-    /// they were ended). Returns at once if not draining and empty.
-    pub async fn drained(&self) {
-        let until = Instant::now() + self.shared.cfg.drain_deadline() + Duration::from_secs(2);
-        while self.session_count() > 0 && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Re-reads the certificate and key files (SIGHUP). On error the old ones stay.
-    pub fn reload_tls(&self) -> Result<(), TlsError> {
-        self.store.reload()
-    }
-
-    /// Stops at once: every connection closed, sockets released.
-    pub async fn shutdown(self) {
-        let _ = self.shared.shutdown.send(true);
-        self.endpoint.close(
-            quinn::VarInt::from_u32(server::close_code::SHUTDOWN),
-            b"relay shutdown",
-        );
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-        for t in self.tasks {
-            t.abort();
-        }
-        if let Some(fp) = self.shared.fast_path.clone() {
-            // Joining threads blocks for up to one poll interval: not on the runtime.
-            let _ = tokio::task::spawn_blocking(move || fp.stop()).await;
-        }
     }
 }

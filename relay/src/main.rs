@@ -190,41 +190,7 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
         };
         let relay = Relay::start(cfg).await?;
         let c = relay.config();
-        println!("duet-relay {} serving", env!("CARGO_PKG_VERSION"));
-        println!("  node id     {}", relay.node_id());
-        println!("  data dir    {}", c.data_dir.display());
-        println!(
-            "  certificate {}{}",
-            relay.cert_path().display(),
-            if relay.cert_is_self_signed() { " (self-signed: clients must trust this file)" } else { "" }
-        );
-        println!("  tls key     {}", relay.key_path().display());
-        if c.token_keys.is_empty() {
-            println!(
-                "  token key   {} (id \"default\"; `token mint` signs with {})",
-                c.default_verifying_key_path().display(),
-                c.default_signing_key_path().display()
-            );
-        } else {
-            for k in &c.token_keys {
-                let (file, kind) = match (&k.public_key_file, &k.secret_file) {
-                    (Some(p), _) => (p, "ed25519 public key"),
-                    (None, Some(p)) => (p, "legacy HMAC secret"),
-                    (None, None) => continue,
-                };
-                println!("  token key   {} (id {:?}, {kind})", file.display(), k.id);
-            }
-        }
-        println!("  quic        {}", relay.quic_addr());
-        match relay.fast_path_addr() {
-            Some(fp) => println!("  fast path   {fp} (raw UDP; tickets handed out over QUIC)"),
-            None => println!("  fast path   off"),
-        }
-        println!("  ops http    http://{}/metrics /healthz /readyz", relay.ops_addr());
-        if let Some(admin) = relay.admin_addr() {
-            println!("  admin api   http://{admin}/v1/ (bearer credential from admin_token_file)");
-        }
-        println!("  policy      {}", relay.config().policy_store_path().display());
+        print!("{}", relay.describe());
         notify::ready(&format!("serving on {}", relay.quic_addr()));
 
         #[cfg(unix)]

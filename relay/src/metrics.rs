@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-use crate::fastpath::{BindOutcome, DropReason as FastPathDrop, FastPathTotals};
+use crate::fastpath::{BindOutcome, FastPathTotals};
 use crate::forward::DropReason;
 
 pub const JOIN_LATENCY: &str = "duet_join_latency_seconds";
@@ -45,7 +45,8 @@ pub struct RelayMetrics {
     pub draining: Gauge,
     pub forwarded_packets: [Counter; 3],
     pub forwarded_bytes: [Counter; 3],
-    media_drops: Vec<Counter>,
+    /// By [`DropReason::index`]; reasons QUIC media cannot have are no-op counters.
+    media_drops: [Counter; DropReason::COUNT],
     pub signals_forwarded: Counter,
     pub signal_bytes_forwarded: Counter,
     pub joins: Counter,
@@ -66,7 +67,8 @@ pub struct FastPathMetrics {
     bridged_to_quic: Counter,
     pub bridged_to_fastpath: Counter,
     binds: [Counter; BindOutcome::COUNT],
-    drops: [Counter; FastPathDrop::COUNT],
+    /// By [`DropReason::index`]; reasons the fast path cannot have are no-op counters.
+    drops: [Counter; DropReason::COUNT],
 }
 
 impl FastPathMetrics {
@@ -114,6 +116,17 @@ impl RelayMetrics {
         let by_kind = |name: &'static str| {
             MediaKind::ALL.map(|k| c(name, vec![Label::from_static_parts("kind", k.as_str())]))
         };
+        // One drop-reason label scheme for both transports; each family carries the reasons
+        // its transport can have.
+        let by_reason = |name: &'static str, on: &[DropReason]| {
+            DropReason::ALL.map(|r| {
+                if on.contains(&r) {
+                    c(name, vec![Label::from_static_parts("reason", r.as_str())])
+                } else {
+                    Counter::noop()
+                }
+            })
+        };
         let m = Self {
             sessions: g("duet_sessions"),
             endpoints: g("duet_endpoints"),
@@ -122,15 +135,7 @@ impl RelayMetrics {
             draining: g("duet_draining"),
             forwarded_packets: by_kind("duet_forwarded_packets_total"),
             forwarded_bytes: by_kind("duet_forwarded_bytes_total"),
-            media_drops: DropReason::LABELS
-                .iter()
-                .map(|r| {
-                    c(
-                        "duet_media_dropped_total",
-                        vec![Label::from_static_parts("reason", r)],
-                    )
-                })
-                .collect(),
+            media_drops: by_reason("duet_media_dropped_total", DropReason::QUIC),
             signals_forwarded: c("duet_signals_forwarded_total", vec![]),
             signal_bytes_forwarded: c("duet_signal_bytes_forwarded_total", vec![]),
             joins: c("duet_joins_total", vec![]),
@@ -158,12 +163,7 @@ impl RelayMetrics {
                         vec![Label::from_static_parts("outcome", o)],
                     )
                 }),
-                drops: FastPathDrop::LABELS.map(|r| {
-                    c(
-                        "duet_fastpath_dropped_total",
-                        vec![Label::from_static_parts("reason", r)],
-                    )
-                }),
+                drops: by_reason("duet_fastpath_dropped_total", DropReason::FAST_PATH),
             },
             recorder,
             handle,
@@ -218,15 +218,10 @@ impl RelayMetrics {
         self.labelled("duet_sessions_ended_total", "reason", reason)
     }
 
-    /// Pre-registered: no lookup on the per-packet path.
+    /// Pre-registered: an index on the per-packet path, no lookup.
     #[inline]
     pub fn media_dropped(&self, r: DropReason) -> &Counter {
-        let label = r.as_str();
-        let i = DropReason::LABELS
-            .iter()
-            .position(|l| *l == label)
-            .unwrap_or(0);
-        &self.media_drops[i]
+        &self.media_drops[r.index()]
     }
 
     /// Prometheus text exposition of this relay's metrics, then the process's own

@@ -2,9 +2,8 @@
 //!
 //! Owns the HTTP routes and what "healthy" and "ready" mean: healthy while the process
 //! serves, ready while it takes new joins (not draining). It does not own the metrics
-//! themselves (`metrics`) nor the drain (`server`).
+//! themselves (`metrics`) nor the drain (`session`).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -13,11 +12,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::server::Shared;
+use crate::quic::driver::Driver;
 
 #[derive(Clone)]
 pub(crate) struct OpsState {
-    pub shared: Arc<Shared>,
+    pub driver: Arc<Driver>,
     pub endpoint: quinn::Endpoint,
 }
 
@@ -30,7 +29,7 @@ pub(crate) fn router(state: OpsState) -> Router {
 }
 
 async fn metrics(State(s): State<OpsState>) -> impl IntoResponse {
-    let m = &s.shared.metrics;
+    let m = &s.driver.metrics;
     let st = s.endpoint.stats();
     m.quic_accepted_handshakes
         .set(st.accepted_handshakes as f64);
@@ -38,7 +37,7 @@ async fn metrics(State(s): State<OpsState>) -> impl IntoResponse {
     m.quic_ignored_handshakes.set(st.ignored_handshakes as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.shared.render_metrics(),
+        s.driver.render_metrics(),
     )
 }
 
@@ -47,7 +46,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(s): State<OpsState>) -> (StatusCode, &'static str) {
-    if s.shared.draining.load(Ordering::Relaxed) {
+    if s.driver.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else {
         (StatusCode::OK, "ready\n")

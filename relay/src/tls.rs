@@ -5,7 +5,7 @@
 //! generated into the data directory), its reload without restart (`CertStore::reload`, the
 //! binary calls it on SIGHUP), and the counting of key-exchange groups actually used
 //! (`duet_tls_key_exchange_total{group}`), which is how a test proves the hop is
-//! post-quantum. It does not own the QUIC transport settings (see `server`).
+//! post-quantum. It does not own the QUIC transport settings (see `quic::endpoint`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,31 +1,30 @@
-//! The running fast path: its worker threads and sockets, its ticket key, and what the
-//! control plane asks of it (allocate channels, mint offers, send a bridged packet, sum the
-//! counters).
+//! The running fast path: its worker threads and sockets, and what the QUIC side asks of it
+//! at run time (send a bridged packet, sum the counters).
 //!
-//! Owns the lifecycle: `start` binds one `SO_REUSEPORT` socket per worker on one port (the
-//! kernel spreads flows over them by 4-tuple; the channel table is shared, so a flow that
+//! Owns the lifecycle: `start` draws the ticket key (random per process, see
+//! `FastPathConfig`), builds the channel table, binds one `SO_REUSEPORT` socket per worker on
+//! one port (the kernel spreads flows over them by 4-tuple; the table is shared, so a flow that
 //! lands on another worker after a NAT change still finds its channel) and `stop` joins the
-//! threads. The ticket key is random per process (see `FastPathConfig`). It does not own the
-//! session rules (`session`), the QUIC connections (`server`), or the per-packet decision
-//! (`table`).
+//! threads. What the session core needs (channels, offers) it gets as a [`FastPathPlane`]
+//! from [`FastPathService::plane`]. It does not own the session rules (`session`), the QUIC
+//! connections (`quic`), or the per-packet decision (`table`).
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
-use duet_proto::fastpath::{
-    FastPathHeader, FastPathKey, FastPathTicket, PacketType, FASTPATH_HEADER_LEN,
-};
-use duet_proto::{ChannelId, FastPathOffer, MediaKind};
+use duet_proto::fastpath::{FastPathHeader, FastPathKey, PacketType, FASTPATH_HEADER_LEN};
+use duet_proto::{ChannelId, MediaKind};
 
+use super::plane::FastPathPlane;
 use super::socket::{FastPathSocket, Offload};
-use super::table::{BindOutcome, ChannelTable, DropReason};
+use super::table::{BindOutcome, ChannelTable};
 use super::worker::{run_worker, ControlPlane, WorkerConfig, WorkerCounters};
 use crate::config::FastPathConfig;
+use crate::forward::DropReason;
 
 /// How often a worker wakes up without traffic to check its stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
@@ -45,11 +44,8 @@ pub struct FastPathTotals {
 
 /// The fast path of one relay.
 pub struct FastPathService {
-    table: Arc<ChannelTable>,
-    key: FastPathKey,
+    plane: FastPathPlane,
     local_addr: SocketAddr,
-    advertise: Option<SocketAddr>,
-    ticket_ttl: Duration,
     offload: Offload,
     /// A handle on worker 0's socket: bridged packets leave from the fast-path port.
     sender: FastPathSocket,
@@ -131,11 +127,14 @@ impl FastPathService {
             "fast path listening"
         );
         Ok(Self {
-            table,
-            key,
+            plane: FastPathPlane::new(
+                table,
+                key,
+                local_addr.port(),
+                cfg.advertise,
+                cfg.ticket_ttl(),
+            ),
             local_addr,
-            advertise: cfg.advertise,
-            ticket_ttl: cfg.ticket_ttl(),
             offload,
             sender,
             counters,
@@ -145,7 +144,12 @@ impl FastPathService {
     }
 
     pub fn table(&self) -> &ChannelTable {
-        &self.table
+        self.plane.table()
+    }
+
+    /// Channels and offers, for the session core.
+    pub fn plane(&self) -> FastPathPlane {
+        self.plane.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -156,26 +160,6 @@ impl FastPathService {
         self.offload
     }
 
-    /// An offer for `channel`, binding from `ip` (as the QUIC connection came from), with
-    /// sequence number `seq` (higher than every earlier ticket of that channel).
-    pub fn offer(&self, channel: u64, ip: IpAddr, seq: u32) -> FastPathOffer {
-        let expires_unix = duet_proto::clock::unix_now().saturating_add(self.ticket_ttl.as_secs());
-        let ticket = FastPathTicket {
-            channel: ChannelId(channel),
-            ip,
-            expires_unix,
-            seq,
-        }
-        .encode(&self.key);
-        FastPathOffer {
-            addr: self.advertise,
-            port: self.local_addr.port(),
-            channel: ChannelId(channel),
-            ticket: Bytes::copy_from_slice(&ticket),
-            expires_unix,
-        }
-    }
-
     /// Sends a packet that came over QUIC to a fast-path endpoint at `to`:
     /// `header(kind, from_channel) | payload`, the same shape a fast-path sender produces.
     /// Never blocks and never allocates; false when it could not be sent.
@@ -183,7 +167,7 @@ impl FastPathService {
         &self,
         to: SocketAddr,
         kind: MediaKind,
-        from_channel: u64,
+        from_channel: ChannelId,
         payload: &[u8],
     ) -> bool {
         let len = FASTPATH_HEADER_LEN + payload.len();
@@ -192,7 +176,7 @@ impl FastPathService {
             return false;
         };
         out[..FASTPATH_HEADER_LEN].copy_from_slice(
-            &FastPathHeader::new(PacketType::Media(kind), ChannelId(from_channel)).to_bytes(),
+            &FastPathHeader::new(PacketType::Media(kind), from_channel).to_bytes(),
         );
         out[FASTPATH_HEADER_LEN..].copy_from_slice(payload);
         self.sender.send_to_now(out, to).is_ok()

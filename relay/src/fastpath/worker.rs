@@ -2,7 +2,7 @@
 //!
 //! Owns the loop `recv batch -> ChannelTable::process per datagram -> queue forwards of the
 //! same bytes to the bound peer -> send batch`, and the worker's counters (plain atomics,
-//! one set per worker, so no contention; the server sums them for `/metrics`). It does not
+//! one set per worker, so no contention; the service sums them for `/metrics`). It does not
 //! decide (the table does), never sends anything on UDP but a forward to a bound peer, and
 //! logs nothing per packet. What the fast path cannot do alone (reach an endpoint that is on
 //! QUIC, confirm a bind on the control stream) goes through [`ControlPlane`]. It stops when
@@ -11,13 +11,15 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
+use duet_proto::clock::unix_now;
 use duet_proto::fastpath::FASTPATH_HEADER_LEN;
-use duet_proto::MediaKind;
+use duet_proto::{ChannelId, MediaKind};
 
 use super::socket::{FastPathSocket, RecvBatch, SendBatch};
-use super::table::{Action, BindOutcome, ChannelTable, DropReason};
+use super::table::{BindOutcome, ChannelTable, Verdict};
+use crate::forward::DropReason;
 
 /// The control plane as seen from a worker thread. Called only for bridged media and for
 /// binds, never for media between two fast-path endpoints; must not block.
@@ -27,20 +29,20 @@ pub trait ControlPlane: Send + Sync {
     /// when its connection refused the datagram.
     fn bridge_to_quic(
         &self,
-        channel: u64,
+        channel: ChannelId,
         kind: MediaKind,
         payload: &[u8],
     ) -> Result<(), DropReason>;
     /// A BIND from `addr` took effect on `channel`.
-    fn bound(&self, channel: u64, addr: SocketAddr, outcome: BindOutcome);
+    fn bound(&self, channel: ChannelId, addr: SocketAddr, outcome: BindOutcome);
 }
 
 /// No control plane: nothing is bridged (counted as `no_peer`), binds are not confirmed.
 impl ControlPlane for () {
-    fn bridge_to_quic(&self, _: u64, _: MediaKind, _: &[u8]) -> Result<(), DropReason> {
+    fn bridge_to_quic(&self, _: ChannelId, _: MediaKind, _: &[u8]) -> Result<(), DropReason> {
         Err(DropReason::NoPeer)
     }
-    fn bound(&self, _: u64, _: SocketAddr, _: BindOutcome) {}
+    fn bound(&self, _: ChannelId, _: SocketAddr, _: BindOutcome) {}
 }
 
 /// Batch and buffer sizes of one worker.
@@ -71,7 +73,7 @@ pub struct WorkerCounters {
     pub bridged: AtomicU64,
     /// Accepted binds, indexed by [`BindOutcome::index`].
     pub binds: [AtomicU64; BindOutcome::COUNT],
-    /// Indexed by [`DropReason::index`]; labels in [`DropReason::LABELS`].
+    /// Indexed by [`DropReason::index`].
     pub drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -86,22 +88,13 @@ impl WorkerCounters {
     }
 
     pub fn drops_by_label(&self, label: &str) -> u64 {
-        DropReason::LABELS
-            .iter()
-            .position(|l| *l == label)
-            .map_or(0, |i| self.drops[i].load(Ordering::Relaxed))
+        DropReason::from_label(label).map_or(0, |r| self.drops(r))
     }
 
     #[inline]
     fn drop(&self, reason: DropReason) {
         self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Runs until `stop` is set or the socket fails. Buffers are allocated once, here.
@@ -142,12 +135,12 @@ pub fn run_worker(
                 continue;
             };
             match table.process(src, data, now, now_unix) {
-                Ok(Action::Forward(to)) => {
+                Ok(Verdict::Forward(to)) => {
                     bytes += data.len() as u64;
                     // `tx` has as many entries as `rx`: push cannot fail here.
                     tx.push(i, to);
                 }
-                Ok(Action::Bridge { peer_channel, kind }) => {
+                Ok(Verdict::Bridge { peer_channel, kind }) => {
                     let payload = data.get(FASTPATH_HEADER_LEN..).unwrap_or_default();
                     match control.bridge_to_quic(peer_channel, kind, payload) {
                         Ok(()) => {
@@ -156,7 +149,7 @@ pub fn run_worker(
                         Err(r) => counters.drop(r),
                     }
                 }
-                Ok(Action::Bound { channel, outcome }) => {
+                Ok(Verdict::Bound { channel, outcome }) => {
                     counters.binds[outcome.index()].fetch_add(1, Ordering::Relaxed);
                     control.bound(channel, src, outcome);
                 }
@@ -179,9 +172,10 @@ pub fn run_worker(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fastpath::table::FastPathLimits;
+    use crate::forward::MediaLimits;
+    use duet_proto::clock::unix_now;
     use duet_proto::fastpath::{FastPathHeader, FastPathKey, FastPathTicket, PacketType};
-    use duet_proto::MediaKind;
+    use duet_proto::{ChannelId, MediaKind};
     use std::net::{SocketAddr, UdpSocket};
     use std::sync::Arc;
     use std::thread::JoinHandle;
@@ -221,9 +215,9 @@ mod tests {
             }
         }
 
-        fn pair(&self) -> [u64; 2] {
+        fn pair(&self) -> [ChannelId; 2] {
             self.table
-                .allocate(FastPathLimits {
+                .allocate(MediaLimits {
                     packets_per_sec: 10_000,
                     bytes_per_sec: 100_000_000,
                 })
@@ -239,9 +233,9 @@ mod tests {
             }
         }
 
-        fn bind(&self, sock: &UdpSocket, channel: u64, seq: u32, expires_unix: u64) {
+        fn bind(&self, sock: &UdpSocket, channel: ChannelId, seq: u32, expires_unix: u64) {
             let pkt = FastPathTicket {
-                channel: duet_proto::ChannelId(channel),
+                channel,
                 ip: sock.local_addr().unwrap().ip(),
                 expires_unix,
                 seq,
@@ -250,7 +244,7 @@ mod tests {
             sock.send_to(&pkt, self.addr).unwrap();
         }
 
-        fn bind_ok(&self, sock: &UdpSocket, channel: u64, seq: u32) {
+        fn bind_ok(&self, sock: &UdpSocket, channel: ChannelId, seq: u32) {
             let before = self.counters.binds_total();
             self.bind(sock, channel, seq, unix_now() + 60);
             self.wait("bind", |r| r.counters.binds_total() > before);
@@ -277,13 +271,10 @@ mod tests {
         s
     }
 
-    fn media(channel: u64, body: &[u8]) -> Vec<u8> {
-        let mut v = FastPathHeader::new(
-            PacketType::Media(MediaKind::Video),
-            duet_proto::ChannelId(channel),
-        )
-        .to_bytes()
-        .to_vec();
+    fn media(channel: ChannelId, body: &[u8]) -> Vec<u8> {
+        let mut v = FastPathHeader::new(PacketType::Media(MediaKind::Video), channel)
+            .to_bytes()
+            .to_vec();
         v.extend_from_slice(body);
         v
     }
@@ -362,10 +353,11 @@ mod tests {
         let x = client();
         // Allocated but unbound, never-issued, garbage, a forged BIND.
         x.send_to(&media(c0, b"hello"), r.addr).unwrap();
-        x.send_to(&media(c0 ^ (2 << 32), b"hello"), r.addr).unwrap();
+        x.send_to(&media(ChannelId(c0.0 ^ (2 << 32)), b"hello"), r.addr)
+            .unwrap();
         x.send_to(b"\x01", r.addr).unwrap();
         let mut forged = FastPathTicket {
-            channel: duet_proto::ChannelId(c0),
+            channel: c0,
             ip: x.local_addr().unwrap().ip(),
             expires_unix: unix_now() + 60,
             seq: 1,

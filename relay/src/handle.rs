@@ -1,0 +1,204 @@
+//! A running relay: its addresses, certificate, keys, counts, drain, shutdown, and the
+//! start-up banner the binary prints ([`RelayHandle::describe`]).
+//!
+//! Owns nothing but handles on what `Relay::start` built; every rule is in `session`.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use duet_proto::{CloseCode, NodeId, VerifyingKey};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::quic::driver::{Driver, DRAIN_GRACE};
+use crate::tls::{CertStore, TlsError};
+
+/// A running relay.
+pub struct RelayHandle {
+    pub(crate) driver: Arc<Driver>,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) quic_addr: SocketAddr,
+    pub(crate) fast_path_addr: Option<SocketAddr>,
+    pub(crate) admin_addr: Option<SocketAddr>,
+    pub(crate) ops_addr: SocketAddr,
+    pub(crate) store: Arc<CertStore>,
+    pub(crate) keys: Vec<VerifyingKey>,
+    pub(crate) node: NodeId,
+    pub(crate) tasks: Vec<JoinHandle<()>>,
+}
+
+impl RelayHandle {
+    /// The bound QUIC (UDP) address.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The bound fast-path (raw UDP) address, when the fast path is on.
+    pub fn fast_path_addr(&self) -> Option<SocketAddr> {
+        self.fast_path_addr
+    }
+
+    /// The bound ops HTTP address.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+    }
+
+    /// The admin HTTP API's address, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// PEM of the certificate chain in use (for clients to trust a self-signed one).
+    pub fn cert_pem(&self) -> Vec<u8> {
+        self.store.cert_pem()
+    }
+
+    /// Where the certificate and key were read from.
+    pub fn cert_path(&self) -> PathBuf {
+        self.store.paths().cert.clone()
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.store.paths().key.clone()
+    }
+
+    pub fn cert_is_self_signed(&self) -> bool {
+        self.store.paths().self_signed
+    }
+
+    /// Every key this relay verifies tokens with (public keys; it holds no signing key).
+    pub fn token_keys(&self) -> &[VerifyingKey] {
+        &self.keys
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.node
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.driver.cfg
+    }
+
+    /// The Prometheus text of this relay's metrics (what `/metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        self.driver.render_metrics()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.driver.session_count()
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.driver.endpoint_count()
+    }
+
+    /// Starts draining: readiness goes false, new joins get `RelayDraining`, live sessions
+    /// go on until they end or the drain deadline, then get `SessionEnded(RelayShutdown)`.
+    pub fn drain(&self) {
+        self.driver.drain();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.driver.is_draining()
+    }
+
+    /// Waits until a drain has emptied the relay (sessions ended, or the deadline passed and
+    /// they were ended). Returns at once if not draining and empty.
+    pub async fn drained(&self) {
+        let until = Instant::now() + self.driver.cfg.drain_deadline() + DRAIN_GRACE;
+        while self.session_count() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The start-up banner: version, node, where every file and socket is, one per line.
+    pub fn describe(&self) -> String {
+        let c = self.config();
+        let mut out = String::new();
+        let mut line = |s: std::fmt::Arguments<'_>| {
+            let _ = out.write_fmt(s);
+            out.push('\n');
+        };
+        line(format_args!(
+            "duet-relay {} serving",
+            env!("CARGO_PKG_VERSION")
+        ));
+        line(format_args!("  node id     {}", self.node_id()));
+        line(format_args!("  data dir    {}", c.data_dir.display()));
+        let self_signed = if self.cert_is_self_signed() {
+            " (self-signed: clients must trust this file)"
+        } else {
+            ""
+        };
+        line(format_args!(
+            "  certificate {}{self_signed}",
+            self.cert_path().display()
+        ));
+        line(format_args!("  tls key     {}", self.key_path().display()));
+        if c.token_keys.is_empty() {
+            line(format_args!(
+                "  token key   {} (id \"default\"; `token mint` signs with {})",
+                c.default_verifying_key_path().display(),
+                c.default_signing_key_path().display()
+            ));
+        }
+        for k in &c.token_keys {
+            let (file, kind) = match (&k.public_key_file, &k.secret_file) {
+                (Some(p), _) => (p, "ed25519 public key"),
+                (None, Some(p)) => (p, "legacy HMAC secret"),
+                (None, None) => continue,
+            };
+            line(format_args!(
+                "  token key   {} (id {:?}, {kind})",
+                file.display(),
+                k.id
+            ));
+        }
+        line(format_args!("  quic        {}", self.quic_addr()));
+        match self.fast_path_addr() {
+            Some(fp) => line(format_args!(
+                "  fast path   {fp} (raw UDP; tickets handed out over QUIC)"
+            )),
+            None => line(format_args!("  fast path   off")),
+        }
+        line(format_args!(
+            "  ops http    http://{}/metrics /healthz /readyz",
+            self.ops_addr()
+        ));
+        if let Some(admin) = self.admin_addr() {
+            line(format_args!(
+                "  admin api   http://{admin}/v1/ (bearer credential from admin_token_file)"
+            ));
+        }
+        line(format_args!(
+            "  policy      {}",
+            c.policy_store_path().display()
+        ));
+        out
+    }
+
+    /// Re-reads the certificate and key files (SIGHUP). On error the old ones stay.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        self.store.reload()
+    }
+
+    /// Stops at once: every connection closed, sockets released.
+    pub async fn shutdown(self) {
+        let _ = self.driver.shutdown.send(true);
+        self.endpoint.close(
+            quinn::VarInt::from_u32(CloseCode::Shutdown.to_u32()),
+            b"relay shutdown",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        for t in self.tasks {
+            t.abort();
+        }
+        if let Some(fp) = self.driver.fast_path.clone() {
+            // Joining threads blocks for up to one poll interval: not on the runtime.
+            let _ = tokio::task::spawn_blocking(move || fp.stop()).await;
+        }
+    }
+}
