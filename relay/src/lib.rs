@@ -17,8 +17,7 @@
 //!   and the plane the core allocates channels and mints offers through.
 //! - `config` (file + flags, key files), `tls` (rustls, certificates, key-exchange
 //!   counting), `metrics` + `ops` (Prometheus, health, readiness), `process_metrics`
-//!   (`process_*` from /proc), `policy` (the administrator's E2EE policy store), `handle`
-//!   (the running relay); for the binary: `notify` (systemd), `healthcheck` (`/healthz`
+//!   (`process_*` from /proc), `handle` (the running relay); for the binary: `notify` (systemd), `healthcheck` (`/healthz`
 //!   client), `exit_status` (78 for a bad configuration).
 //!
 //! One datagram through the relay, at most three files per transport:
@@ -42,7 +41,6 @@ pub mod healthcheck;
 pub mod metrics;
 pub mod notify;
 mod ops;
-pub mod policy;
 mod process_metrics;
 pub mod quic;
 pub mod session;
@@ -65,8 +63,6 @@ use crate::tls::{CertPaths, CertStore};
 pub enum RelayError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("policy store: {0}")]
-    PolicyStore(#[from] policy::StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot bind {what} on {addr}: {source}")]
@@ -170,45 +166,13 @@ impl Relay {
                 tracing::error!(error = %e, "ops HTTP server failed");
             }
         }));
-        let admin_addr = match (config.admin_listen, config.admin_token()?) {
-            (Some(addr), Some(token)) => {
-                let store = policy::PolicyStore::open(config.policy_store_path())?;
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| RelayError::Bind {
-                        what: "admin HTTP",
-                        addr,
-                        source,
-                    })?;
-                let bound = listener.local_addr().map_err(|source| RelayError::Bind {
-                    what: "admin HTTP",
-                    addr,
-                    source,
-                })?;
-                let router = policy::router(store, token);
-                let mut stop = driver.shutdown.subscribe();
-                tasks.push(tokio::spawn(async move {
-                    let served = axum::serve(listener, router)
-                        .with_graceful_shutdown(async move {
-                            let _ = stop.changed().await;
-                        })
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "admin HTTP server failed");
-                    }
-                }));
-                Some(bound)
-            }
-            _ => None,
-        };
-        tracing::info!(%quic_addr, ?fast_path_addr, %ops_addr, ?admin_addr, node = %node, "relay listening");
+        tracing::info!(%quic_addr, ?fast_path_addr, %ops_addr, node = %node, "relay listening");
         Ok(RelayHandle {
             driver,
             endpoint,
             quic_addr,
             fast_path_addr,
             ops_addr,
-            admin_addr,
             store,
             keys,
             node,

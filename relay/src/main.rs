@@ -41,12 +41,12 @@ enum Cmd {
     /// Administrator E2EE policy: policies, grants, effective policy (store: ./duet-data/policy)
     Policy {
         #[command(subcommand)]
-        cmd: duet_relay::policy::PolicyCommand,
+        cmd: duet_policy::cli::PolicyCommand,
     },
     /// Per-user E2EE settings: own switch, compliance recording, groups
     User {
         #[command(subcommand)]
-        cmd: duet_relay::policy::UserCommand,
+        cmd: duet_policy::cli::UserCommand,
     },
     /// Exit 0 if a relay's /healthz answers 2xx in time, 1 otherwise (for a container HEALTHCHECK)
     Healthcheck(HealthcheckArgs),
@@ -155,11 +155,11 @@ fn run(matches: &ArgMatches) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve(_) => unreachable!("handled above"),
         Cmd::Token(TokenCmd::Mint(args)) => mint(args),
-        Cmd::Policy { cmd } => Ok(duet_relay::policy::run_policy(
+        Cmd::Policy { cmd } => Ok(duet_policy::cli::run_policy(
             cmd,
             &Config::default().data_dir,
         )?),
-        Cmd::User { cmd } => Ok(duet_relay::policy::run_user(
+        Cmd::User { cmd } => Ok(duet_policy::cli::run_user(
             cmd,
             &Config::default().data_dir,
         )?),
@@ -253,9 +253,9 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
     let Some(claim) = args.e2ee else {
         // The normal path: the claim is what the administrator's policy, the user's own
         // switch and compliance recording say right now.
-        let store_path = args.store.unwrap_or_else(|| cfg.policy_store_path());
-        let store = duet_relay::policy::PolicyStore::open(&store_path)?;
-        let (token, eff) = duet_relay::policy::mint_token(
+        let store_path = args.store.unwrap_or_else(|| duet_policy::cli::default_store_path(&cfg.data_dir));
+        let store = duet_policy::PolicyStore::open(&store_path)?;
+        let (token, eff) = duet_policy::mint_token(
             &store,
             &key,
             args.session,

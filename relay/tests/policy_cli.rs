@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use anyhow::{ensure, Context, Result};
 use duet_proto::UserId;
-use duet_relay::policy::{Change, PolicyName, PolicyStore};
+use duet_policy::{Change, PolicyName, PolicyStore};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_duet-relay");

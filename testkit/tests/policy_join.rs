@@ -1,5 +1,5 @@
 //! From the administrator's policy to the relay's answer: a token minted under each case
-//! of the model (`duet_relay::policy::mint_token`, as an app backend or `duet-relay token
+//! of the model (`duet_policy::mint_token`, as an app backend or `duet-relay token
 //! mint` does) and what a real relay on loopback says to its join, including telling the
 //! waiting peer that E2EE is unavailable (and only why).
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use duet_proto::{DeviceId, E2eeClaim, RefusalReason, UserId};
-use duet_relay::policy::{mint_token, CallingE2ee, Change, GroupName, PolicyName, PolicyStore};
+use duet_policy::{mint_token, CallingE2ee, Change, GroupName, PolicyName, PolicyStore};
 use duet_sdk::{Call, Client, Event, SdkError};
 use duet_testkit::sdk::{connect_options, expect_event, next_event};
 use duet_testkit::{sid, RelayUnderTest, TestRelay};

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 
-use super::model::{user_id, CallingE2ee, Change, Effective, GroupName, PolicyName, PolicyView};
-use super::store::{Applied, PolicyStore};
-use super::PolicyError;
+use crate::model::{user_id, CallingE2ee, Change, Effective, GroupName, PolicyName, PolicyView};
+use crate::file_store::{Applied, PolicyStore};
+use crate::PolicyError;
 
 /// Where the policy store lives.
 #[derive(Debug, Clone, Args)]

@@ -249,7 +249,8 @@ pub fn user_id(s: &str) -> Result<UserId, ModelError> {
 }
 
 /// The `calling-e2ee` setting of a policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum CallingE2ee {
     /// Nobody under this policy can turn E2EE on.

@@ -29,9 +29,9 @@ use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use super::model::{user_id, CallingE2ee, Change, GroupName, ModelError, PolicyName};
-use super::store::{PolicyStore, StoreError};
-use super::PolicyError;
+use crate::model::{user_id, CallingE2ee, Change, GroupName, ModelError, PolicyName};
+use crate::file_store::{PolicyStore, StoreError};
+use crate::PolicyError;
 
 const ACTOR_HEADER: &str = "x-duet-actor";
 

@@ -54,8 +54,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{Change, PolicyState};
-use super::PolicyError;
+use crate::model::{Change, PolicyState};
+use crate::PolicyError;
 
 const STATE_FILE: &str = "policy.json";
 const AUDIT_FILE: &str = "audit.jsonl";
@@ -425,7 +425,7 @@ pub(crate) fn rfc3339(unix_ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::model::{CallingE2ee, PolicyName, GLOBAL};
+    use crate::model::{CallingE2ee, PolicyName, GLOBAL};
     use super::*;
     use duet_proto::{E2eeClaim, UserId};
 

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
-use duet_relay::policy::{router, PolicyStore};
+use duet_policy::{router, PolicyStore};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -291,81 +291,4 @@ async fn credential_and_error_bodies() -> Result<()> {
     let (st, _) = http(addr, "GET", "/v1/policies", Some(""), None).await?;
     assert_eq!(st, 401);
     Ok(())
-}
-
-#[tokio::test]
-async fn api_and_commands_share_the_store() -> Result<()> {
-    let api = start().await?;
-    api.put(
-        "/v1/policies/Pilot",
-        json!({"calling_e2ee": "disabled-user-override"}),
-    )
-    .await?;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duet-relay"))
-        .args([
-            "policy", "grant", "--user", "dan", "--policy", "Pilot", "--store",
-        ])
-        .arg(api.store.dir())
-        .env_remove("RUST_BACKTRACE")
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (_, v) = api.get("/v1/users/dan/effective").await?;
-    assert_eq!(v["policy"], "Pilot");
-    assert_eq!(v["source"]["kind"], "direct");
-    Ok(())
-}
-
-/// `duet-relay serve` with `admin_listen` serves the same API, behind the credential read
-/// from `admin_token_file`, on the policy store that `token mint` reads.
-#[tokio::test]
-async fn the_relay_serves_the_admin_api_when_configured() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let token_file = dir.path().join("admin-token");
-    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
-    let relay = duet_relay::Relay::start(duet_relay::config::Config {
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".parse()?,
-        ops_listen: "127.0.0.1:0".parse()?,
-        admin_listen: Some("127.0.0.1:0".parse()?),
-        admin_token_file: Some(token_file),
-        ..Default::default()
-    })
-    .await?;
-    let addr = relay.admin_addr().context("admin API is on")?;
-    let (status, _) = http(addr, "GET", "/v1/policies", None, None).await?;
-    assert_eq!(status, 401);
-    let (status, _) = http(
-        addr,
-        "PUT",
-        "/v1/users/carol/e2ee",
-        Some(TOKEN),
-        Some(json!({"on": true})),
-    )
-    .await?;
-    assert_eq!(status, 200);
-    let store = PolicyStore::open(relay.config().policy_store_path())?;
-    let carol = duet_proto::UserId::new("carol")?;
-    assert!(duet_relay::policy::effective_for(&store, &carol)?.user_switch);
-    relay.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test]
-async fn admin_listen_without_a_credential_is_refused_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let err = duet_relay::Relay::start(duet_relay::config::Config {
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ops_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..Default::default()
-    })
-    .await
-    .err()
-    .expect("refused");
-    assert!(err.to_string().contains("admin_token_file"), "{err}");
 }

@@ -18,9 +18,9 @@ use duet_proto::{
     DeviceId, E2eeClaim, JoinClaims, JoinToken, NodeId, SessionId, SigningKey, UserId,
 };
 
-use super::model::Effective;
-use super::store::PolicyStore;
-use super::PolicyError;
+use crate::model::Effective;
+use crate::file_store::PolicyStore;
+use crate::PolicyError;
 
 /// The effective policy of `user` as the store has it now.
 pub fn effective_for(store: &PolicyStore, user: &UserId) -> Result<Effective, PolicyError> {
@@ -78,7 +78,7 @@ pub fn mint_token_at(
 
 #[cfg(test)]
 mod tests {
-    use super::super::model::{CallingE2ee, Change, PolicyName, GLOBAL};
+    use crate::model::{CallingE2ee, Change, PolicyName, GLOBAL};
     use super::*;
     use duet_proto::TokenKeyring;
 

@@ -1,28 +1,37 @@
-//! The administrator's E2EE policy (issue 6): who may make end-to-end encrypted calls.
+//! duet-policy: the administrator's E2EE policy (who may make end-to-end encrypted calls)
+//! and the issuing of join tokens that carry it. An app backend depends on this crate
+//! alone; relays never read it, they enforce the claims of the tokens it mints.
 //!
-//! Owns the policy model (`model`, pure), its embedded store with the audit log (`store`),
-//! the `duet-relay policy …` / `duet-relay user …` commands (`cli`), the admin HTTP API
-//! (`admin_api`), and issuing: the E2EE claim for a user and join tokens that carry it
-//! (`issue`). Does not own token format or verification (`duet_proto::token`), nor the
-//! relay's enforcement of the claim at join (the relay's session code): policy is
-//! evaluated where a token is minted, and relays stay stateless.
+//! Module map (what each owns):
+//! - `model`: names, the `calling-e2ee` setting, changes, evaluation down to the claim. Pure.
+//! - `file_store`: the JSON state file (`policy.json`), today the import/export format.
+//! - `issue`: minting a join token for a user from the store.
+//! - `admin_api` (feature `admin-api`): the admin HTTP API.
+//! - `cli` (feature `cli`): the `policy`/`user` command types the `duet-relay` binary embeds.
+//!
+//! Does not own the token format or verification (`duet_proto::token`), nor the relay's
+//! enforcement of the claim at join.
 
+#[cfg(feature = "admin-api")]
 pub mod admin_api;
+#[cfg(feature = "cli")]
 pub mod cli;
+pub mod file_store;
 pub mod issue;
 pub mod model;
-pub mod store;
 
 use duet_proto::{IdError, TokenError};
 
+#[cfg(feature = "admin-api")]
 pub use admin_api::router;
+#[cfg(feature = "cli")]
 pub use cli::{default_store_path, run_policy, run_user, PolicyCommand, UserCommand};
+pub use file_store::{AuditRecord, PolicyStore, StoreError};
 pub use issue::{claim_for, effective_for, mint_token, mint_token_at};
 pub use model::{
     CallingE2ee, Change, Effective, GroupName, ModelError, PolicyName, PolicyState, PolicyView,
     Source, GLOBAL,
 };
-pub use store::{AuditRecord, PolicyStore, StoreError};
 
 /// Every error of the policy module. Each has a stable [`code`](PolicyError::code).
 #[derive(Debug, thiserror::Error)]
