@@ -102,9 +102,14 @@ struct MintArgs {
     /// Key id written into the token [default: default]
     #[arg(long, value_name = "ID")]
     key_id: Option<String>,
-    /// Policy store to evaluate (default: <data dir>/policy)
-    #[arg(long, value_name = "PATH")]
-    store: Option<PathBuf>,
+    /// Policy store to evaluate: a directory, a .db file or a postgres:// DSN
+    /// (default: <data dir>/policy)
+    #[arg(long, value_name = "LOCATOR")]
+    store: Option<String>,
+    /// Place the session by rendezvous hashing over this node set (static:<a,b,c>,
+    /// dns-srv:<name>[@ip:port], dns-a:<name>[@ip:port]) when no --node is given
+    #[arg(long, value_name = "SOURCE")]
+    nodes_from: Option<String>,
     /// TOML config file (for its data_dir and token_keys)
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -253,16 +258,24 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
     let Some(claim) = args.e2ee else {
         // The normal path: the claim is what the administrator's policy, the user's own
         // switch and compliance recording say right now.
-        let store_path = args.store.unwrap_or_else(|| duet_policy::cli::default_store_path(&cfg.data_dir));
-        let store = duet_policy::PolicyStore::open(&store_path)?;
-        let (token, eff) = duet_policy::mint_token(
-            &store,
+        let store_loc = args.store.unwrap_or_else(|| {
+            duet_policy::cli::default_store_path(&cfg.data_dir)
+                .display()
+                .to_string()
+        });
+        let store = duet_policy::store::open(&store_loc)?;
+        let nodes = match (&args.nodes_from, args.nodes.is_empty()) {
+            (Some(src), true) => duet_policy::cli::resolve_nodes(src, &args.session)?,
+            _ => args.nodes,
+        };
+        let (token, eff) = duet_policy::issue::mint_token(
+            &*store,
             &key,
             args.session,
             args.user,
             args.device,
             args.ttl,
-            args.nodes,
+            nodes,
         )?;
         eprintln!(
             "e2ee claim {}: policy {} ({})",
