@@ -146,6 +146,14 @@ impl<B: Backend> SqlStore<B> {
         }
     }
 
+    /// A write transaction for fixtures (no rules, no audit).
+    pub(crate) fn with_write<T>(
+        &self,
+        f: impl FnMut(&mut dyn Sql) -> Result<T, PolicyError>,
+    ) -> Result<T, PolicyError> {
+        self.with(true, f)
+    }
+
     fn with<T>(
         &self,
         write: bool,
@@ -452,6 +460,7 @@ fn to_json(v: &impl serde::Serialize) -> R<String> {
 }
 
 /// Writes one audit record (and its per-user index rows) in the current transaction.
+#[allow(clippy::too_many_arguments)]
 fn write_audit(
     sql: &mut dyn Sql,
     actor: &Actor,

@@ -243,6 +243,29 @@ impl SqliteStore {
         Ok(Self(SqlStore::new(b, conn)))
     }
 
+    /// Benchmark and migration fixture: inserts (or replaces) user records in batched
+    /// transactions of `batch` users, bypassing the rules and the audit log. The records
+    /// must name existing policies. Not for administration: changes go through
+    /// [`Store::apply`].
+    #[doc(hidden)]
+    pub fn seed_users(
+        &self,
+        users: &[(UserId, UserRecord)],
+        batch: usize,
+    ) -> Result<(), PolicyError> {
+        for chunk in users.chunks(batch.max(1)) {
+            self.0.with_write(|sql| {
+                for (u, rec) in chunk {
+                    let mut tx = super::sql::SqlTx(sql);
+                    let old = crate::engine::Tx::user(&mut tx, u)?;
+                    crate::engine::Tx::put_user(&mut tx, u, old.as_ref(), rec)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
     pub fn path(&self) -> &Path {
         &self.0.backend.path
     }
