@@ -1,5 +1,7 @@
-//! The embedded policy store: one directory holding the state file, its audit log and a
-//! lock file.
+//! The file store of earlier versions: one directory holding `policy.json` (the whole
+//! state), `audit.jsonl` and a lock file. Kept as the import/export format (`policy
+//! import` reads a `policy.json`, `policy export` writes one) and as the reference the
+//! scale benchmark measures the databases against; the stores in use are in `store`.
 //!
 //! ```text
 //! <store>/policy.json    the whole PolicyState, pretty JSON, replaced atomically
@@ -7,45 +9,13 @@
 //! <store>/.lock          advisory lock (flock) serialising writers
 //! ```
 //!
-//! Owns: durability (no lost or torn write on a crash mid-command), serialising concurrent
-//! writers (two `duet-relay policy` commands at once, the admin API and a command, threads
-//! of one process), and the audit log. Does not own the rules (`model`) or who may call it
-//! (`cli`, `admin_api`).
-//!
-//! ## Why an atomically replaced file under an advisory lock, not an embedded database
-//!
-//! The state is small (policies, a few group grants, the users an administrator touched),
-//! written a few times a day and read once per minted token. What it needs is:
-//! - **no lost update with two writers**: every change is read-modify-write under an
-//!   exclusive `flock` on `.lock`, held across read, apply, audit append and replace, so a
-//!   second writer (thread or process) waits and then reads the first one's result;
-//! - **no torn or lost write on a crash**: the new state is written to a temp file in the
-//!   same directory, fsynced, renamed over `policy.json` (atomic on POSIX), and the
-//!   directory is fsynced so the rename itself is durable. A crash leaves either the old
-//!   or the new file, never a mix; a leftover temp file is never read, and the next writer
-//!   deletes it (under the lock, so it cannot be a live writer's);
-//! - **something an operator can read, back up and diff**: a JSON file and a JSON-lines
-//!   log, copied with `cp`, inspected with `jq`.
-//!
-//! An embedded database (redb, sled, SQLite) would give the first two as well, but adds a
-//! binary format, a dependency with its own upgrade story, and page-level machinery for
-//! a state that fits in one read. The file also lets the relay's data directory stay a
-//! plain directory. Readers take a shared lock so they never see a state whose audit line
-//! is not yet written.
-//!
-//! ## Audit log
-//!
-//! Each change appends `{"when", "unix_ms", "actor", "revision", "operation", "before",
-//! "after"}` as one line, fsynced, **before** the new state replaces the old one, under
-//! the same lock. So every committed change has its audit line. A crash between the two
-//! leaves a line whose `revision` is above the state's `revision`: a change that was
-//! logged but did not happen (the next change reuses that revision number, which is how
-//! to spot it). A torn last line (crash mid-append) is terminated before the next append
-//! and skipped by [`PolicyStore::audit`]. No-op changes are neither logged nor written.
-//!
-//! Locking uses `flock(2)`, which Linux and the BSDs provide; on other systems the store
-//! returns [`StoreError::Unsupported`]. `flock` does not work over some network file
-//! systems: keep the store on a local disk.
+//! Every change reads, rewrites and fsyncs the whole file under one exclusive `flock`, and
+//! every read parses it whole: fine for a few thousand users, ~100 ms per mint and a few
+//! changes per second at 100,000 (benches/RESULTS.md), which is why the databases replaced
+//! it. Writes are crash-safe (temp file, fsync, rename, fsync the directory); the audit
+//! line is appended before the state is replaced, so a crash (or a failed write) between
+//! the two leaves a line for a change that did not happen: the SQL stores write the audit
+//! record in the change's transaction instead.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};

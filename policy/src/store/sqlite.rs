@@ -59,6 +59,12 @@ impl Sqlite {
         let conn = Connection::open_with_flags(&self.path, flags).map_err(db_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
         conn.set_prepared_statement_cache_capacity(64);
+        // Reads of a large store go through the OS page cache, shared by every connection
+        // and process, instead of each connection's small private cache.
+        conn.pragma_update(None, "mmap_size", 1i64 << 30)
+            .map_err(db_err)?;
+        conn.pragma_update(None, "cache_size", -16_384i64)
+            .map_err(db_err)?;
         if !self.read_only {
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
                 .map_err(db_err)?;
