@@ -116,9 +116,13 @@ impl NodeSet {
     /// A set filled from `source` (DNS sources are resolved once here).
     #[cfg(feature = "dns")]
     pub async fn from_source(source: NodeSource) -> Result<Self, PlacementError> {
+        let initial = match &source {
+            NodeSource::Static(v) => v.clone(),
+            _ => Vec::new(),
+        };
         let set = Self {
             source: source.clone(),
-            nodes: RwLock::new(Arc::new(Vec::new())),
+            nodes: RwLock::new(Arc::new(initial)),
         };
         set.refresh().await?;
         Ok(set)

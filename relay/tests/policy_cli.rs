@@ -605,3 +605,57 @@ fn policy_serve_shares_the_store_with_the_commands() -> Result<()> {
     let _ = child.wait();
     result
 }
+
+/// `token mint --nodes-from static:…` places the session by rendezvous hashing over the
+/// node set: the token lists the primary and two fallbacks, as `duet_proto::placement`
+/// ranks them (the same function the relays and the load tester use).
+#[test]
+fn token_mint_places_the_session_over_the_node_set() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "mint",
+            "--session",
+            "call-9",
+            "--user",
+            "ann",
+            "--device",
+            "d",
+        ])
+        .args([
+            "--nodes-from",
+            "static:relay-0,relay-1,relay-2,relay-3,relay-4",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env_remove("DUET_POLICY_STORE")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    let claims = duet_proto::JoinToken::peek(&token)?;
+    let nodes: Vec<&str> = claims.claims.nodes.iter().map(|n| n.as_str()).collect();
+    let all = ["relay-0", "relay-1", "relay-2", "relay-3", "relay-4"];
+    assert_eq!(nodes, duet_proto::placement::candidates("call-9", &all, 3));
+    let bad = Command::new(BIN)
+        .args([
+            "token",
+            "mint",
+            "--session",
+            "s",
+            "--user",
+            "ann",
+            "--device",
+            "d",
+        ])
+        .args(["--nodes-from", "carrier-pigeon:x", "--data-dir"])
+        .arg(dir.path())
+        .output()?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--nodes-from"));
+    Ok(())
+}
