@@ -129,6 +129,7 @@ on_both_stores!(
     errors_exit_non_zero_and_name_the_problem,
     concurrent_processes_and_threads_lose_no_update,
     apply_audit_import_export_and_credentials,
+    policy_serve_shares_the_store_with_the_commands,
 );
 
 fn all_audit(store: &dyn Store) -> Result<Vec<duet_policy::AuditRecord>> {
@@ -548,12 +549,12 @@ fn an_old_file_store_is_migrated_by_import() -> Result<()> {
     Ok(())
 }
 
-/// `duet-relay policy serve` serves the admin API on the store the commands change.
-#[test]
-fn policy_serve_shares_the_store_with_the_commands() -> Result<()> {
+/// `duet-relay policy serve` serves the admin API on the store the commands change (on
+/// PostgreSQL too: its blocking client runs on the server's blocking threads).
+fn policy_serve_shares_the_store_with_the_commands(loc: &Loc) -> Result<()> {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir()?;
-    let s = dir.path().join("policy").display().to_string();
+    let s = loc.as_str().to_owned();
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, "s3cret-admin-token-for-tests\n")?;
     ok(
