@@ -21,6 +21,14 @@ fi
 DUET_PG_DIR="$(mktemp -d /tmp/duet-pg.XXXXXX)"
 chown postgres:postgres "$DUET_PG_DIR"
 DUET_PG_PORT="${DUET_PG_PORT:-55432}"
+# Skip ports something already listens on (another run, a developer's server).
+for _ in $(seq 1 20); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$DUET_PG_PORT") 2>/dev/null; then
+    DUET_PG_PORT=$((DUET_PG_PORT + 1))
+  else
+    break
+  fi
+done
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 as_pg "$PGBIN/initdb" -D "$DUET_PG_DIR/data" -U postgres --auth=trust -E UTF8 >/dev/null
 as_pg "$PGBIN/pg_ctl" -D "$DUET_PG_DIR/data" -l "$DUET_PG_DIR/log" -w \

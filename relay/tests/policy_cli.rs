@@ -491,6 +491,39 @@ fn apply_audit_import_export_and_credentials(loc: &Loc) -> Result<()> {
     assert_eq!(back["users"], orig["users"]);
     assert_eq!(back["groups"], orig["groups"]);
 
+    // Batch assignment from a file: one transaction, one audit record.
+    let users = dir.path().join("users.txt");
+    std::fs::write(&users, "# pilot wave 2\ndan\nerin\n\nfrank\n")?;
+    let rev = loc.open()?.revision()?;
+    let out = ok(
+        s,
+        &[
+            "policy",
+            "grant",
+            "--users-from",
+            users.to_str().context("path")?,
+            "--policy",
+            "Secure",
+        ],
+    )?;
+    assert!(out.contains("3 users: granted policy Secure"), "{out}");
+    assert_eq!(loc.open()?.revision()?, rev + 1);
+    assert_eq!(claim(s, "erin")?, "required");
+    std::fs::write(&users, "gina\nnot valid\n")?;
+    let err = fails(
+        s,
+        &[
+            "policy",
+            "grant",
+            "--users-from",
+            users.to_str().context("path")?,
+            "--policy",
+            "Secure",
+        ],
+    )?;
+    assert!(err.contains("line 2"), "{err}");
+    assert_eq!(loc.open()?.revision()?, rev + 1, "nothing half-applied");
+
     // Credentials: the secret is printed once; list shows name and role.
     let out = ok(
         s,
