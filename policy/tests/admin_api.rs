@@ -499,3 +499,50 @@ async fn the_token_endpoint_answers_token_decision_and_placement() -> Result<()>
     assert_eq!((st, code(&v)), (400, "bad_request"));
     Ok(())
 }
+
+/// A read-only store (a snapshot, read-only media) still answers reads and the token
+/// endpoint; changes get 503 `store_read_only` in the JSON error format. The old file
+/// store opened its lock file read-write even to read, so a read-only store stopped
+/// minting too (issue 16, finding 6).
+#[tokio::test]
+async fn a_read_only_store_still_reads_and_mints_over_http() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("p.db");
+    {
+        let rw = SqliteStore::open(&path)?;
+        add_cred(&rw, "backend", Role::Issuer, "issuer-secret-0123456789")?;
+    }
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_read_only(&path)?);
+    let addr = serve(duet_policy::ApiConfig {
+        store,
+        admin_token: Some(TOKEN.into()),
+        signing_key: Some(Arc::new(duet_proto::SigningKey::ed25519_from_seed(
+            "k", &[9u8; 32],
+        )?)),
+        nodes: Arc::new(duet_policy::NodeSet::none()),
+        max_ttl: std::time::Duration::from_secs(3600),
+    })
+    .await?;
+    let (st, _) = http(addr, "GET", "/v1/users/ann/effective", Some(TOKEN), None).await?;
+    assert_eq!(st, 200);
+    let body = json!({"user": "ann", "device": "d", "session": "s"});
+    let (st, v) = http(
+        addr,
+        "POST",
+        "/v1/tokens",
+        Some("issuer-secret-0123456789"),
+        Some(body),
+    )
+    .await?;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = http(
+        addr,
+        "PUT",
+        "/v1/users/ann/e2ee",
+        Some(TOKEN),
+        Some(json!({"on": true})),
+    )
+    .await?;
+    assert_eq!((st, code(&v)), (503, "store_read_only"));
+    Ok(())
+}
