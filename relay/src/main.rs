@@ -50,6 +50,8 @@ enum Cmd {
     },
     /// Exit 0 if a relay's /healthz answers 2xx in time, 1 otherwise (for a container HEALTHCHECK)
     Healthcheck(HealthcheckArgs),
+    #[command(flatten)]
+    Ops(duet_relay::ops_cli::OpsCommand),
 }
 
 #[derive(Args)]
@@ -166,6 +168,7 @@ fn run(matches: &ArgMatches) -> anyhow::Result<()> {
         Cmd::Healthcheck(a) => Ok(duet_relay::healthcheck::check(
             a.ops, "/healthz", a.timeout,
         )?),
+        Cmd::Ops(cmd) => Ok(duet_relay::ops_cli::run(cmd)?),
     }
 }
 

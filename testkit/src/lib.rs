@@ -9,12 +9,14 @@
 //! | [`tokens`] | join claims with E2EE allowed ([`claims`], [`claims_builder`]), [`sid`] | token formats (`duet_proto`) |
 //! | [`process`] | [`RelayProcess`]: the real `duet-relay` binary as a child (banner, signals, restart on the same ports); finding or building the binary | the binary's CLI |
 //! | [`raw`] | [`Raw`]: a hand-driven QUIC client (control frames and datagrams by hand) | the SDK's client (`duet_sdk`) |
+//! | [`flood`] | QUIC Initials from a socket that never answers, and what they drew (amplification, handshake floods) | the relay's admission rules |
 //! | [`metrics`] | `/metrics` and other ops endpoints over HTTP, reading one series | metric names (the relay's) |
 //! | [`sdk`] | SDK clients against a test relay: join, E2EE join, events, "media still flows" | the SDK's behaviour |
 //!
 //! Every wait is bounded by [`STEP`] (generous: a loaded 2-core box), and every address is
 //! loopback with an OS-chosen port.
 
+pub mod flood;
 pub mod metrics;
 pub mod process;
 pub mod raw;
