@@ -47,6 +47,7 @@ pub mod notify;
 pub mod ops;
 pub mod ops_cli;
 pub mod policy;
+pub mod probe;
 mod process_metrics;
 pub mod quic;
 pub mod session;

@@ -52,6 +52,9 @@ enum Cmd {
     Healthcheck(HealthcheckArgs),
     #[command(flatten)]
     Ops(duet_relay::ops_cli::OpsCommand),
+    /// Synthetic check of a relay's data plane: two endpoints, media both ways over QUIC
+    /// and the fast path; exit 0 with the round-trip times, 1 on failure (not a liveness probe)
+    Probe(duet_relay::probe::ProbeArgs),
 }
 
 #[derive(Args)]
@@ -169,6 +172,7 @@ fn run(matches: &ArgMatches) -> anyhow::Result<()> {
             a.ops, "/healthz", a.timeout,
         )?),
         Cmd::Ops(cmd) => Ok(duet_relay::ops_cli::run(cmd)?),
+        Cmd::Probe(args) => Ok(duet_relay::probe::run(args)?),
     }
 }
 

@@ -157,8 +157,14 @@ async fn a_flood_of_initials_leaves_a_live_call_alone() -> Result<()> {
         );
     }
     let m = scrape(relay.ops_addr()).await;
+    // Every attempt that reached the relay got a Retry (or was dropped by quinn's bounded
+    // queue); the only handshakes are the three real clients'.
     let retried = metric(&m, r#"duet_quic_handshakes_total{outcome="retried"}"#);
-    assert!(retried >= 1_900.0, "the flood got Retries: {retried}");
+    assert!(retried >= 100.0, "the flood got Retries: {retried}");
+    assert_eq!(
+        metric(&m, r#"duet_quic_handshakes_total{outcome="accepted"}"#),
+        3.0
+    );
     assert!(
         flood.received_bytes <= 3 * flood.sent_bytes,
         "amplification {:.2}",
