@@ -96,7 +96,8 @@ fn error(status: StatusCode, code: &str) -> Response {
     (status, Json(serde_json::json!({ "error": code }))).into_response()
 }
 
-fn authorized(s: &OpsState, headers: &HeaderMap) -> Result<(), Response> {
+/// `None` when the request carries the credential, else the 401 to answer.
+fn unauthorized(s: &OpsState, headers: &HeaderMap) -> Option<Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -106,11 +107,7 @@ fn authorized(s: &OpsState, headers: &HeaderMap) -> Result<(), Response> {
         .token
         .as_deref()
         .is_some_and(|t| bool::from(t.as_bytes().ct_eq(given.as_bytes())));
-    if ok {
-        Ok(())
-    } else {
-        Err(error(StatusCode::UNAUTHORIZED, "unauthorized"))
-    }
+    (!ok).then(|| error(StatusCode::UNAUTHORIZED, "unauthorized"))
 }
 
 fn report(s: &OpsState, changed: bool) -> Json<DrainReport> {
@@ -126,7 +123,7 @@ fn report(s: &OpsState, changed: bool) -> Json<DrainReport> {
 }
 
 async fn drain(State(s): State<OpsState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Err(e) = authorized(&s, &headers) {
+    if let Some(e) = unauthorized(&s, &headers) {
         return e;
     }
     let req: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -148,7 +145,7 @@ async fn drain(State(s): State<OpsState>, headers: HeaderMap, body: axum::body::
 }
 
 async fn undrain(State(s): State<OpsState>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorized(&s, &headers) {
+    if let Some(e) = unauthorized(&s, &headers) {
         return e;
     }
     let changed = s.driver.undrain();
@@ -156,7 +153,7 @@ async fn undrain(State(s): State<OpsState>, headers: HeaderMap) -> Response {
 }
 
 async fn status(State(s): State<OpsState>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorized(&s, &headers) {
+    if let Some(e) = unauthorized(&s, &headers) {
         return e;
     }
     report(&s, false).into_response()

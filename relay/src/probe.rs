@@ -62,8 +62,8 @@ pub enum ProbeError {
     Setup(String),
     #[error("QUIC connection to {addr}: {reason}")]
     Connect { addr: SocketAddr, reason: String },
-    #[error("the relay refused the probe's join: {0:?}")]
-    Refused(RelayMessage),
+    #[error("the relay refused the probe's join: {0}")]
+    Refused(String),
     #[error("the probe's control stream: {0}")]
     Control(String),
     #[error("no fast-path offer in Joined (fast path off? use --quic-only)")]
@@ -198,7 +198,7 @@ impl End {
         .await?;
         match self.next().await? {
             RelayMessage::Joined(j) => Ok(j.fast_path),
-            other => Err(ProbeError::Refused(other)),
+            other => Err(ProbeError::Refused(format!("{other:?}"))),
         }
     }
 }
@@ -255,7 +255,7 @@ pub async fn probe(a: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
         .await?;
     match x.next().await? {
         RelayMessage::PeerJoined => {}
-        other => return Err(ProbeError::Refused(other)),
+        other => return Err(ProbeError::Refused(format!("{other:?}"))),
     }
 
     let quic_rtt = quic_round_trips(&x, &y, a.count).await?;
