@@ -11,8 +11,8 @@ use duet_proto::{DeviceId, SessionId, UserId};
 
 use super::random_base;
 use crate::cli::UdpArgs;
-use crate::udp::STOP;
 use crate::resources;
+use crate::udp::STOP;
 
 pub(super) fn ids(
     run_id: &str,
