@@ -18,6 +18,7 @@
 //! | [`target`] | relay addresses, tokens, the embedded relay | yes |
 //! | [`progress`] | live progress on stderr | yes |
 //! | [`runner`] | the run's timeline, the calls, their bounds | yes |
+//! | [`relay_watch`] | each relay's CPU, RSS and sessions during a run, and its report part | yes |
 //! | [`udp`] | `udp` subcommand engine: endpoint sockets, pacing, batched send/receive | yes |
 //! | [`udpnet`] | `udp` endpoint addresses and sockets: one per endpoint, or shared (IP_PKTINFO) | yes |
 //! | [`udpgen`] | `udp` measured window over `--threads` workers (pacer + receiver each), merged | yes |
@@ -32,6 +33,7 @@ pub mod merge;
 pub mod probe;
 pub mod profile;
 pub mod progress;
+pub mod relay_watch;
 pub mod report;
 pub mod resources;
 pub mod rng;

@@ -8,8 +8,10 @@
 //! | [`relay`] | [`TestRelay`] (an in-process relay on loopback, short test limits), the [`RelayUnderTest`] trait (addresses, certificate, signing key, tokens) | the relay itself |
 //! | [`tokens`] | join claims with E2EE allowed ([`claims`], [`claims_builder`]), [`sid`] | token formats (`duet_proto`) |
 //! | [`process`] | [`RelayProcess`]: the real `duet-relay` binary as a child (banner, signals, restart on the same ports); finding or building the binary | the binary's CLI |
+//! | [`netns`] | [`netns::NetnsLink`]: a network namespace on a veth link (a relay on its own host) | the relay process ([`process`]) |
 //! | [`raw`] | [`Raw`]: a hand-driven QUIC client (control frames and datagrams by hand) | the SDK's client (`duet_sdk`) |
 //! | [`flood`] | QUIC Initials from a socket that never answers, and what they drew (amplification, handshake floods) | the relay's admission rules |
+//! | [`impair`] | [`impair::Impairer`]: a user-space hostile network (loss, jitter, duplication, outage, MTU) between clients and a relay | the protocols crossing it |
 //! | [`metrics`] | `/metrics` and other ops endpoints over HTTP, reading one series | metric names (the relay's) |
 //! | [`sdk`] | SDK clients against a test relay: join, E2EE join, events, "media still flows" | the SDK's behaviour |
 //!
@@ -17,7 +19,9 @@
 //! loopback with an OS-chosen port.
 
 pub mod flood;
+pub mod impair;
 pub mod metrics;
+pub mod netns;
 pub mod process;
 pub mod raw;
 pub mod relay;

@@ -17,7 +17,7 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
@@ -105,6 +105,24 @@ pub struct RelayProcessBuilder {
     envs: Vec<(OsString, OsString)>,
     data_dir: Option<PathBuf>,
     nofile: Option<u64>,
+    place: Place,
+}
+
+/// Where the child runs: which network namespace (none: this one) and which address it
+/// listens on (default loopback).
+#[derive(Debug, Clone)]
+struct Place {
+    netns: Option<String>,
+    ip: IpAddr,
+}
+
+impl Default for Place {
+    fn default() -> Self {
+        Self {
+            netns: None,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
 }
 
 impl RelayProcessBuilder {
@@ -139,6 +157,16 @@ impl RelayProcessBuilder {
         self
     }
 
+    /// Runs the relay inside network namespace `name` (`ip netns exec`), listening on `ip`
+    /// (an address of that namespace, e.g. [`crate::netns::NetnsLink::inner_ip`]).
+    pub fn in_netns(mut self, name: &str, ip: IpAddr) -> Self {
+        self.place = Place {
+            netns: Some(name.to_owned()),
+            ip,
+        };
+        self
+    }
+
     /// Starts `duet-relay serve` and waits for its banner.
     pub fn start(self) -> Result<RelayProcess> {
         let (temp, data_dir) = match self.data_dir {
@@ -156,6 +184,7 @@ impl RelayProcessBuilder {
             args: self.args,
             envs: self.envs,
             nofile: self.nofile,
+            place: self.place,
             listen: None,
             banner: String::new(),
             stdout: Arc::default(),
@@ -174,6 +203,7 @@ pub struct RelayProcess {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     nofile: Option<u64>,
+    place: Place,
     /// Set once started: restarts listen here again.
     listen: Option<BannerAddrs>,
     banner: String,
@@ -192,12 +222,20 @@ impl RelayProcess {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let any = SocketAddr::new(self.place.ip, 0);
         let (quic, ops, fast_path) = match self.listen {
             Some(a) => (a.quic, a.ops, a.fast_path),
             None => (any, any, None),
         };
-        let mut cmd = relay_command();
+        let mut cmd = match &self.place.netns {
+            // `ip netns exec` execs the relay, so the child's pid is the relay's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(relay_binary());
+                c
+            }
+            None => relay_command(),
+        };
         cmd.arg("serve")
             .arg("--listen")
             .arg(quic.to_string())
