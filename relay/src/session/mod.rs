@@ -190,8 +190,9 @@ struct Session {
     fast_path: Option<[ChannelId; 2]>,
     /// Last ticket sequence number handed to each slot (a move needs a higher one).
     ticket_seq: [u32; 2],
-    /// Users refused for their E2EE claim the waiting endpoint was already told about.
-    told_unavailable: Vec<UserId>,
+    /// Users refused for their E2EE claim (and that claim) the waiting endpoint was
+    /// already told about.
+    told_unavailable: Vec<(UserId, duet_proto::E2eeClaim)>,
 }
 
 impl Session {

@@ -26,8 +26,8 @@ use crate::forward::MediaLimits;
 /// instead of waiting out its handshake.
 pub const DECLINE_MEMORY: Duration = Duration::from_secs(120);
 
-/// Refused users a session's waiting endpoint was told about, at most; past it, later ones
-/// are told each time (still bounded by their own join attempts and the signal of a token).
+/// (Refused user, claim) pairs a session remembers telling its waiting endpoint about;
+/// past it, later ones are told each time (each attempt still needs a valid token).
 const TOLD_UNAVAILABLE_MAX: usize = 8;
 
 /// A join refused for its E2EE claim, kept for the peer that has not joined yet.
@@ -306,15 +306,19 @@ impl SessionCore {
         let Some(c) = waiting.filter(|w| &w.user != user).and_then(|w| w.conn) else {
             return false;
         };
-        // Once per refused user: a client retrying its join must not flood the peer.
+        // Once per refused user and claim: a client retrying its join must not flood the
+        // peer; a new claim (the policy changed) is news and is told.
         let Some(s) = self.sessions.get_mut(session) else {
             return false;
         };
-        if s.told_unavailable.contains(user) {
+        if s.told_unavailable
+            .iter()
+            .any(|(u, c)| u == user && *c == claim)
+        {
             return true;
         }
         if s.told_unavailable.len() < TOLD_UNAVAILABLE_MAX {
-            s.told_unavailable.push(user.clone());
+            s.told_unavailable.push((user.clone(), claim));
         }
         let token = token.to_owned();
         self.send(c, RelayMessage::PeerE2eeUnavailable { claim, token });

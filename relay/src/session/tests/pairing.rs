@@ -298,7 +298,7 @@ fn e2ee_claims_are_refused_and_the_waiting_peer_told() {
 /// Catches the old behaviour: the waiting peer got a `PeerE2eeUnavailable` for every
 /// refused join attempt, so a client retrying its join flooded it.
 #[test]
-fn the_waiting_peer_is_told_once_per_refused_user() {
+fn the_waiting_peer_is_told_once_per_refused_user_and_claim() {
     let mut t = core();
     let now = Instant::now();
     join(&mut t, 1, &claims("s", "alice", "p"), now).unwrap();
@@ -317,6 +317,18 @@ fn the_waiting_peer_is_told_once_per_refused_user() {
             .count();
     }
     assert_eq!(told_alice, 1, "ten refused attempts by bob, one notice");
+    // Bob's claim changed (the policy did): that is news.
+    let mut c = claims("s", "bob", "p");
+    c.e2ee = E2eeClaim::UserNotEnabled;
+    assert_eq!(
+        join(&mut t, 15, &c, now),
+        Err(RefusalReason::UserNotEnabled)
+    );
+    assert_eq!(
+        sends_to(&drain(&mut t), ConnId(1)).len(),
+        1,
+        "a new claim: told"
+    );
     let mut c = claims("s", "carol", "p");
     c.e2ee = E2eeClaim::UserNotEnabled;
     assert_eq!(
