@@ -184,6 +184,12 @@ impl RelayHandle {
             "  ops http    http://{}/metrics /healthz /readyz",
             self.ops_addr()
         ));
+        if c.ops_token_file.is_some() {
+            line(format_args!(
+                "  drain api   http://{}/admin/drain /admin/undrain /admin/status (bearer credential from ops_token_file)",
+                self.ops_addr()
+            ));
+        }
         if let Some(admin) = self.admin_addr() {
             line(format_args!(
                 "  admin api   http://{admin}/v1/ (bearer credential from admin_token_file)"
