@@ -141,5 +141,10 @@ async fn a_drain_with_min_sessions_ends_the_last_ones_early() -> Result<()> {
         ))
     );
     assert_eq!(cli("status", ops, &token, &[])?["sessions"], 0);
+    let m = scrape(ops).await;
+    assert_eq!(
+        metric(&m, r#"duet_sessions_ended_total{reason="relay_shutdown"}"#),
+        1.0
+    );
     Ok(())
 }

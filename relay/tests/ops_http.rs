@@ -9,8 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// 300 connections that each send half a request and then nothing, against a relay with a
 /// tight descriptor limit (128) and `http.max_connections = 32`: `/healthz` and `/metrics`
-/// still answer at once, a QUIC client still joins, and a half-sent request is cut at the
-/// header timeout.
+/// still answer at once, a QUIC client still joins, a SIGHUP certificate reload works, and a
+/// half-sent request is cut at the header timeout.
 ///
 /// Catches the old behaviour: the ops listener accepted every connection and waited on
 /// each forever, until the process ran out of descriptors; then `/healthz` timed out.
@@ -20,6 +20,7 @@ async fn idle_half_sent_requests_cannot_starve_healthz_or_quic() -> Result<()> {
         .nofile(128)
         .args(["--http-max-connections", "32"])
         .args(["--http-header-timeout-ms", "1000"])
+        .env("RUST_LOG", "info")
         .start()?;
     let ops = relay.ops_addr();
     let mut idle = Vec::new();
@@ -40,6 +41,17 @@ async fn idle_half_sent_requests_cannot_starve_healthz_or_quic() -> Result<()> {
     let (status, _) = http_get(ops, "/metrics").await?;
     assert_eq!(status, 200);
     let (_a, _) = Raw::join(&relay, "with-idle-http", "alice", "phone").await?;
+    // A certificate reload needs descriptors too: it still works.
+    relay.sighup()?;
+    let t0 = Instant::now();
+    while !relay.stderr().contains("TLS certificate reloaded") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no reload: {}",
+            relay.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A client that never finishes its head is cut at the header timeout.
     let mut slow = tokio::net::TcpStream::connect(ops).await?;
