@@ -41,7 +41,7 @@ fn time_now() -> std::time::SystemTime {
 fn an_expired_certificate_is_refused_at_start() -> Result<()> {
     let dir = tempfile::tempdir()?;
     write_cert(dir.path(), -7200, -3600)?;
-    let out = relay_command()
+    let mut child = relay_command()
         .arg("serve")
         .args(["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
         .arg("--data-dir")
@@ -50,10 +50,28 @@ fn an_expired_certificate_is_refused_at_start() -> Result<()> {
         .arg(dir.path().join("tls-cert.pem"))
         .arg("--tls-key")
         .arg(dir.path().join("tls-key.pem"))
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // A relay that took the certificate would serve forever: bounded wait, then fail.
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if t0.elapsed() > PROCESS_WAIT {
+            child.kill()?;
+            child.wait()?;
+            anyhow::bail!("the relay started with an expired certificate");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut stderr)?;
+    }
     assert_eq!(
-        out.status.code(),
+        status.code(),
         Some(i32::from(exit_status::CONFIG)),
         "{stderr}"
     );
