@@ -3,7 +3,8 @@
 //! `serve` runs a node (SIGTERM / ctrl-c drains, then exits; SIGHUP reloads the TLS
 //! certificate; systemd `Type=notify` hears READY=1 and STOPPING=1), `token mint` prints a
 //! join token signed with the configured (or embedded default) key, `healthcheck` asks a
-//! local relay's `/healthz`. Everything else lives in the library.
+//! local relay's `/healthz`, `drain`/`undrain`/`status` (library `ops_cli`) and `probe`
+//! (library `probe`) talk to a running relay. Everything else lives in the library.
 //!
 //! Exit status: 0 ok, 78 (`EX_CONFIG`) for a bad configuration or command line, so a
 //! supervisor does not restart in a loop, 1 for any other failure.
