@@ -64,3 +64,37 @@ async fn idle_half_sent_requests_cannot_starve_healthz_or_quic() -> Result<()> {
     drop(idle);
     Ok(())
 }
+
+/// A request whose body never arrives in full is answered 408 at the request timeout, and
+/// the drain it carried is not applied.
+///
+/// Catches the old behaviour: no request timeout at all (the connection waited forever).
+#[tokio::test]
+async fn a_body_that_never_arrives_gets_408() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let token = dir.path().join("ops-token");
+    std::fs::write(&token, "slow-body-credential-0123")?;
+    let relay = RelayProcess::builder()
+        .arg("--ops-token-file")
+        .arg(&token)
+        .args(["--http-request-timeout-ms", "500"])
+        .start()?;
+    let mut s = tokio::net::TcpStream::connect(relay.ops_addr()).await?;
+    s.write_all(
+        b"POST /admin/drain HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer slow-body-credential-0123\r\n\
+          Content-Length: 100\r\n\r\n{\"min_sess",
+    )
+    .await?;
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await??;
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(
+        http_get(relay.ops_addr(), "/readyz").await?.0,
+        200,
+        "no drain"
+    );
+    Ok(())
+}
