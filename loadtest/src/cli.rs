@@ -309,6 +309,14 @@ pub struct RunArgs {
     /// Scrape this relay ops endpoint's /metrics (HOST:PORT, repeatable)
     #[arg(long = "relay-metrics", value_name = "ADDR")]
     pub relay_metrics: Vec<SocketAddr>,
+    /// Chaos mid-run, at TIME after the first call starts (repeatable): kill:PID (SIGKILL a
+    /// relay), term:PID (SIGTERM: its own drain), drain:HOST:PORT (POST /admin/drain on its
+    /// ops listener). The report's `chaos` says what each did, `media_gap` what calls felt.
+    #[arg(long = "chaos", value_name = "ACTION@TIME")]
+    pub chaos: Vec<crate::chaos::ChaosSpec>,
+    /// Bearer token for drain:HOST:PORT (the relay's `ops_token_file`)
+    #[arg(long, value_name = "FILE")]
+    pub ops_token_file: Option<PathBuf>,
     /// Plain transport only, no media encryption (isolates the relay's own cost)
     #[arg(long)]
     pub no_e2ee: bool,

@@ -17,6 +17,7 @@
 //! | [`resources`] | /proc and /metrics readers (parsers pure) | yes |
 //! | [`target`] | relay addresses, tokens, the embedded relay | yes |
 //! | [`progress`] | live progress on stderr | yes |
+//! | [`chaos`] | `--chaos`: kill, SIGTERM or drain a relay mid-run | yes |
 //! | [`runner`] | the run's timeline, the calls, their bounds | yes |
 //! | [`relay_watch`] | each relay's CPU, RSS and sessions during a run, and its report part | yes |
 //! | [`udp`] | `udp` subcommand engine: endpoint sockets, pacing, batched send/receive | yes |
@@ -26,6 +27,7 @@
 //! | [`turnctl`] | TURN allocations, permissions and channels per endpoint (turn-client-proto) | yes |
 //! | [`udpbench`] | `udp` subcommand: baseline/fastpath/quic/turn set-up, its report and `RESULT` line | yes |
 
+pub mod chaos;
 pub mod cli;
 pub mod fpctl;
 pub mod hist;

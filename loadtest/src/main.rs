@@ -110,6 +110,15 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
         .build()
         .context("starting the client runtime")?;
 
+    let ops_token = match &a.ops_token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("--ops-token-file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
     let opts = RunOptions {
         calls: a.calls,
         profile: a.profile,
@@ -129,6 +138,8 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
         },
         relay_pids: a.relay_pids.clone(),
         relay_metrics: a.relay_metrics.clone(),
+        chaos: a.chaos.clone(),
+        ops_token,
     };
     let outcome = rt.block_on(async {
         let target = match &embedded {

@@ -314,6 +314,13 @@ pub struct Report {
     pub calls: CallsReport,
     /// Join time per endpoint: QUIC + TLS handshake and Join → Joined.
     pub join: HistSummary,
+    /// Per receiving endpoint, its longest silence between two frames while its peer was
+    /// sending: what a relay failure, a drain or a stall cost each call.
+    #[serde(default = "HistSummary::empty")]
+    pub media_gap: HistSummary,
+    /// The `--chaos` actions done during the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chaos: Vec<crate::chaos::ChaosEvent>,
     pub media: MediaReport,
     pub transport: TransportReport,
     pub generator: GeneratorReport,
@@ -374,6 +381,8 @@ impl Report {
         add_maps(&mut a.per_node, &b.per_node);
         add_maps(&mut a.by_transport, &b.by_transport);
         self.join = merge_summaries(&self.join, &other.join)?;
+        self.media_gap = merge_summaries(&self.media_gap, &other.media_gap)?;
+        self.chaos.extend(other.chaos.iter().cloned());
         let theirs = [&other.media.audio, &other.media.video, &other.media.screen];
         for (mine, theirs) in self.media.kinds_mut().into_iter().zip(theirs) {
             mine.merge(theirs)?;

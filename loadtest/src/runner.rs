@@ -24,6 +24,7 @@ use duet_sdk::{Call, Client, ConnectOptions, E2eeConfig, Event, IdentityKey, Sdk
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::chaos::{self, ChaosSpec};
 use crate::hist::HistError;
 use crate::probe::{now_us, Probe};
 use crate::profile::{CallShape, FrameGen, Profile};
@@ -67,6 +68,9 @@ pub struct RunOptions {
     pub transport: String,
     pub relay_pids: Vec<u32>,
     pub relay_metrics: Vec<SocketAddr>,
+    pub chaos: Vec<ChaosSpec>,
+    /// Bearer token for `drain:` chaos actions.
+    pub ops_token: Option<String>,
 }
 
 /// Where the calls go.
@@ -334,6 +338,8 @@ async fn sender(
 async fn receiver(ctx: &Ctx, call: &Call, i: u64, peer: &SideState) {
     let mut trackers: [StreamTracker; 3] = Default::default();
     let mut received = 0u64;
+    // The longest silence between two frames while the peer was still sending.
+    let (mut last_at, mut max_gap): (Option<Instant>, Option<Duration>) = (None, None);
     let mut drain_until: Option<Instant> = None;
     let hard_stop = ctx.stop_at + ctx.opts.drain;
     loop {
@@ -359,6 +365,13 @@ async fn receiver(ctx: &Ctx, call: &Call, i: u64, peer: &SideState) {
             Ok(Ok(f)) => f,
         };
         let recv_us = now_us();
+        let now = Instant::now();
+        if now < ctx.stop_at {
+            if let Some(last) = last_at {
+                max_gap = Some(max_gap.map_or(now - last, |g| g.max(now - last)));
+            }
+            last_at = Some(now);
+        }
         match Probe::decode(&frame.data) {
             Ok(p) if p.call == i as u32 && p.kind == frame.kind => {
                 let o = trackers[p.kind.index()].observe(p.seq, p.sent_us, recv_us);
@@ -369,6 +382,16 @@ async fn receiver(ctx: &Ctx, call: &Call, i: u64, peer: &SideState) {
             Ok(_) => ctx.col.misrouted(frame.kind),
             Err(_) => ctx.col.bad_probe(),
         }
+    }
+    // A stream that went silent and never came back: its silence lasted to the end of sending.
+    if let Some(last) = last_at {
+        let tail = Instant::now()
+            .min(ctx.stop_at)
+            .saturating_duration_since(last);
+        max_gap = Some(max_gap.map_or(tail, |g| g.max(tail)));
+    }
+    if let Some(g) = max_gap {
+        ctx.col.record_gap(i, g.as_micros() as u64);
     }
 }
 
@@ -491,6 +514,9 @@ pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError
         })
     };
 
+    // Chaos: each action once, at its time after the first call starts.
+    let chaos = tokio::spawn(chaos::run(opts.chaos.clone(), t0, opts.ops_token.clone()));
+
     // Launcher: starts calls on the ramp and reaps them; aborts them all on Phase::Abort.
     let launcher = {
         let ctx = ctx.clone();
@@ -567,6 +593,11 @@ pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError
         stop_reason = StopReason::Interrupted;
     }
     let _ = mon_stop_tx.send(true);
+    // Actions still waiting for their time when the run ended are not done (and not listed).
+    if !chaos.is_finished() {
+        chaos.abort();
+    }
+    let chaos = chaos.await.unwrap_or_default();
     let mut watches = monitor.await.unwrap_or_default();
     let live = col.active.load(Relaxed);
     for w in &mut watches {
@@ -633,6 +664,8 @@ pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError
         },
         calls: snap.calls,
         join: snap.join,
+        media_gap: snap.media_gap,
+        chaos,
         media: snap.media,
         transport: snap.transport,
         generator: GeneratorReport {

@@ -83,6 +83,7 @@ struct Shard {
     jitter: [Hist; 3],
     join: Hist,
     send_lag: Hist,
+    gap: Hist,
 }
 
 /// Histogram shards: enough to keep two to eight cores from queueing on one lock.
@@ -164,6 +165,11 @@ impl Collector {
         // A poisoned shard only means another task panicked mid-record; the counts stay usable.
         let m = &self.shards[call as usize % SHARDS];
         m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One receiving endpoint's longest silence between two frames while media was sent.
+    pub fn record_gap(&self, call: u64, us: u64) {
+        self.shard(call).gap.record(us);
     }
 
     pub fn record_join(&self, call: u64, us: u64) {
@@ -259,12 +265,14 @@ impl Collector {
         t
     }
 
-    /// Merged histograms: (latency per kind, jitter per kind, join, send lag).
-    fn merged(&self) -> Result<([Hist; 3], [Hist; 3], Hist, Hist), HistError> {
+    /// Merged histograms: (latency per kind, jitter per kind, join, send lag, media gap).
+    #[allow(clippy::type_complexity)]
+    fn merged(&self) -> Result<([Hist; 3], [Hist; 3], Hist, Hist, Hist), HistError> {
         let mut lat: [Hist; 3] = Default::default();
         let mut jit: [Hist; 3] = Default::default();
         let mut join = Hist::new();
         let mut lag = Hist::new();
+        let mut gap = Hist::new();
         for m in &self.shards {
             let s = m.lock().unwrap_or_else(|p| p.into_inner());
             for i in 0..3 {
@@ -273,13 +281,14 @@ impl Collector {
             }
             join.add(&s.join)?;
             lag.add(&s.send_lag)?;
+            gap.add(&s.gap)?;
         }
-        Ok((lat, jit, join, lag))
+        Ok((lat, jit, join, lag, gap))
     }
 
     /// Everything measured so far, in report form.
     pub fn snapshot(&self, planned: u64) -> Result<Snapshot, HistError> {
-        let (lat, jit, join, lag) = self.merged()?;
+        let (lat, jit, join, lag, gap) = self.merged()?;
         let k = |kind: MediaKind| {
             let i = kind.index();
             kind_report(self.kinds[i].load(), &lat[i], &jit[i])
@@ -318,6 +327,7 @@ impl Collector {
             transport,
             join: join.summary()?,
             send_lag: lag.summary()?,
+            media_gap: gap.summary()?,
         })
     }
 }
@@ -329,6 +339,7 @@ pub struct Snapshot {
     pub transport: TransportReport,
     pub join: crate::hist::HistSummary,
     pub send_lag: crate::hist::HistSummary,
+    pub media_gap: crate::hist::HistSummary,
 }
 
 #[cfg(test)]

@@ -80,6 +80,8 @@ pub fn report_with(lat: &[u64], join: &[u64], sent: u64, run_id: &str) -> Report
             by_transport: BTreeMap::from([("quic".to_owned(), 9)]),
         },
         join: hist_of(join).summary().unwrap(),
+        media_gap: hist_of(&[20_000, 25_000, 900_000]).summary().unwrap(),
+        chaos: Vec::new(),
         media: MediaReport {
             audio,
             video: empty.clone(),

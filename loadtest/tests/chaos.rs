@@ -1,0 +1,78 @@
+//! `--chaos`: a relay process SIGKILLed mid-run, with calls spread over two nodes. The
+//! report must say the kill was done and when, and `media_gap` must show what the calls on
+//! the killed node felt beside the calls on the node that lived.
+
+mod common;
+
+use duet_loadtest::report::Report;
+use duet_testkit::{RelayProcess, RelayUnderTest};
+
+/// Two relay processes that trust one token key and share one certificate (so one `--cert`
+/// and one `--token-key-file` serve both), node ids `n1` and `n2`.
+fn two_nodes(dir: &std::path::Path) -> (RelayProcess, RelayProcess) {
+    let first = RelayProcess::builder()
+        .data_dir(dir.join("n1"))
+        .args(["--node-id", "n1"])
+        .start()
+        .unwrap();
+    let second_dir = dir.join("n2");
+    std::fs::create_dir_all(&second_dir).unwrap();
+    for f in ["token-signing-key", "token-key.pub", "cert.pem", "key.pem"] {
+        std::fs::copy(dir.join("n1").join(f), second_dir.join(f)).unwrap();
+    }
+    let second = RelayProcess::builder()
+        .data_dir(second_dir)
+        .args(["--node-id", "n2"])
+        .start()
+        .unwrap();
+    (first, second)
+}
+
+#[test]
+fn a_relay_killed_mid_run_is_reported_with_the_media_gap_it_caused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n1, n2) = two_nodes(dir.path());
+    let report = dir.path().join("r.json");
+    let out = common::bin()
+        .args(["--calls", "8", "--duration", "5s", "--profile", "audio"])
+        .args(["--ramp", "100/s", "--run-id", "chaos1", "--progress", "off"])
+        .args(["--grace", "5s", "--drain", "500ms"])
+        .arg("--relay")
+        .arg(format!("n1={}", n1.quic_addr()))
+        .arg("--relay")
+        .arg(format!("n2={}", n2.quic_addr()))
+        .arg("--cert")
+        .arg(n1.data_dir().join("cert.pem"))
+        .arg("--token-key-file")
+        .arg(n1.data_dir().join("token-signing-key"))
+        .arg("--chaos")
+        .arg(format!("kill:{}@2s", n1.pid()))
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let r = Report::from_json(
+        &std::fs::read_to_string(&report).unwrap_or_else(|e| panic!("no report ({e}): {stderr}")),
+    )
+    .unwrap();
+    assert_eq!(r.chaos.len(), 1, "{:?}", r.chaos);
+    let ev = &r.chaos[0];
+    assert!(ev.ok, "{ev:?}");
+    assert!(ev.spec.starts_with("kill:") && ev.at_s >= 2.0, "{ev:?}");
+    let on = |n: &str| r.calls.per_node.get(n).copied().unwrap_or(0);
+    assert!(on("n1") > 0 && on("n2") > 0, "{:?}", r.calls.per_node);
+    // Every receiving endpoint recorded its longest silence; audio frames come every 20 ms,
+    // so the survivors' gaps are short and the killed node's calls went silent for seconds.
+    assert_eq!(
+        r.media_gap.count,
+        2 * r.calls.established,
+        "{:?}",
+        r.media_gap
+    );
+    let gaps = r.media_gap.hist().unwrap();
+    let survivors = on("n2") as f64 / r.calls.established as f64;
+    let (low, high) = (survivors * 0.9, 1.0 - (1.0 - survivors) * 0.9);
+    assert!(gaps.quantile_us(low) < 500_000, "{:?}", r.media_gap);
+    assert!(gaps.quantile_us(high) > 1_000_000, "{:?}", r.media_gap);
+}
