@@ -104,6 +104,7 @@ pub struct RelayProcessBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     data_dir: Option<PathBuf>,
+    nofile: Option<u64>,
     place: Place,
 }
 
@@ -149,6 +150,13 @@ impl RelayProcessBuilder {
         self
     }
 
+    /// The child's file-descriptor limit (`RLIMIT_NOFILE`, soft and hard), as a tight
+    /// `LimitNOFILE=` would set it.
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
     /// Runs the relay inside network namespace `name` (`ip netns exec`), listening on `ip`
     /// (an address of that namespace, e.g. [`crate::netns::NetnsLink::inner_ip`]).
     pub fn in_netns(mut self, name: &str, ip: IpAddr) -> Self {
@@ -175,6 +183,7 @@ impl RelayProcessBuilder {
             data_dir,
             args: self.args,
             envs: self.envs,
+            nofile: self.nofile,
             place: self.place,
             listen: None,
             banner: String::new(),
@@ -193,6 +202,7 @@ pub struct RelayProcess {
     data_dir: PathBuf,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    nofile: Option<u64>,
     place: Place,
     /// Set once started: restarts listen here again.
     listen: Option<BannerAddrs>,
@@ -242,6 +252,23 @@ impl RelayProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(limit) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = cmd.spawn().context("spawning duet-relay serve")?;
         let (lines_tx, lines) = mpsc::channel();
         let out = child.stdout.take().context("no stdout pipe")?;
@@ -355,6 +382,11 @@ impl RelayProcess {
     /// Sends SIGTERM (the relay drains, then exits); does not wait.
     pub fn sigterm(&self) -> Result<()> {
         self.signal(libc::SIGTERM)
+    }
+
+    /// Sends SIGHUP (the relay reloads its TLS certificate); does not wait.
+    pub fn sighup(&self) -> Result<()> {
+        self.signal(libc::SIGHUP)
     }
 
     /// SIGKILL (a crash) and reaps the child; its ports are free when this returns.
