@@ -20,9 +20,12 @@ fn two_nodes(dir: &std::path::Path) -> (RelayProcess, RelayProcess) {
     for f in ["token-signing-key", "token-key.pub", "cert.pem", "key.pem"] {
         std::fs::copy(dir.join("n1").join(f), second_dir.join(f)).unwrap();
     }
+    // n2 takes drain requests on its ops listener with this bearer token.
+    std::fs::write(dir.join("ops-token"), "chaos-ops-token-0123456789\n").unwrap();
     let second = RelayProcess::builder()
         .data_dir(second_dir)
-        .args(["--node-id", "n2"])
+        .args(["--node-id", "n2", "--ops-token-file"])
+        .arg(dir.join("ops-token"))
         .start()
         .unwrap();
     (first, second)
@@ -47,6 +50,10 @@ fn a_relay_killed_mid_run_is_reported_with_the_media_gap_it_caused() {
         .arg(n1.data_dir().join("token-signing-key"))
         .arg("--chaos")
         .arg(format!("kill:{}@2s", n1.pid()))
+        .arg("--chaos")
+        .arg(format!("drain:{}@3s", n2.ops_addr()))
+        .arg("--ops-token-file")
+        .arg(dir.path().join("ops-token"))
         .arg("--report")
         .arg(&report)
         .output()
@@ -56,10 +63,24 @@ fn a_relay_killed_mid_run_is_reported_with_the_media_gap_it_caused() {
         &std::fs::read_to_string(&report).unwrap_or_else(|e| panic!("no report ({e}): {stderr}")),
     )
     .unwrap();
-    assert_eq!(r.chaos.len(), 1, "{:?}", r.chaos);
-    let ev = &r.chaos[0];
-    assert!(ev.ok, "{ev:?}");
-    assert!(ev.spec.starts_with("kill:") && ev.at_s >= 2.0, "{ev:?}");
+    assert_eq!(r.chaos.len(), 2, "{:?}", r.chaos);
+    let (kill, drain) = (&r.chaos[0], &r.chaos[1]);
+    assert!(
+        kill.ok && kill.spec.starts_with("kill:") && kill.at_s >= 2.0,
+        "{kill:?}"
+    );
+    assert!(
+        drain.ok && drain.spec.starts_with("drain:") && drain.at_s >= 3.0,
+        "{drain:?}"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, _) = rt
+        .block_on(duet_testkit::http_get(n2.ops_addr(), "/readyz"))
+        .unwrap();
+    assert_eq!(status, 503, "a drained node is not ready");
     let on = |n: &str| r.calls.per_node.get(n).copied().unwrap_or(0);
     assert!(on("n1") > 0 && on("n2") > 0, "{:?}", r.calls.per_node);
     // Every receiving endpoint recorded its longest silence; audio frames come every 20 ms,
