@@ -5,37 +5,14 @@
 mod common;
 
 use duet_loadtest::report::Report;
-use duet_testkit::{RelayProcess, RelayUnderTest};
-
-/// Two relay processes that trust one token key and share one certificate (so one `--cert`
-/// and one `--token-key-file` serve both), node ids `n1` and `n2`.
-fn two_nodes(dir: &std::path::Path) -> (RelayProcess, RelayProcess) {
-    let first = RelayProcess::builder()
-        .data_dir(dir.join("n1"))
-        .args(["--node-id", "n1"])
-        .start()
-        .unwrap();
-    let second_dir = dir.join("n2");
-    std::fs::create_dir_all(&second_dir).unwrap();
-    for f in ["token-signing-key", "token-key.pub", "cert.pem", "key.pem"] {
-        std::fs::copy(dir.join("n1").join(f), second_dir.join(f)).unwrap();
-    }
-    // n2 takes drain requests on its ops listener with this bearer token.
-    std::fs::write(dir.join("ops-token"), "chaos-ops-token-0123456789\n").unwrap();
-    let second = RelayProcess::builder()
-        .data_dir(second_dir)
-        .args(["--node-id", "n2", "--ops-token-file"])
-        .arg(dir.join("ops-token"))
-        .start()
-        .unwrap();
-    (first, second)
-}
+use duet_testkit::fleet::Fleet;
+use duet_testkit::RelayUnderTest;
 
 #[test]
 fn a_relay_killed_mid_run_is_reported_with_the_media_gap_it_caused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (n1, n2) = two_nodes(dir.path());
-    let report = dir.path().join("r.json");
+    let fleet = Fleet::start(2, |b| b).unwrap();
+    let (n1, n2) = (&fleet.nodes[0], &fleet.nodes[1]);
+    let report = fleet.dir().join("r.json");
     let out = common::bin()
         .args(["--calls", "8", "--duration", "5s", "--profile", "audio"])
         .args(["--ramp", "100/s", "--run-id", "chaos1", "--progress", "off"])
@@ -53,7 +30,7 @@ fn a_relay_killed_mid_run_is_reported_with_the_media_gap_it_caused() {
         .arg("--chaos")
         .arg(format!("drain:{}@3s", n2.ops_addr()))
         .arg("--ops-token-file")
-        .arg(dir.path().join("ops-token"))
+        .arg(fleet.ops_token_file())
         .arg("--report")
         .arg(&report)
         .output()
