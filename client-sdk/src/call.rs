@@ -1,25 +1,22 @@
-//! A joined call: events, signals, feature requests and media over one QUIC connection
-//! (and, when bound, the relay's raw-UDP fast path).
+//! A joined call: the tokio driver around one [`Engine`], over one QUIC connection at a
+//! time (and, when bound, the relay's raw-UDP fast path).
 //!
-//! Two background tasks drive it: one reads the control stream and dispatches what the
-//! relay says, one reads datagrams (QUIC, and the fast-path socket) and reassembles frames.
-//! With the fast path on, a third, in [`crate::fastpath`], binds it. The app's calls
-//! (`send_media`, `recv_media`, `send_signal`, ...) only touch channels, the connection and
-//! the fast-path socket.
+//! The engine (sans-IO, [`crate::engine`]) owns everything that survives a connection:
+//! keys, epochs, counters, reassembly, held frames, events. This module owns the
+//! *link* (a connection, its control stream, its fast path and the tasks that read them)
+//! and moves bytes and timers between the link and the engine. [`Call::resume`] and
+//! [`Call::migrate`] attach a new link to the same engine; the old link's tasks end and its
+//! connection closes.
 //!
-//! On an end-to-end encrypted call (`Client::join_e2ee`) `send_media` seals each whole
-//! frame once with the call's [`FrameSealer`] and then splits it; the media task opens each
-//! reassembled frame with the [`FrameOpener`] and drops (and counts) any that fail. Without
-//! keys (plain `join`) frames are carried as given.
-//!
-//! Frames that arrive before this side holds its opener (slot A: the peer may send its
-//! first frames before A has processed `Finished`) are buffered, up to
-//! [`MAX_FRAMES_BEFORE_KEYS`], and opened once the keys are in; beyond that the oldest are
-//! dropped and counted in [`E2eeStats::dropped_before_keys`].
+//! Two tasks per link: one reads the control stream and dispatches what the relay says,
+//! one reads datagrams (QUIC, and the fast-path socket) and runs the engine's timers. With
+//! the fast path on, a third, in [`crate::fastpath`], binds it. The app's calls
+//! (`send_media`, `recv_media`, `send_signal`, ...) lock the engine only to seal or to
+//! take what it produced.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,117 +24,24 @@ use bytes::{Bytes, BytesMut};
 use duet_proto::control::encode;
 use duet_proto::fastpath::{FastPathHeader, PacketType};
 use duet_proto::{
-    ClientMessage, E2eeClaim, EndReason, FastPathOffer, Feature, FrameDecoder, Joined, Limits,
-    MediaKind, PeerLeftReason, RefusalReason, RelayMessage, SessionId, Slot,
+    ClientMessage, FastPathOffer, Feature, FrameDecoder, Joined, Limits, MediaKind, NodeId,
+    RefusalReason, RelayMessage, SessionId, Slot,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
-use crate::client::ResumeTicket;
-use crate::e2ee::{
-    Established, FrameOpener, FrameSealer, IdentityCheck, PeerIdentity, RecvStats, SecurityCode,
-};
-use crate::error::SdkError;
+use crate::client::{Client, ResumeTicket};
+use crate::e2ee::{Established, IdentityCheck, PeerIdentity, SecurityCode};
+use crate::engine::{Engine, SignalUse};
+use crate::error::{ResumeError, SdkError};
 use crate::fastpath::{self, BindConfig, FastLink, FastPathMode, GenSocket, Transport};
-use crate::fragment::{Fragmenter, MediaFrame, Reassembler};
+use crate::fragment::MediaFrame;
 use crate::options::ConnectOptions;
 
-/// What happened in the call, in the order the relay said it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    PeerJoined,
-    PeerLeft(PeerLeftReason),
-    /// The peer's connection dropped or moved; its place is kept for it.
-    PeerReconnecting,
-    /// The peer is back; the call carries on.
-    PeerResumed,
-    /// The peer cannot use E2EE for this call; the app may fall back to its ordinary path.
-    PeerE2eeUnavailable(E2eeClaim),
-    /// The relay dropped one of this endpoint's messages.
-    Dropped(RefusalReason),
-    SessionEnded(EndReason),
-    /// The connection closed; the text says why.
-    Disconnected(String),
-    /// The keys are agreed: the call is end-to-end encrypted from here on. The first event
-    /// an app sees on a call from `Client::join_e2ee`.
-    E2eeEstablished {
-        code: SecurityCode,
-        identity_check: IdentityCheck,
-    },
-    /// The peer's long-term identity key differs from the one pinned in
-    /// `CallOptions::pinned_peer`: ask the user to compare the security code again.
-    PeerIdentityChanged {
-        peer: PeerIdentity,
-    },
-    /// Media keys rolled over to a new epoch: `by_peer` for the peer's sending keys (seen on
-    /// its first frame of the new epoch), otherwise this side's (on demand or on schedule).
-    Rekeyed {
-        by_peer: bool,
-        epoch: u64,
-    },
-    /// The relay confirmed the fast-path binding (it saw this endpoint at `addr`): media is
-    /// now sent over raw UDP. Also after a rebind, or when a NAT moved the binding.
-    FastPathBound {
-        addr: SocketAddr,
-    },
-    /// Media stays on (or went back to) QUIC datagrams: the bind was not confirmed in time,
-    /// the fast-path socket failed (UDP blocked, port closed) or the relay offers none. The
-    /// call carries on.
-    FastPathFallback {
-        reason: String,
-    },
-}
-
-/// Frames kept while waiting for the keys (see the module docs).
-pub const MAX_FRAMES_BEFORE_KEYS: usize = 64;
-
-/// End-to-end encryption counters of one call. Rejected frames are never delivered.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct E2eeStats {
-    pub frames_sealed: u64,
-    pub frames_opened: u64,
-    /// This side's epochs started after the first (on demand or on schedule).
-    pub rekeys_sent: u64,
-    /// The peer's new epochs seen.
-    pub rekeys_received: u64,
-    /// Failed authentication: flipped bits, forged frames, wrong key.
-    pub rejected_tampered: u64,
-    /// Already seen, or older than the replay window.
-    pub rejected_replayed: u64,
-    /// An epoch older than the current one, past its grace period.
-    pub rejected_stale_epoch: u64,
-    /// A KID that is not the peer's direction, or too far ahead.
-    pub rejected_unknown_kid: u64,
-    /// Not an SFrame frame at all.
-    pub rejected_malformed: u64,
-    /// Frames that arrived before the keys and were opened once they were in.
-    pub buffered_before_keys: u64,
-    /// Frames that arrived before the keys and were dropped (buffer full).
-    pub dropped_before_keys: u64,
-}
-
-impl E2eeStats {
-    /// Every frame dropped by the E2EE layer.
-    pub fn rejected(&self) -> u64 {
-        self.rejected_tampered
-            + self.rejected_replayed
-            + self.rejected_stale_epoch
-            + self.rejected_unknown_kid
-            + self.rejected_malformed
-            + self.dropped_before_keys
-    }
-}
-
-/// The sending half of an established E2EE call, and what the handshake proved.
-struct E2eeSend {
-    sealer: Mutex<FrameSealer>,
-    code: SecurityCode,
-    peer: PeerIdentity,
-    identity_check: IdentityCheck,
-}
+pub use crate::engine::{E2eeStats, Event, MAX_FRAMES_BEFORE_KEYS};
 
 /// Counters of one call, monotonically increasing. Datagram counts cover both transports;
-/// the `fast_path_` ones are the part that went over the raw-UDP fast path.
+/// the `fast_path_` ones are the part that went over the raw-UDP fast path (current link).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CallStats {
     pub frames_sent: u64,
@@ -164,8 +68,6 @@ struct Counters {
     datagrams_sent: AtomicU64,
     frames_received: AtomicU64,
     datagrams_received: AtomicU64,
-    incomplete_frames_dropped: AtomicU64,
-    malformed_datagrams: AtomicU64,
     signals_sent: AtomicU64,
     signals_received: AtomicU64,
 }
@@ -177,49 +79,50 @@ struct Waiters {
     pings: HashMap<u64, oneshot::Sender<()>>,
 }
 
-pub(crate) struct Shared {
-    conn: quinn::Connection,
-    control_send: tokio::sync::Mutex<quinn::SendStream>,
-    /// The fast path, when `FastPathMode::Prefer` and the relay offered one.
-    fast: Option<Arc<FastLink>>,
+/// What a call keeps whatever link carries it.
+pub(crate) struct Core {
+    engine: Mutex<Engine>,
+    /// An event was queued in the engine.
+    events_ready: Notify,
+    /// The engine's next deadline may have moved.
+    wake: Notify,
     counters: Counters,
     waiters: Mutex<Waiters>,
-    recv_e2ee: Mutex<RecvStats>,
-    buffered_before_keys: AtomicU64,
-    dropped_before_keys: AtomicU64,
     /// Copies of every received datagram, before reassembly and opening (`tap_raw`).
     tap: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
-    tapping: std::sync::atomic::AtomicBool,
-    /// Fast-path events held back while an E2EE call waits for its keys, so that
-    /// `E2eeEstablished` stays the call's first event; `None` once they flow.
-    fast_events: Mutex<Option<Vec<Event>>>,
-    events: mpsc::Sender<Event>,
+    tapping: AtomicBool,
+    media_tx: mpsc::Sender<MediaFrame>,
+    signal_tx: mpsc::Sender<Bytes>,
 }
 
-impl Shared {
-    /// Queues a fast-path event (never blocks: `Call::transport` is the state, events tell
-    /// of changes).
-    pub(crate) fn emit_fast_event(&self, ev: Event) {
-        if let Ok(mut gate) = self.fast_events.lock() {
-            if let Some(held) = gate.as_mut() {
-                held.push(ev);
-                return;
+/// What one engine step produced for the driver to move.
+#[derive(Default)]
+struct Out {
+    frames: Vec<MediaFrame>,
+    signals: Vec<Bytes>,
+}
+
+impl Core {
+    /// Runs `f` on the engine and collects its outputs (frames, signals); wakes event
+    /// readers and the timer.
+    fn step<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<(R, Out), SdkError> {
+        let mut out = Out::default();
+        let (r, events) = {
+            let mut e = self.engine.lock().map_err(|_| SdkError::Closed)?;
+            let r = f(&mut e);
+            while let Some(fr) = e.poll_frame() {
+                out.frames.push(fr);
             }
+            while let Some(s) = e.poll_transmit() {
+                out.signals.push(s);
+            }
+            (r, e.has_events())
+        };
+        if events {
+            self.events_ready.notify_one();
         }
-        if self.events.try_send(ev).is_err() {
-            tracing::debug!("event queue full; a fast-path event was dropped");
-        }
-    }
-
-    /// Resolves once the QUIC connection is closed.
-    pub(crate) async fn closed(&self) {
-        self.conn.closed().await;
-    }
-
-    pub(crate) async fn send_control(&self, msg: &ClientMessage) -> Result<(), SdkError> {
-        let frame = encode(msg)?;
-        self.control_send.lock().await.write_all(&frame).await?;
-        Ok(())
+        self.wake.notify_one();
+        Ok((r, out))
     }
 
     fn tap(&self, datagram: &Bytes) {
@@ -233,237 +136,201 @@ impl Shared {
     }
 }
 
+/// One link: a QUIC connection to a relay node and its control stream.
+pub(crate) struct Shared {
+    conn: quinn::Connection,
+    control_send: tokio::sync::Mutex<quinn::SendStream>,
+    /// The fast path, when `FastPathMode::Prefer` and the relay offered one.
+    fast: Option<Arc<FastLink>>,
+    core: Arc<Core>,
+}
+
+impl Shared {
+    /// Queues a fast-path event (never blocks: `Call::transport` is the state, events tell
+    /// of changes).
+    pub(crate) fn emit_fast_event(&self, ev: Event) {
+        let _ = self.core.step(|e| e.push_fast_event(ev));
+    }
+
+    /// Resolves once the QUIC connection is closed.
+    pub(crate) async fn closed(&self) {
+        self.conn.closed().await;
+    }
+
+    pub(crate) async fn send_control(&self, msg: &ClientMessage) -> Result<(), SdkError> {
+        let frame = encode(msg)?;
+        self.control_send.lock().await.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// Moves what an engine step produced; `false` once the app stopped taking frames.
+    async fn deliver(&self, out: Out) -> bool {
+        for s in out.signals {
+            if let Err(e) = self.send_control(&ClientMessage::Signal(s)).await {
+                tracing::debug!(error = %e, "could not send an engine signal");
+            }
+        }
+        for f in out.frames {
+            if self.core.media_tx.send(f).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A link and what runs on it; dropping it ends its tasks and closes its connection.
+struct Link {
+    shared: Arc<Shared>,
+    joined: Joined,
+    /// The node this link is on (from the token's list), when known.
+    node: Option<NodeId>,
+    // Kept so the socket lives as long as the link.
+    _endpoint: quinn::Endpoint,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.shared.conn.close(0u32.into(), b"link replaced");
+    }
+}
+
+/// How to reach the relay again: for `resume` and `migrate`.
+#[derive(Clone)]
+pub(crate) struct Dial {
+    pub relay: SocketAddr,
+    pub token: String,
+    pub opts: ConnectOptions,
+}
+
+/// A freshly joined link, before it is attached to a call.
+pub(crate) struct Joining {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    pub streams: (quinn::SendStream, quinn::RecvStream, FrameDecoder),
+    pub joined: Joined,
+}
+
 /// A joined call. Dropping it closes the connection without `Leave`, which the relay
 /// treats as a lost connection (the place is kept for `resume`).
 pub struct Call {
-    shared: Arc<Shared>,
-    // Kept so the socket lives as long as the call.
-    _endpoint: quinn::Endpoint,
-    joined: Joined,
-    fragmenter: Mutex<Fragmenter>,
-    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
+    core: Arc<Core>,
+    link: Mutex<Arc<Link>>,
+    /// Serialises resumes and moves.
+    reattach: tokio::sync::Mutex<()>,
+    dial: Mutex<Dial>,
+    event_reader: tokio::sync::Mutex<()>,
     signals: tokio::sync::Mutex<mpsc::Receiver<Bytes>>,
     media: tokio::sync::Mutex<mpsc::Receiver<MediaFrame>>,
     next_ping: AtomicU64,
     request_timeout: Duration,
-    tasks: Vec<JoinHandle<()>>,
-    event_tx: mpsc::Sender<Event>,
-    /// Whether media must be sealed (a call from `join_e2ee`): then no media moves until
-    /// `e2ee` is set.
-    e2ee_required: bool,
-    e2ee: std::sync::OnceLock<E2eeSend>,
-    opener_tx: Mutex<Option<oneshot::Sender<FrameOpener>>>,
 }
 
 impl Call {
-    pub(crate) fn start(
-        endpoint: quinn::Endpoint,
-        conn: quinn::Connection,
-        (send, recv, decoder): (quinn::SendStream, quinn::RecvStream, FrameDecoder),
-        joined: Joined,
-        opts: &ConnectOptions,
-        e2ee_required: bool,
-    ) -> Call {
-        let (event_tx, event_rx) = mpsc::channel(256);
-        let prefer = opts.fast_path == FastPathMode::Prefer;
-        let (fast, fast_inputs) = match joined.fast_path.as_ref().filter(|_| prefer) {
-            Some(offer) => {
-                let (link, rx) = FastLink::new(offer.channel);
-                (Some(link), Some(rx))
-            }
-            None => (None, None),
-        };
-        let target = joined
-            .fast_path
-            .as_ref()
-            .map(|o| o.target(conn.remote_address()));
-        let shared = Arc::new(Shared {
-            conn,
-            control_send: tokio::sync::Mutex::new(send),
-            fast,
-            counters: Counters::default(),
-            waiters: Mutex::new(Waiters::default()),
-            recv_e2ee: Mutex::new(RecvStats::default()),
-            buffered_before_keys: AtomicU64::new(0),
-            dropped_before_keys: AtomicU64::new(0),
-            tap: Mutex::new(None),
-            tapping: std::sync::atomic::AtomicBool::new(false),
-            fast_events: Mutex::new(e2ee_required.then(Vec::new)),
-            events: event_tx.clone(),
-        });
+    pub(crate) fn start(j: Joining, dial: Dial, engine: Engine) -> Call {
         let (signal_tx, signal_rx) = mpsc::channel(256);
         let (media_tx, media_rx) = mpsc::channel(1024);
-        let (opener_tx, opener_rx) = if e2ee_required {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let control = tokio::spawn(control_task(
-            shared.clone(),
-            recv,
-            decoder,
-            event_tx.clone(),
-            signal_tx,
-        ));
-        let media = tokio::spawn(media_task(
-            shared.clone(),
+        let core = Arc::new(Core {
+            engine: Mutex::new(engine),
+            events_ready: Notify::new(),
+            wake: Notify::new(),
+            counters: Counters::default(),
+            waiters: Mutex::new(Waiters::default()),
+            tap: Mutex::new(None),
+            tapping: AtomicBool::new(false),
             media_tx,
-            opts.reassembly_timeout,
-            opener_rx,
-            event_tx.clone(),
-        ));
-        let mut tasks = vec![control, media];
-        match (shared.fast.clone(), fast_inputs, &joined.fast_path, target) {
-            (Some(link), Some(inputs), Some(offer), Some(target)) => {
-                tasks.push(tokio::spawn(
-                    fastpath::Driver {
-                        shared: shared.clone(),
-                        link,
-                        inputs,
-                        offer: offer.clone(),
-                        target,
-                        cfg: BindConfig {
-                            bind_timeout: opts.fast_path_bind_timeout,
-                            refresh: opts.fast_path_refresh,
-                            ticket_timeout: opts.join_timeout,
-                        },
-                    }
-                    .run(),
-                ));
-            }
-            _ if prefer => shared.emit_fast_event(Event::FastPathFallback {
-                reason: "the relay offers no fast path".into(),
-            }),
-            _ => {}
-        }
+            signal_tx,
+        });
+        let node = node_of(&dial);
+        let link = attach(core.clone(), j, &dial.opts, node);
         Call {
-            shared,
-            _endpoint: endpoint,
-            joined,
-            fragmenter: Mutex::new(Fragmenter::default()),
-            events: tokio::sync::Mutex::new(event_rx),
+            core,
+            link: Mutex::new(Arc::new(link)),
+            reattach: tokio::sync::Mutex::new(()),
+            request_timeout: dial.opts.join_timeout,
+            dial: Mutex::new(dial),
+            event_reader: tokio::sync::Mutex::new(()),
             signals: tokio::sync::Mutex::new(signal_rx),
             media: tokio::sync::Mutex::new(media_rx),
             next_ping: AtomicU64::new(1),
-            request_timeout: opts.join_timeout,
-            tasks,
-            event_tx,
-            e2ee_required,
-            e2ee: std::sync::OnceLock::new(),
-            opener_tx: Mutex::new(opener_tx),
         }
     }
 
-    /// Installs the agreed keys: the opener goes to the media task, the sealer to
-    /// `send_media`. Emits `E2eeEstablished` (and `PeerIdentityChanged` when it did).
-    pub(crate) fn install_e2ee(&self, est: Established) -> Result<(), SdkError> {
-        let Established {
-            code,
-            peer,
-            identity_check,
-            sealer,
-            opener,
-            ..
-        } = est;
-        let tx = self
-            .opener_tx
-            .lock()
-            .map_err(|_| SdkError::Closed)?
-            .take()
-            .ok_or(SdkError::Closed)?;
-        tx.send(opener).map_err(|_| SdkError::Closed)?;
-        // Under the gate's lock, so no fast-path event slips in before these.
-        let mut gate = self.shared.fast_events.lock().ok();
-        let _ = self.event_tx.try_send(Event::E2eeEstablished {
-            code: code.clone(),
-            identity_check,
-        });
-        if identity_check == IdentityCheck::Changed {
-            let _ = self.event_tx.try_send(Event::PeerIdentityChanged { peer });
+    fn link(&self) -> Arc<Link> {
+        match self.link.lock() {
+            Ok(l) => l.clone(),
+            Err(p) => p.into_inner().clone(),
         }
-        if let Some(held) = gate.as_mut().and_then(|g| g.take()) {
-            for ev in held {
-                let _ = self.event_tx.try_send(ev);
-            }
-        }
-        drop(gate);
-        self.e2ee
-            .set(E2eeSend {
-                sealer: Mutex::new(sealer),
-                code,
-                peer,
-                identity_check,
-            })
-            .map_err(|_| SdkError::Protocol("keys installed twice".into()))
     }
 
-    /// The locked event and signal receivers, for the E2EE handshake driver.
-    pub(crate) async fn handshake_channels(
-        &self,
-    ) -> (
-        tokio::sync::MutexGuard<'_, mpsc::Receiver<Event>>,
-        tokio::sync::MutexGuard<'_, mpsc::Receiver<Bytes>>,
-    ) {
-        (self.events.lock().await, self.signals.lock().await)
+    fn shared(&self) -> Arc<Shared> {
+        self.link().shared.clone()
+    }
+
+    fn with_engine<R>(&self, f: impl FnOnce(&Engine) -> R) -> Option<R> {
+        self.core.engine.lock().ok().map(|e| f(&e))
+    }
+
+    /// Installs the agreed keys (`E2eeEstablished` first, then what waited for it).
+    pub(crate) async fn install_e2ee(&self, est: Established) -> Result<(), SdkError> {
+        let (r, out) = self.core.step(|e| e.install(Instant::now(), est))?;
+        r?;
+        self.shared().deliver(out).await;
+        Ok(())
     }
 
     /// Whether this call is end-to-end encrypted (keys agreed).
     pub fn is_e2ee(&self) -> bool {
-        self.e2ee.get().is_some()
+        self.with_engine(|e| e.is_e2ee()).unwrap_or(false)
+    }
+
+    /// Whether received media waits for a key confirmation (after a resume or a move).
+    pub fn is_confirming(&self) -> bool {
+        self.with_engine(|e| e.is_confirming()).unwrap_or(false)
     }
 
     /// The security code both users compare (read aloud, four groups of five digits):
     /// equal on both sides exactly when no one sits in the middle. `None` on a plain call.
-    pub fn security_code(&self) -> Option<&SecurityCode> {
-        self.e2ee.get().map(|e| &e.code)
+    /// The same for the whole call, across resumes and moves.
+    pub fn security_code(&self) -> Option<SecurityCode> {
+        self.with_engine(|e| e.verdict().map(|v| v.code.clone()))
+            .flatten()
     }
 
     /// The peer's long-term identity fingerprint: pin it (`CallOptions::pinned_peer`) once
     /// the users compared the code, so a changed key is reported next time.
     pub fn peer_identity(&self) -> Option<PeerIdentity> {
-        self.e2ee.get().map(|e| e.peer)
+        self.with_engine(|e| e.verdict().map(|v| v.peer)).flatten()
     }
 
-    /// The peer's identity against the pin given in `CallOptions::pinned_peer`.
+    /// The peer's user id as its signed token says, bound into the transcript: show it
+    /// next to the code.
+    pub fn peer_user(&self) -> Option<duet_proto::UserId> {
+        self.with_engine(|e| e.verdict().and_then(|v| v.peer_user.clone()))
+            .flatten()
+    }
+
+    /// The peer's identity against the pin given in `CallOptions::pinned_peer` (kept for
+    /// the call's life; `Changed` only under `IdentityPolicy::Warn`).
     pub fn identity_check(&self) -> Option<IdentityCheck> {
-        self.e2ee.get().map(|e| e.identity_check)
+        self.with_engine(|e| e.verdict().map(|v| v.identity_check))
+            .flatten()
     }
 
     /// Starts a new sending epoch now (new key, new KID). Frames of the old epoch still in
     /// flight are accepted by the peer during a grace period. Returns the new epoch.
     pub fn rekey(&self) -> Result<u64, SdkError> {
-        let e = self.e2ee.get().ok_or(SdkError::E2eeNotEstablished)?;
-        let epoch = e
-            .sealer
-            .lock()
-            .map_err(|_| SdkError::Closed)?
-            .rekey(Instant::now())?;
-        let _ = self.event_tx.try_send(Event::Rekeyed {
-            by_peer: false,
-            epoch,
-        });
-        Ok(epoch)
+        let (r, _) = self.core.step(|e| e.rekey(Instant::now()))?;
+        r
     }
 
     /// E2EE counters; `None` on a plain call.
     pub fn e2ee_stats(&self) -> Option<E2eeStats> {
-        let e = self.e2ee.get()?;
-        let send = e.sealer.lock().ok()?.stats();
-        let recv = *self.shared.recv_e2ee.lock().ok()?;
-        Some(E2eeStats {
-            frames_sealed: send.frames_sealed,
-            frames_opened: recv.frames_opened,
-            rekeys_sent: send.rekeys,
-            rekeys_received: recv.rekeys,
-            rejected_tampered: recv.auth_failed,
-            rejected_replayed: recv.replayed,
-            rejected_stale_epoch: recv.stale_epoch,
-            rejected_unknown_kid: recv.unknown_kid,
-            rejected_malformed: recv.malformed,
-            buffered_before_keys: self.shared.buffered_before_keys.load(Relaxed),
-            dropped_before_keys: self.shared.dropped_before_keys.load(Relaxed),
-        })
+        self.with_engine(|e| e.e2ee_stats()).flatten()
     }
 
     /// Copies of every datagram this endpoint receives from now on, exactly as the relay
@@ -472,66 +339,78 @@ impl Call {
     /// media-datagram form (`MediaHeader | body`, the body unchanged), so there is one format.
     pub fn tap_raw(&self) -> mpsc::UnboundedReceiver<Bytes> {
         let (tx, rx) = mpsc::unbounded_channel();
-        if let Ok(mut t) = self.shared.tap.lock() {
+        if let Ok(mut t) = self.core.tap.lock() {
             *t = Some(tx);
         }
-        self.shared
+        self.core
             .tapping
             .store(true, std::sync::atomic::Ordering::Release);
         rx
     }
 
-    pub fn session(&self) -> &SessionId {
-        &self.joined.session
+    /// The session the app joined (checked against what the relay answered).
+    pub fn session(&self) -> SessionId {
+        self.with_engine(|e| e.session().clone())
+            .unwrap_or_else(|| self.link().joined.session.clone())
     }
 
     pub fn slot(&self) -> Slot {
-        self.joined.slot
+        self.link().joined.slot
     }
 
-    /// Whether the other endpoint was already in the session when this one joined.
+    /// Whether the other endpoint was already in the session when this link joined.
     pub fn peer_present_at_join(&self) -> bool {
-        self.joined.peer_present
+        self.link().joined.peer_present
     }
 
-    /// Whether this call took back an earlier connection's place.
+    /// Whether the current link took back an earlier connection's place.
     pub fn resumed(&self) -> bool {
-        self.joined.resumed
+        self.link().joined.resumed
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.joined.limits
+    pub fn limits(&self) -> Limits {
+        self.link().joined.limits.clone()
     }
 
-    /// What this device needs to resume the call on a new connection.
+    /// The relay node the call is on now, when the token lists nodes.
+    pub fn node(&self) -> Option<NodeId> {
+        self.link().node.clone()
+    }
+
+    /// What this device needs to resume the call on a new connection. An E2EE call's
+    /// ticket is marked so: it resumes only through [`Call::resume`] (which keeps the keys),
+    /// never through `Client::resume`.
     pub fn resume_ticket(&self) -> ResumeTicket {
+        let link = self.link();
         ResumeTicket {
-            session: self.joined.session.clone(),
-            secret: self.joined.resume.clone(),
+            session: self.session(),
+            secret: link.joined.resume.clone(),
+            e2ee: self.with_engine(|e| e.is_e2ee_session()).unwrap_or(true),
         }
     }
 
-    pub fn connection(&self) -> &quinn::Connection {
-        &self.shared.conn
+    pub fn connection(&self) -> quinn::Connection {
+        self.shared().conn.clone()
     }
 
     /// What this endpoint's media is being sent on now.
     pub fn transport(&self) -> Transport {
-        self.shared
+        self.shared()
             .fast
             .as_ref()
             .map_or(Transport::Quic, |f| f.transport())
     }
 
-    /// The fast-path offer the relay made in `Joined` (whatever the `FastPathMode`), for
-    /// tools that drive raw UDP themselves. Fresh tickets from refreshes are not reflected.
-    pub fn fast_path_offer(&self) -> Option<&FastPathOffer> {
-        self.joined.fast_path.as_ref()
+    /// The fast-path offer the relay made in the current link's `Joined` (whatever the
+    /// `FastPathMode`), for tools that drive raw UDP themselves. Fresh tickets from
+    /// refreshes are not reflected.
+    pub fn fast_path_offer(&self) -> Option<FastPathOffer> {
+        self.link().joined.fast_path.clone()
     }
 
     /// The local address of the current fast-path socket, when the fast path is on.
     pub fn fast_path_local_addr(&self) -> Option<SocketAddr> {
-        self.shared.fast.as_ref()?.local_addr()
+        self.shared().fast.as_ref()?.local_addr()
     }
 
     /// For a network change the app learned about: opens a new fast-path socket (a new
@@ -543,7 +422,8 @@ impl Call {
     /// ticket or the confirmation did not come in time. Media stays on QUIC then; the call
     /// carries on.
     pub async fn rebind_fast_path(&self) -> Result<SocketAddr, SdkError> {
-        let link = self.shared.fast.as_ref().ok_or_else(|| {
+        let shared = self.shared();
+        let link = shared.fast.as_ref().ok_or_else(|| {
             SdkError::FastPathUnavailable("the fast path is not in use on this call".into())
         })?;
         let (tx, rx) = oneshot::channel();
@@ -551,64 +431,44 @@ impl Call {
         rx.await.map_err(|_| SdkError::Closed)?
     }
 
-    /// The next event, or `None` once the call is over and every event was taken.
+    /// The next event. Events live in the engine, so none is lost across a resume; the
+    /// security verdicts are never shed (see [`crate::engine::events`]).
     pub async fn next_event(&self) -> Option<Event> {
-        self.events.lock().await.recv().await
+        let _reader = self.event_reader.lock().await;
+        loop {
+            let ready = self.core.events_ready.notified();
+            if let Some(ev) = self
+                .core
+                .engine
+                .lock()
+                .ok()
+                .and_then(|mut e| e.poll_event())
+            {
+                return Some(ev);
+            }
+            ready.await;
+        }
     }
 
     /// Sends one media frame (up to 1 MiB, less the SFrame overhead on an E2EE call),
     /// split into datagrams that fit the path now. On an E2EE call the whole frame is
     /// sealed once first; the relay sees its kind, size and timing, not its content.
     pub async fn send_media(&self, kind: MediaKind, frame: &[u8]) -> Result<(), SdkError> {
-        let conn = &self.shared.conn;
+        let shared = self.shared();
+        let conn = &shared.conn;
         let max = conn
             .max_datagram_size()
             .ok_or(SdkError::DatagramsUnsupported)?;
-        let sealed;
-        let frame = if self.e2ee_required {
-            let e = self.e2ee.get().ok_or(SdkError::E2eeNotEstablished)?;
-            let mut out = Vec::with_capacity(frame.len() + 64);
-            let (before, after) = {
-                let mut sealer = e.sealer.lock().map_err(|_| SdkError::Closed)?;
-                let before = sealer.epoch();
-                (
-                    before,
-                    // The kind is authenticated (SFrame metadata) so a relay cannot
-                    // relabel audio as video or the like.
-                    sealer.seal_with_metadata_into(
-                        Instant::now(),
-                        &[kind as u8],
-                        frame,
-                        &mut out,
-                    )?,
-                )
-            };
-            if after != before {
-                let _ = self.event_tx.try_send(Event::Rekeyed {
-                    by_peer: false,
-                    epoch: after,
-                });
-            }
-            sealed = out;
-            &sealed[..]
-        } else {
-            frame
-        };
-        let c = &self.shared.counters;
-        let fast = self
-            .shared
-            .fast
-            .as_ref()
-            .and_then(|f| Some((f, f.sender()?)));
+        let c = &self.core.counters;
+        let fast = shared.fast.as_ref().and_then(|f| Some((f, f.sender()?)));
         if let Some((link, GenSocket { generation, socket })) = fast {
             // Sized from the QUIC connection so a piece the relay bridges to the peer's QUIC
             // leg still fits; only the header differs.
             let header = FastPathHeader::new(PacketType::Media(kind), link.channel).to_bytes();
-            let pieces = self
-                .fragmenter
-                .lock()
-                .map_err(|_| SdkError::Closed)?
-                .split_with_header(kind, frame, max, &header)?;
+            let (pieces, _) = self
+                .core
+                .step(|e| e.seal_and_split(Instant::now(), kind, frame, max, Some(&header)))?;
+            let pieces = pieces?;
             let n = pieces.len() as u64;
             let mut pieces = pieces.into_iter();
             let mut sent = 0u64;
@@ -633,11 +493,10 @@ impl Call {
             link.counters.sent.fetch_add(sent, Relaxed);
             c.datagrams_sent.fetch_add(n, Relaxed);
         } else {
-            let pieces = self
-                .fragmenter
-                .lock()
-                .map_err(|_| SdkError::Closed)?
-                .split(kind, frame, max)?;
+            let (pieces, _) = self
+                .core
+                .step(|e| e.seal_and_split(Instant::now(), kind, frame, max, None))?;
+            let pieces = pieces?;
             let n = pieces.len() as u64;
             for piece in pieces {
                 conn.send_datagram_wait(piece).await?;
@@ -656,16 +515,17 @@ impl Call {
     /// Sends one datagram exactly as given (relay header included). For tests and
     /// diagnostics; apps use `send_media`.
     pub fn send_raw_datagram(&self, datagram: Bytes) -> Result<(), SdkError> {
-        Ok(self.shared.conn.send_datagram(datagram)?)
+        Ok(self.shared().conn.send_datagram(datagram)?)
     }
 
     async fn send_control(&self, msg: &ClientMessage) -> Result<(), SdkError> {
-        self.shared.send_control(msg).await
+        self.shared().send_control(msg).await
     }
 
-    /// Sends opaque bytes to the peer through the relay's control plane.
+    /// Sends opaque bytes to the peer through the relay's control plane. (On an E2EE call,
+    /// payloads starting `0x01 0x06` are the engine's key confirmations.)
     pub async fn send_signal(&self, data: &[u8]) -> Result<(), SdkError> {
-        let max = self.joined.limits.max_signal_bytes as usize;
+        let max = self.link().joined.limits.max_signal_bytes as usize;
         if data.len() > max {
             return Err(SdkError::SignalTooLarge {
                 len: data.len(),
@@ -674,7 +534,7 @@ impl Call {
         }
         self.send_control(&ClientMessage::Signal(Bytes::copy_from_slice(data)))
             .await?;
-        self.shared.counters.signals_sent.fetch_add(1, Relaxed);
+        self.core.counters.signals_sent.fetch_add(1, Relaxed);
         Ok(())
     }
 
@@ -686,6 +546,11 @@ impl Call {
             .recv()
             .await
             .ok_or(SdkError::Closed)
+    }
+
+    /// A signal already queued, if any (the handshake driver drains these).
+    pub(crate) async fn try_recv_signal(&self) -> Option<Bytes> {
+        self.signals.lock().await.try_recv().ok()
     }
 
     /// Asks the relay for a call feature; returns its typed refusal (an E2EE relay refuses
@@ -715,30 +580,35 @@ impl Call {
     }
 
     fn waiters(&self) -> Result<std::sync::MutexGuard<'_, Waiters>, SdkError> {
-        self.shared.waiters.lock().map_err(|_| SdkError::Closed)
+        self.core.waiters.lock().map_err(|_| SdkError::Closed)
     }
 
     /// Leaves the session for good; the peer is told `PeerLeft(Left)`.
     pub async fn leave(self) -> Result<(), SdkError> {
-        self.send_control(&ClientMessage::Leave).await?;
+        let shared = self.shared();
+        shared.send_control(&ClientMessage::Leave).await?;
         {
-            let mut send = self.shared.control_send.lock().await;
+            let mut send = shared.control_send.lock().await;
             let _ = send.finish();
             // Wait (briefly) until the relay has the Leave, so it is not taken for a loss.
             let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.conn.closed()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), shared.conn.closed()).await;
         Ok(())
     }
 
     pub fn stats(&self) -> CallStats {
-        let c = &self.shared.counters;
+        let c = &self.core.counters;
+        let shared = self.shared();
         let fast = |f: fn(&fastpath::FastCounters) -> &AtomicU64| {
-            self.shared
+            shared
                 .fast
                 .as_ref()
                 .map_or(0, |l| f(&l.counters).load(Relaxed))
         };
+        let r = self
+            .with_engine(|e| e.reassembly_stats())
+            .unwrap_or_default();
         CallStats {
             fast_path_datagrams_sent: fast(|c| &c.sent),
             fast_path_datagrams_received: fast(|c| &c.received),
@@ -747,39 +617,189 @@ impl Call {
             datagrams_sent: c.datagrams_sent.load(Relaxed),
             frames_received: c.frames_received.load(Relaxed),
             datagrams_received: c.datagrams_received.load(Relaxed),
-            incomplete_frames_dropped: c.incomplete_frames_dropped.load(Relaxed),
-            malformed_datagrams: c.malformed_datagrams.load(Relaxed),
+            incomplete_frames_dropped: r.frames_incomplete,
+            malformed_datagrams: r.malformed_datagrams,
             signals_sent: c.signals_sent.load(Relaxed),
             signals_received: c.signals_received.load(Relaxed),
         }
     }
-}
 
-impl Drop for Call {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
+    /// Takes this device's place back on a new connection to the same relay (after the old
+    /// one was lost), continuing the same engine: same keys, epochs, counters and code, no
+    /// new handshake. On an E2EE call received media is held until both sides proved they
+    /// hold the keys ([`Event::KeysConfirmed`]).
+    ///
+    /// Errors (typed; the call keeps its keys and may try again): connecting or joining
+    /// failed, or [`SdkError::Resume`] when the relay's answer does not continue this call
+    /// (another session or slot, or not a resume).
+    pub async fn resume(&self) -> Result<(), SdkError> {
+        let _one = self.reattach.lock().await;
+        let dial = self.dial.lock().map_err(|_| SdkError::Closed)?.clone();
+        let old = self.link();
+        let e2ee = self.with_engine(|e| e.is_e2ee_session()).unwrap_or(true);
+        let client = Client::connect(dial.relay, dial.token.clone(), dial.opts.clone()).await?;
+        let session = self.session();
+        let j = client
+            .join_link(session.clone(), Some(old.joined.resume.clone()), e2ee)
+            .await?;
+        if !j.joined.resumed {
+            return Err(ResumeError::NotResumed.into());
         }
-        self.shared.conn.close(0u32.into(), b"call dropped");
+        if j.joined.slot != old.joined.slot {
+            return Err(ResumeError::SlotChanged.into());
+        }
+        self.replace_link(j, &dial, old.node.clone());
+        Ok(())
+    }
+
+    /// Moves the call to relay node `to` at `addr` (the next one of the token's list, when
+    /// the current node died or is draining): a fresh join there, the same engine, key
+    /// confirmation before media is delivered. Emits [`Event::Migrated`].
+    ///
+    /// Errors: [`SdkError::Resume`] with `NodeNotListed` when the token does not list `to`;
+    /// connecting or joining failed.
+    pub async fn migrate(&self, to: NodeId, addr: SocketAddr) -> Result<(), SdkError> {
+        let _one = self.reattach.lock().await;
+        let mut dial = self.dial.lock().map_err(|_| SdkError::Closed)?.clone();
+        let claims = crate::secure::token_claims(&dial.token)?;
+        if !claims.nodes.is_empty() && !claims.places_on(&to) {
+            return Err(ResumeError::NodeNotListed(to).into());
+        }
+        let from = self.link().node.clone();
+        let e2ee = self.with_engine(|e| e.is_e2ee_session()).unwrap_or(true);
+        dial.relay = addr;
+        let client = Client::connect(addr, dial.token.clone(), dial.opts.clone()).await?;
+        let j = client.join_link(self.session(), None, e2ee).await?;
+        self.replace_link(j, &dial, Some(to.clone()));
+        if let Ok(mut d) = self.dial.lock() {
+            *d = dial;
+        }
+        if let Some(from) = from {
+            let (_, _) = self
+                .core
+                .step(|e| e.push_event(Event::Migrated { from, to }))?;
+        }
+        Ok(())
+    }
+
+    /// The nodes of this call's token after the current one, in the order to try them.
+    pub fn fallback_nodes(&self) -> Vec<NodeId> {
+        let Ok(dial) = self.dial.lock().map(|d| d.clone()) else {
+            return Vec::new();
+        };
+        let Ok(claims) = crate::secure::token_claims(&dial.token) else {
+            return Vec::new();
+        };
+        let cur = self.node();
+        let at = cur
+            .as_ref()
+            .and_then(|c| claims.nodes.iter().position(|n| n == c));
+        match at {
+            Some(i) => claims.nodes[i + 1..].to_vec(),
+            None => claims.nodes,
+        }
+    }
+
+    fn replace_link(&self, j: Joining, dial: &Dial, node: Option<NodeId>) {
+        let link = Arc::new(attach(self.core.clone(), j, &dial.opts, node));
+        let old = match self.link.lock() {
+            Ok(mut l) => std::mem::replace(&mut *l, link.clone()),
+            Err(p) => std::mem::replace(&mut *p.into_inner(), link.clone()),
+        };
+        drop(old);
+        if let Ok(((), out)) = self.core.step(|e| e.begin_confirmation(Instant::now())) {
+            let shared = link.shared.clone();
+            tokio::spawn(async move {
+                shared.deliver(out).await;
+            });
+        }
     }
 }
 
-async fn control_task(
-    shared: Arc<Shared>,
-    mut recv: quinn::RecvStream,
-    mut decoder: FrameDecoder,
-    events: mpsc::Sender<Event>,
-    signals: mpsc::Sender<Bytes>,
-) {
+/// The token's first listed node when the call starts there (the app dialled it).
+fn node_of(dial: &Dial) -> Option<NodeId> {
+    crate::secure::token_claims(&dial.token)
+        .ok()
+        .and_then(|c| c.nodes.first().cloned())
+}
+
+/// Starts a link's tasks for `core`.
+fn attach(core: Arc<Core>, j: Joining, opts: &ConnectOptions, node: Option<NodeId>) -> Link {
+    let Joining {
+        endpoint,
+        conn,
+        streams: (send, recv, decoder),
+        joined,
+    } = j;
+    let prefer = opts.fast_path == FastPathMode::Prefer;
+    let (fast, fast_inputs) = match joined.fast_path.as_ref().filter(|_| prefer) {
+        Some(offer) => {
+            let (link, rx) = FastLink::new(offer.channel);
+            (Some(link), Some(rx))
+        }
+        None => (None, None),
+    };
+    let target = joined
+        .fast_path
+        .as_ref()
+        .map(|o| o.target(conn.remote_address()));
+    let shared = Arc::new(Shared {
+        conn,
+        control_send: tokio::sync::Mutex::new(send),
+        fast,
+        core,
+    });
+    let control = tokio::spawn(control_task(shared.clone(), recv, decoder));
+    let media = tokio::spawn(media_task(shared.clone()));
+    let mut tasks = vec![control, media];
+    match (shared.fast.clone(), fast_inputs, &joined.fast_path, target) {
+        (Some(link), Some(inputs), Some(offer), Some(target)) => {
+            tasks.push(tokio::spawn(
+                fastpath::Driver {
+                    shared: shared.clone(),
+                    link,
+                    inputs,
+                    offer: offer.clone(),
+                    target,
+                    cfg: BindConfig {
+                        bind_timeout: opts.fast_path_bind_timeout,
+                        refresh: opts.fast_path_refresh,
+                        ticket_timeout: opts.join_timeout,
+                    },
+                }
+                .run(),
+            ));
+        }
+        _ if prefer => shared.emit_fast_event(Event::FastPathFallback {
+            reason: "the relay offers no fast path".into(),
+        }),
+        _ => {}
+    }
+    Link {
+        shared,
+        joined,
+        node,
+        _endpoint: endpoint,
+        tasks,
+    }
+}
+
+async fn control_task(shared: Arc<Shared>, mut recv: quinn::RecvStream, mut decoder: FrameDecoder) {
     loop {
         loop {
             match decoder.next_message::<RelayMessage>() {
-                Ok(Some(msg)) => dispatch(&shared, msg, &events, &signals).await,
+                Ok(Some(msg)) => {
+                    if !dispatch(&shared, msg).await {
+                        return;
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "relay sent a bad control frame; closing");
                     shared.conn.close(1u32.into(), b"bad control frame");
-                    let _ = events.send(Event::Disconnected(e.to_string())).await;
+                    let _ = shared
+                        .core
+                        .step(|en| en.push_event(Event::Disconnected(e.to_string())));
                     return;
                 }
             }
@@ -790,33 +810,38 @@ async fn control_task(
         }
     }
     let reason = shared.conn.closed().await;
-    let _ = events.send(Event::Disconnected(reason.to_string())).await;
+    let _ = shared
+        .core
+        .step(|e| e.push_event(Event::Disconnected(reason.to_string())));
 }
 
-async fn dispatch(
-    shared: &Shared,
-    msg: RelayMessage,
-    events: &mpsc::Sender<Event>,
-    signals: &mpsc::Sender<Bytes>,
-) {
+/// One relay message; `false` once the app stopped listening.
+async fn dispatch(shared: &Shared, msg: RelayMessage) -> bool {
+    let core = &shared.core;
     let event = match msg {
         RelayMessage::Signal(data) => {
-            shared.counters.signals_received.fetch_add(1, Relaxed);
-            let _ = signals.send(data).await;
-            return;
+            core.counters.signals_received.fetch_add(1, Relaxed);
+            let Ok((used, out)) = core.step(|e| e.handle_signal(Instant::now(), &data)) else {
+                return false;
+            };
+            shared.deliver(out).await;
+            if used == SignalUse::App {
+                let _ = core.signal_tx.send(data).await;
+            }
+            return true;
         }
         RelayMessage::FeatureRefused { feature, reason } => {
-            if let Ok(mut w) = shared.waiters.lock() {
+            if let Ok(mut w) = core.waiters.lock() {
                 if let Some(i) = w.features.iter().position(|(f, _)| *f == feature) {
                     if let Some((_, tx)) = w.features.remove(i) {
                         let _ = tx.send(reason);
                     }
                 }
             }
-            return;
+            return true;
         }
         RelayMessage::Pong(nonce) => {
-            if let Some(tx) = shared
+            if let Some(tx) = core
                 .waiters
                 .lock()
                 .ok()
@@ -824,23 +849,23 @@ async fn dispatch(
             {
                 let _ = tx.send(());
             }
-            return;
+            return true;
         }
         RelayMessage::PeerJoined => Event::PeerJoined,
         RelayMessage::PeerLeft(r) => Event::PeerLeft(r),
         RelayMessage::PeerReconnecting => Event::PeerReconnecting,
         RelayMessage::PeerResumed => Event::PeerResumed,
-        // The claim is the relay's word until the token is checked (the E2EE layer does).
+        // The claim is the relay's word until the token is checked (the handshake does).
         RelayMessage::PeerE2eeUnavailable { claim, .. } => Event::PeerE2eeUnavailable(claim),
         RelayMessage::Draining { deadline_ms } => {
             tracing::info!(deadline_ms, "the relay is draining");
-            return;
+            return true;
         }
         RelayMessage::Dropped(RefusalReason::FastPathUnavailable) if shared.fast.is_some() => {
             if let Some(f) = &shared.fast {
                 f.tell(fastpath::Input::TicketUnavailable);
             }
-            return;
+            return true;
         }
         RelayMessage::Dropped(r) => Event::Dropped(r),
         RelayMessage::SessionEnded(r) => Event::SessionEnded(r),
@@ -848,100 +873,45 @@ async fn dispatch(
             if let Some(f) = &shared.fast {
                 f.tell(fastpath::Input::Ticket(offer));
             }
-            return;
+            return true;
         }
         RelayMessage::FastPathBound { channel, addr } => {
             if let Some(f) = &shared.fast {
                 f.tell(fastpath::Input::Bound { channel, addr });
             }
-            return;
+            return true;
         }
         RelayMessage::Joined(_) | RelayMessage::Refused(_) => {
             tracing::warn!("relay sent a second join answer; ignored");
-            return;
+            return true;
         }
     };
-    let _ = events.send(event).await;
-}
-
-/// Opens one reassembled frame; `None` = dropped (counted by the opener).
-fn open_frame(
-    shared: &Shared,
-    opener: &mut FrameOpener,
-    events: &mpsc::Sender<Event>,
-    frame: MediaFrame,
-) -> Option<MediaFrame> {
-    let mut out = Vec::with_capacity(frame.data.len());
-    let res =
-        opener.open_with_metadata_into(Instant::now(), &[frame.kind as u8], &frame.data, &mut out);
-    if let Ok(mut s) = shared.recv_e2ee.lock() {
-        *s = opener.stats();
-    }
-    match res {
-        Ok(opened) => {
-            if opened.switched_epoch {
-                let _ = events.try_send(Event::Rekeyed {
-                    by_peer: true,
-                    epoch: opened.epoch,
-                });
-            }
-            Some(MediaFrame {
-                kind: frame.kind,
-                data: out.into(),
-            })
-        }
-        Err(e) => {
-            tracing::debug!(
-                reason = e.as_str(),
-                "dropped a media frame that did not open"
-            );
-            None
-        }
+    match core.step(|e| e.handle_event(Instant::now(), event)) {
+        Ok(((), out)) => shared.deliver(out).await,
+        Err(_) => false,
     }
 }
 
-/// Reassembly and opening of received pieces, whatever transport carried them.
+/// Reads one link's media (QUIC datagrams and the fast-path socket) into the engine.
 struct Inbound {
-    reassembler: Reassembler,
-    /// E2EE: frames wait in `early` until the opener arrives.
-    opener: Option<FrameOpener>,
-    waiting_for_keys: bool,
-    early: VecDeque<MediaFrame>,
+    shared: Arc<Shared>,
 }
 
 impl Inbound {
     /// Takes one media datagram in the QUIC form; `false` once the app stopped listening.
-    async fn on_datagram(
-        &mut self,
-        shared: &Shared,
-        datagram: Bytes,
-        frames: &mpsc::Sender<MediaFrame>,
-        events: &mpsc::Sender<Event>,
-    ) -> bool {
-        let c = &shared.counters;
+    async fn on_datagram(&mut self, datagram: Bytes) -> bool {
+        let core = &self.shared.core;
+        let c = &core.counters;
         c.datagrams_received.fetch_add(1, Relaxed);
-        shared.tap(&datagram);
-        if let Ok(Some(frame)) = self.reassembler.push(datagram, Instant::now()) {
+        core.tap(&datagram);
+        let Ok((completed, out)) = core.step(|e| e.handle_datagram(Instant::now(), datagram))
+        else {
+            return false;
+        };
+        if completed {
             c.frames_received.fetch_add(1, Relaxed);
-            let frame = if let Some(o) = self.opener.as_mut() {
-                open_frame(shared, o, events, frame)
-            } else if self.waiting_for_keys {
-                if self.early.len() >= MAX_FRAMES_BEFORE_KEYS {
-                    self.early.pop_front();
-                    shared.dropped_before_keys.fetch_add(1, Relaxed);
-                }
-                self.early.push_back(frame);
-                None
-            } else {
-                Some(frame)
-            };
-            if let Some(frame) = frame {
-                if frames.send(frame).await.is_err() {
-                    return false;
-                }
-            }
         }
-        true
+        self.shared.deliver(out).await
     }
 
     /// Reads what the fast-path socket holds (a bounded batch); `false` once the app
@@ -949,12 +919,9 @@ impl Inbound {
     /// anything but "refused" is no longer read.
     async fn on_readable(
         &mut self,
-        shared: &Shared,
         link: &FastLink,
         socket: &mut Option<GenSocket>,
         buf: &mut BytesMut,
-        frames: &mpsc::Sender<MediaFrame>,
-        events: &mpsc::Sender<Event>,
     ) -> bool {
         let Some(s) = socket.clone() else {
             return true;
@@ -969,7 +936,7 @@ impl Inbound {
                     match fastpath::to_media_datagram(d) {
                         Some(q) => {
                             link.counters.received.fetch_add(1, Relaxed);
-                            if !self.on_datagram(shared, q, frames, events).await {
+                            if !self.on_datagram(q).await {
                                 return false;
                             }
                         }
@@ -1008,20 +975,10 @@ async fn readable(socket: Option<&GenSocket>) {
     }
 }
 
-async fn media_task(
-    shared: Arc<Shared>,
-    frames: mpsc::Sender<MediaFrame>,
-    timeout: Duration,
-    mut opener_rx: Option<oneshot::Receiver<FrameOpener>>,
-    events: mpsc::Sender<Event>,
-) {
+async fn media_task(shared: Arc<Shared>) {
     let mut inbound = Inbound {
-        reassembler: Reassembler::new(timeout),
-        opener: None,
-        waiting_for_keys: opener_rx.is_some(),
-        early: VecDeque::new(),
+        shared: shared.clone(),
     };
-    let c = &shared.counters;
     let link = shared.fast.clone();
     let mut sockets_rx = link.as_ref().map(|l| l.subscribe());
     // The driver may have opened its socket already: start from what is there now.
@@ -1031,16 +988,15 @@ async fn media_task(
         .unwrap_or_default();
     let mut buf = BytesMut::new();
     loop {
-        let deadline = inbound.reassembler.next_deadline();
+        let deadline = shared
+            .core
+            .engine
+            .lock()
+            .ok()
+            .and_then(|e| e.poll_timeout());
         let expiry = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        let keys = async {
-            match opener_rx.as_mut() {
-                Some(rx) => rx.await.ok(),
                 None => std::future::pending().await,
             }
         };
@@ -1058,23 +1014,9 @@ async fn media_task(
             }
         };
         tokio::select! {
-            got = keys => {
-                opener_rx = None;
-                inbound.waiting_for_keys = false;
-                let Some(mut o) = got else { return };
-                while let Some(frame) = inbound.early.pop_front() {
-                    shared.buffered_before_keys.fetch_add(1, Relaxed);
-                    if let Some(f) = open_frame(&shared, &mut o, &events, frame) {
-                        if frames.send(f).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                inbound.opener = Some(o);
-            }
             datagram = shared.conn.read_datagram() => {
                 let Ok(datagram) = datagram else { return };
-                if !inbound.on_datagram(&shared, datagram, &frames, &events).await {
+                if !inbound.on_datagram(datagram).await {
                     return;
                 }
             }
@@ -1085,10 +1027,7 @@ async fn media_task(
                     } else {
                         &mut sockets.previous
                     };
-                    if !inbound
-                        .on_readable(&shared, link, socket, &mut buf, &frames, &events)
-                        .await
-                    {
+                    if !inbound.on_readable(link, socket, &mut buf).await {
                         return;
                     }
                 }
@@ -1100,12 +1039,14 @@ async fn media_task(
                 }
             }
             _ = expiry => {
-                inbound.reassembler.expire(Instant::now());
+                let Ok(((), out)) = shared.core.step(|e| e.handle_timeout(Instant::now())) else {
+                    return;
+                };
+                if !shared.deliver(out).await {
+                    return;
+                }
             }
+            _ = shared.core.wake.notified() => {}
         }
-        let s = inbound.reassembler.stats();
-        c.incomplete_frames_dropped
-            .store(s.frames_incomplete, Relaxed);
-        c.malformed_datagrams.store(s.malformed_datagrams, Relaxed);
     }
 }

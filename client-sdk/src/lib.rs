@@ -71,6 +71,7 @@
 pub mod call;
 pub mod client;
 pub mod e2ee;
+pub mod engine;
 pub mod error;
 pub mod fastpath;
 pub mod fragment;
@@ -84,7 +85,8 @@ pub use e2ee::{
     CallOptions, CipherSuite, E2eeUnavailable, HandshakeError, IdentityCheck, IdentityKey,
     PeerIdentity, RekeyPolicy, SecurityCode, UnavailableReason,
 };
-pub use error::SdkError;
+pub use engine::Engine;
+pub use error::{ResumeError, SdkError};
 pub use fastpath::{FastPathMode, Transport};
 pub use fragment::{MediaFrame, MAX_FRAME};
 pub use options::ConnectOptions;

@@ -62,13 +62,12 @@ pub(crate) async fn handshake(
         options: cfg.options,
     };
     let mut peer_present = call.peer_present_at_join();
-    let (mut events, mut signals) = call.handshake_channels().await;
     match Handshake::start(hcfg)? {
         Start::Declined { send, unavailable } => {
             // Tell the peer (once it is there) so its SDK fails cleanly, then give up.
             let wait = async {
                 while !peer_present {
-                    match events.recv().await {
+                    match call.next_event().await {
                         Some(Event::PeerJoined) => peer_present = true,
                         Some(Event::PeerE2eeUnavailable(_)) | None => return false,
                         Some(_) => {}
@@ -98,13 +97,13 @@ pub(crate) async fn handshake(
                 loop {
                     tokio::select! {
                         biased;
-                        sig = signals.recv() => {
-                            let sig = sig.ok_or(SdkError::Closed)?;
+                        sig = call.recv_signal() => {
+                            let sig = sig?;
                             if let Some(est) = on_signal(call, &mut handshake, &sig).await? {
                                 return Ok(est);
                             }
                         }
-                        ev = events.recv() => match ev.ok_or(SdkError::Closed)? {
+                        ev = call.next_event() => match ev.ok_or(SdkError::Closed)? {
                             Event::PeerJoined => {
                                 if let Some(m) = commit.take() {
                                     call.send_signal(&m).await?;
@@ -115,7 +114,7 @@ pub(crate) async fn handshake(
                             }
                             Event::PeerLeft(r) => {
                                 // Its last signals (a Decline) may be queued behind.
-                                while let Ok(sig) = signals.try_recv() {
+                                while let Some(sig) = call.try_recv_signal().await {
                                     if let Some(est) =
                                         on_signal(call, &mut handshake, &sig).await?
                                     {

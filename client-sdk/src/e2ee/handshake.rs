@@ -342,6 +342,8 @@ pub struct Established {
     pub sealer: FrameSealer,
     /// Decrypts the peer's frames.
     pub opener: FrameOpener,
+    /// The peer's user id, from its verified token (bound into the transcript).
+    pub peer_user: Option<duet_proto::UserId>,
 }
 
 impl std::fmt::Debug for Established {
@@ -943,6 +945,7 @@ impl Handshake {
                 .map_err(|_| HandshakeError::Crypto)?,
             opener: FrameOpener::new(suite, recv_dir, recv_root, rekey)
                 .map_err(|_| HandshakeError::Crypto)?,
+            peer_user: None,
         })
     }
 }

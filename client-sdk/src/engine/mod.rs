@@ -1,0 +1,519 @@
+//! The call engine, sans-IO: everything a call knows that does not depend on which
+//! connection carries it.
+//!
+//! Owns the E2EE state (sealer, opener, epochs, replay windows, the code and the peer's
+//! identity), fragmenting and reassembly, frames held before the keys or while a key
+//! confirmation is pending, the key confirmation itself ([`confirm`]), and the event queue
+//! ([`events`]). Does not own sockets, tasks or clocks: the driver (`Call`) passes bytes
+//! and `now` in (`handle_*`) and takes bytes, frames, events and deadlines out (`poll_*`).
+//!
+//! Because the engine outlives any one connection, a resume on the same node or a move to
+//! another node attaches a new connection to the *same* engine: same keys, epochs,
+//! counters, frame ids and security code, no new handshake. After such a change
+//! ([`Engine::begin_confirmation`], also on the relay's `PeerResumed`/`PeerJoined` once
+//! keyed) the engine holds every received frame until the peer proved, end to end, that
+//! it holds the keys; [`Event::KeysConfirmed`] then releases them.
+//!
+//! An engine made for an E2EE session ([`Engine::new`] with `e2ee`) never carries a frame
+//! unsealed: before the keys `seal_and_split` fails with `E2eeNotEstablished`, and received
+//! frames wait for the opener. There is no transition from E2EE to plain.
+
+pub mod confirm;
+pub mod events;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use duet_proto::{MediaKind, SessionId, UserId};
+
+use crate::e2ee::{
+    Established, FrameOpener, FrameSealer, IdentityCheck, PeerIdentity, RecvStats, SecurityCode,
+};
+use crate::error::SdkError;
+use crate::fragment::{Fragmenter, MediaFrame, Reassembler, ReassemblyStats};
+
+use confirm::{Confirm, ConfirmKind, NONCE_LEN};
+pub use events::{Event, EventQueue};
+
+/// Frames kept while waiting for the keys or for a key confirmation; beyond that the
+/// oldest are dropped and counted.
+pub const MAX_FRAMES_BEFORE_KEYS: usize = 64;
+
+/// First wait before a key-confirmation request is sent again (doubling up to
+/// [`CONFIRM_RETRY_MAX`]): the relay drops signals while the peer is away.
+pub const CONFIRM_RETRY: Duration = Duration::from_millis(200);
+pub const CONFIRM_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// End-to-end encryption counters of one call. Rejected frames are never delivered.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct E2eeStats {
+    pub frames_sealed: u64,
+    pub frames_opened: u64,
+    /// This side's epochs started after the first (on demand or on schedule).
+    pub rekeys_sent: u64,
+    /// The peer's new epochs seen.
+    pub rekeys_received: u64,
+    /// Failed authentication: flipped bits, forged frames, wrong key.
+    pub rejected_tampered: u64,
+    /// Already seen, or older than the replay window.
+    pub rejected_replayed: u64,
+    /// An epoch older than the current one, past its grace period.
+    pub rejected_stale_epoch: u64,
+    /// A KID that is not the peer's direction, or too far ahead.
+    pub rejected_unknown_kid: u64,
+    /// Not an SFrame frame at all.
+    pub rejected_malformed: u64,
+    /// Frames that arrived before the keys and were opened once they were in.
+    pub buffered_before_keys: u64,
+    /// Frames that arrived before the keys (or during a key confirmation) and were
+    /// dropped (buffer full).
+    pub dropped_before_keys: u64,
+    /// Key confirmations completed (one per resume or move).
+    pub confirmations: u64,
+}
+
+impl E2eeStats {
+    /// Every frame dropped by the E2EE layer.
+    pub fn rejected(&self) -> u64 {
+        self.rejected_tampered
+            + self.rejected_replayed
+            + self.rejected_stale_epoch
+            + self.rejected_unknown_kid
+            + self.rejected_malformed
+            + self.dropped_before_keys
+    }
+}
+
+/// What the handshake proved, kept as state for the call's life.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub code: SecurityCode,
+    pub peer: PeerIdentity,
+    pub identity_check: IdentityCheck,
+    pub peer_user: Option<UserId>,
+}
+
+struct Secure {
+    sealer: FrameSealer,
+    opener: FrameOpener,
+    verdict: Verdict,
+}
+
+enum Keys {
+    /// A plain call: frames are carried as given.
+    Plain,
+    /// An E2EE call before the handshake finished: nothing is sent, frames wait.
+    Awaiting,
+    Secure(Box<Secure>),
+}
+
+/// A key confirmation this side asked for and has not had answered.
+struct Pending {
+    nonce: [u8; NONCE_LEN],
+    next_send: Instant,
+    backoff: Duration,
+}
+
+/// Whether a signal was the engine's or is the app's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalUse {
+    /// Deliver to the app.
+    App,
+    /// The engine's own (a key confirmation); not for the app.
+    Engine,
+}
+
+/// One call's state, whatever connection carries it.
+pub struct Engine {
+    session: SessionId,
+    keys: Keys,
+    fragmenter: Fragmenter,
+    reassembler: Reassembler,
+    /// Frames waiting for the opener (sealed) or for a confirmation (opened).
+    held: VecDeque<MediaFrame>,
+    delivered: VecDeque<MediaFrame>,
+    events: EventQueue,
+    /// Fast-path events held while the keys are awaited, so `E2eeEstablished` comes first.
+    held_events: Vec<Event>,
+    transmit: VecDeque<Bytes>,
+    pending: Option<Pending>,
+    buffered_before_keys: u64,
+    dropped_before_keys: u64,
+    confirmations: u64,
+    last_recv: RecvStats,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("session", &self.session)
+            .field("e2ee", &self.is_e2ee())
+            .field("confirming", &self.pending.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// A new call on `session`; `e2ee` = frames must be sealed (a call from `join_e2ee`).
+    pub fn new(session: SessionId, reassembly_timeout: Duration, e2ee: bool) -> Self {
+        Self {
+            session,
+            keys: if e2ee { Keys::Awaiting } else { Keys::Plain },
+            fragmenter: Fragmenter::default(),
+            reassembler: Reassembler::new(reassembly_timeout),
+            held: VecDeque::new(),
+            delivered: VecDeque::new(),
+            events: EventQueue::default(),
+            held_events: Vec::new(),
+            transmit: VecDeque::new(),
+            pending: None,
+            buffered_before_keys: 0,
+            dropped_before_keys: 0,
+            confirmations: 0,
+            last_recv: RecvStats::default(),
+        }
+    }
+
+    /// The session the app asked for (not the relay's word).
+    pub fn session(&self) -> &SessionId {
+        &self.session
+    }
+
+    /// Whether this call's frames must be sealed (keys agreed or not).
+    pub fn is_e2ee_session(&self) -> bool {
+        !matches!(self.keys, Keys::Plain)
+    }
+
+    /// Whether the keys are in.
+    pub fn is_e2ee(&self) -> bool {
+        matches!(self.keys, Keys::Secure(_))
+    }
+
+    /// Whether received media waits for a key confirmation.
+    pub fn is_confirming(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    pub fn verdict(&self) -> Option<&Verdict> {
+        match &self.keys {
+            Keys::Secure(s) => Some(&s.verdict),
+            _ => None,
+        }
+    }
+
+    /// Installs the agreed keys. Emits `E2eeEstablished` (then `PeerIdentityChanged` when
+    /// it did, then the held fast-path events) and opens the frames that came early.
+    pub fn install(&mut self, now: Instant, est: Established) -> Result<(), SdkError> {
+        if !matches!(self.keys, Keys::Awaiting) {
+            return Err(SdkError::Protocol("keys installed twice".into()));
+        }
+        let verdict = Verdict {
+            code: est.code,
+            peer: est.peer,
+            identity_check: est.identity_check,
+            peer_user: est.peer_user,
+        };
+        self.events.push(Event::E2eeEstablished {
+            code: verdict.code.clone(),
+            identity_check: verdict.identity_check,
+            peer_user: verdict.peer_user.clone(),
+        });
+        if verdict.identity_check == IdentityCheck::Changed {
+            self.events
+                .push(Event::PeerIdentityChanged { peer: verdict.peer });
+        }
+        for ev in std::mem::take(&mut self.held_events) {
+            self.events.push(ev);
+        }
+        self.keys = Keys::Secure(Box::new(Secure {
+            sealer: est.sealer,
+            opener: est.opener,
+            verdict,
+        }));
+        for frame in std::mem::take(&mut self.held) {
+            self.buffered_before_keys += 1;
+            self.open_and_deliver(now, frame);
+        }
+        Ok(())
+    }
+
+    /// Seals `frame` (on an E2EE call; the kind is authenticated) and cuts it into pieces
+    /// of at most `max_datagram` bytes, each starting with `header` (the fast path's) or
+    /// the QUIC media header.
+    pub fn seal_and_split(
+        &mut self,
+        now: Instant,
+        kind: MediaKind,
+        frame: &[u8],
+        max_datagram: usize,
+        header: Option<&[u8]>,
+    ) -> Result<Vec<Bytes>, SdkError> {
+        let sealed;
+        let body = match &mut self.keys {
+            Keys::Plain => frame,
+            Keys::Awaiting => return Err(SdkError::E2eeNotEstablished),
+            Keys::Secure(s) => {
+                let mut out = Vec::with_capacity(frame.len() + 64);
+                let before = s.sealer.epoch();
+                // The kind is SFrame metadata, so a relay cannot relabel audio as video.
+                let after =
+                    s.sealer
+                        .seal_with_metadata_into(now, &[kind as u8], frame, &mut out)?;
+                if after != before {
+                    self.events.push(Event::Rekeyed {
+                        by_peer: false,
+                        epoch: after,
+                    });
+                }
+                sealed = out;
+                &sealed[..]
+            }
+        };
+        Ok(match header {
+            Some(h) => self
+                .fragmenter
+                .split_with_header(kind, body, max_datagram, h)?,
+            None => self.fragmenter.split(kind, body, max_datagram)?,
+        })
+    }
+
+    /// Starts a new sending epoch now. Returns it.
+    pub fn rekey(&mut self, now: Instant) -> Result<u64, SdkError> {
+        let Keys::Secure(s) = &mut self.keys else {
+            return Err(SdkError::E2eeNotEstablished);
+        };
+        let epoch = s.sealer.rekey(now)?;
+        self.events.push(Event::Rekeyed {
+            by_peer: false,
+            epoch,
+        });
+        Ok(epoch)
+    }
+
+    /// One media datagram in the QUIC form (`MediaHeader | fragment`). Returns whether it
+    /// completed a frame (delivered, held or dropped).
+    pub fn handle_datagram(&mut self, now: Instant, datagram: Bytes) -> bool {
+        let Ok(Some(frame)) = self.reassembler.push(datagram, now) else {
+            return false;
+        };
+        match self.keys {
+            Keys::Plain => self.delivered.push_back(frame),
+            Keys::Awaiting => self.hold(frame),
+            Keys::Secure(_) => self.open_and_deliver(now, frame),
+        }
+        true
+    }
+
+    fn hold(&mut self, frame: MediaFrame) {
+        if self.held.len() >= MAX_FRAMES_BEFORE_KEYS {
+            self.held.pop_front();
+            self.dropped_before_keys += 1;
+        }
+        self.held.push_back(frame);
+    }
+
+    fn open_and_deliver(&mut self, now: Instant, frame: MediaFrame) {
+        let Keys::Secure(s) = &mut self.keys else {
+            return;
+        };
+        let mut out = Vec::with_capacity(frame.data.len());
+        let res = s
+            .opener
+            .open_with_metadata_into(now, &[frame.kind as u8], &frame.data, &mut out);
+        self.last_recv = s.opener.stats();
+        match res {
+            Ok(opened) => {
+                if opened.switched_epoch {
+                    self.events.push(Event::Rekeyed {
+                        by_peer: true,
+                        epoch: opened.epoch,
+                    });
+                }
+                let frame = MediaFrame {
+                    kind: frame.kind,
+                    data: out.into(),
+                };
+                if self.pending.is_some() {
+                    self.hold(frame);
+                } else {
+                    self.delivered.push_back(frame);
+                }
+            }
+            Err(e) => tracing::debug!(reason = e.as_str(), "dropped a frame that did not open"),
+        }
+    }
+
+    /// One `Signal` payload from the peer: a key confirmation is the engine's; anything else
+    /// is the app's (or the handshake driver's, before the keys).
+    pub fn handle_signal(&mut self, now: Instant, payload: &[u8]) -> SignalUse {
+        if !confirm::is_confirm(payload) {
+            return SignalUse::App;
+        }
+        let Keys::Secure(s) = &mut self.keys else {
+            // A confirmation before keys exist: nothing to check it with; not the app's.
+            return SignalUse::Engine;
+        };
+        let opened = confirm::open(&mut s.opener, now, payload);
+        self.last_recv = s.opener.stats();
+        match opened {
+            Ok(Confirm {
+                kind: ConfirmKind::Request,
+                nonce,
+            }) => self.send_confirm(now, ConfirmKind::Reply, nonce),
+            Ok(Confirm {
+                kind: ConfirmKind::Reply,
+                nonce,
+            }) => {
+                if self.pending.as_ref().is_some_and(|p| p.nonce == nonce) {
+                    self.pending = None;
+                    self.confirmations += 1;
+                    self.delivered.extend(self.held.drain(..));
+                    self.events.push(Event::KeysConfirmed);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "dropped a key confirmation"),
+        }
+        SignalUse::Engine
+    }
+
+    fn send_confirm(&mut self, now: Instant, kind: ConfirmKind, nonce: [u8; NONCE_LEN]) {
+        let Keys::Secure(s) = &mut self.keys else {
+            return;
+        };
+        match confirm::seal(&mut s.sealer, now, Confirm { kind, nonce }) {
+            Ok(m) => self.transmit.push_back(m.into()),
+            Err(e) => tracing::warn!(error = %e, "could not seal a key confirmation"),
+        }
+    }
+
+    /// A relay notice, as an event for the app. On a keyed call the peer's return
+    /// (`PeerResumed`, or `PeerJoined` on a new node) starts a key confirmation.
+    pub fn handle_event(&mut self, now: Instant, ev: Event) {
+        let peer_back = matches!(ev, Event::PeerResumed | Event::PeerJoined);
+        let fast = matches!(
+            ev,
+            Event::FastPathBound { .. } | Event::FastPathFallback { .. }
+        );
+        if fast && matches!(self.keys, Keys::Awaiting) {
+            self.held_events.push(ev);
+            return;
+        }
+        self.events.push(ev);
+        if peer_back && self.is_e2ee() {
+            self.begin_confirmation(now);
+        }
+    }
+
+    /// This side's connection changed (a resume, a move to another node) or the peer came
+    /// back: until the peer proves it holds the keys, received media is held. A plain or
+    /// not-yet-keyed call has nothing to confirm.
+    pub fn begin_confirmation(&mut self, now: Instant) {
+        if !self.is_e2ee() {
+            return;
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        if aws_lc_rs::rand::fill(&mut nonce).is_err() {
+            tracing::warn!("no randomness for a key confirmation");
+            return;
+        }
+        self.pending = Some(Pending {
+            nonce,
+            next_send: now + CONFIRM_RETRY,
+            backoff: CONFIRM_RETRY,
+        });
+        self.send_confirm(now, ConfirmKind::Request, nonce);
+    }
+
+    /// When [`Engine::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let a = self.reassembler.next_deadline();
+        let b = self.pending.as_ref().map(|p| p.next_send);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Expires incomplete frames and resends an unanswered confirmation request.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.reassembler.expire(now);
+        let resend = match &mut self.pending {
+            Some(p) if p.next_send <= now => {
+                p.backoff = (p.backoff * 2).min(CONFIRM_RETRY_MAX);
+                p.next_send = now + p.backoff;
+                Some(p.nonce)
+            }
+            _ => None,
+        };
+        if let Some(nonce) = resend {
+            self.send_confirm(now, ConfirmKind::Request, nonce);
+        }
+    }
+
+    /// A fast-path event (held back while the keys are awaited).
+    pub fn push_fast_event(&mut self, ev: Event) {
+        if matches!(self.keys, Keys::Awaiting) {
+            self.held_events.push(ev);
+        } else {
+            self.events.push(ev);
+        }
+    }
+
+    /// A driver event that does not depend on the keys (disconnected, migrated, ...).
+    pub fn push_event(&mut self, ev: Event) {
+        self.events.push(ev);
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop()
+    }
+
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The next whole frame for the app (opened on an E2EE call).
+    pub fn poll_frame(&mut self) -> Option<MediaFrame> {
+        self.delivered.pop_front()
+    }
+
+    /// The next signal payload to send to the peer (a key confirmation).
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.transmit.pop_front()
+    }
+
+    pub fn reassembly_stats(&self) -> ReassemblyStats {
+        self.reassembler.stats()
+    }
+
+    /// Events shed by a full queue.
+    pub fn events_shed(&self) -> u64 {
+        self.events.shed()
+    }
+
+    /// E2EE counters; `None` on a plain call or before the keys.
+    pub fn e2ee_stats(&self) -> Option<E2eeStats> {
+        let Keys::Secure(s) = &self.keys else {
+            return None;
+        };
+        let send = s.sealer.stats();
+        let recv = self.last_recv;
+        Some(E2eeStats {
+            frames_sealed: send.frames_sealed,
+            frames_opened: recv.frames_opened,
+            rekeys_sent: send.rekeys,
+            rekeys_received: recv.rekeys,
+            rejected_tampered: recv.auth_failed,
+            rejected_replayed: recv.replayed,
+            rejected_stale_epoch: recv.stale_epoch,
+            rejected_unknown_kid: recv.unknown_kid,
+            rejected_malformed: recv.malformed,
+            buffered_before_keys: self.buffered_before_keys,
+            dropped_before_keys: self.dropped_before_keys,
+            confirmations: self.confirmations,
+        })
+    }
+}
