@@ -20,10 +20,6 @@ const SIZES: [usize; 2] = [160, 1200];
 
 fn config(role: Role, id: &Arc<IdentityKey>) -> HandshakeConfig {
     HandshakeConfig {
-        role,
-        identity: id.clone(),
-        context: b"bench-session".to_vec(),
-        claim: E2eeClaim::Allowed,
         options: CallOptions {
             // No scheduled rekey inside the measurement.
             rekey: RekeyPolicy {
@@ -33,6 +29,7 @@ fn config(role: Role, id: &Arc<IdentityKey>) -> HandshakeConfig {
             },
             ..CallOptions::default()
         },
+        ..duet_sdk::e2ee::test_support::config(role, id, "bench-session", E2eeClaim::Allowed)
     }
 }
 

@@ -283,6 +283,23 @@ impl Call {
         Ok(())
     }
 
+    /// This call's join token (sent to the peer in the handshake).
+    pub(crate) fn token(&self) -> String {
+        self.dial
+            .lock()
+            .map(|d| d.token.clone())
+            .unwrap_or_default()
+    }
+
+    /// The token the relay forwarded with its last `PeerE2eeUnavailable`.
+    pub(crate) fn take_peer_unavailable_token(&self) -> Option<String> {
+        self.core
+            .engine
+            .lock()
+            .ok()
+            .and_then(|mut e| e.take_peer_unavailable_token())
+    }
+
     /// Whether this call is end-to-end encrypted (keys agreed).
     pub fn is_e2ee(&self) -> bool {
         self.with_engine(|e| e.is_e2ee()).unwrap_or(false)
@@ -856,7 +873,10 @@ async fn dispatch(shared: &Shared, msg: RelayMessage) -> bool {
         RelayMessage::PeerReconnecting => Event::PeerReconnecting,
         RelayMessage::PeerResumed => Event::PeerResumed,
         // The claim is the relay's word until the token is checked (the handshake does).
-        RelayMessage::PeerE2eeUnavailable { claim, .. } => Event::PeerE2eeUnavailable(claim),
+        RelayMessage::PeerE2eeUnavailable { claim, token } => {
+            let _ = core.step(|e| e.note_peer_unavailable_token(token));
+            Event::PeerE2eeUnavailable(claim)
+        }
         RelayMessage::Draining { deadline_ms } => {
             tracing::info!(deadline_ms, "the relay is draining");
             return true;

@@ -105,7 +105,7 @@ impl Client {
             }
             other => other?,
         };
-        match secure::handshake(&call, cfg, claim).await {
+        match secure::handshake(&call, cfg).await {
             Ok(est) => {
                 call.install_e2ee(est).await?;
                 Ok(call)

@@ -13,28 +13,36 @@
 //!
 //! ```no_run
 //! # async fn demo(relay: std::net::SocketAddr, cert_pem: Vec<u8>, token: String,
-//! #               saved_pkcs8: Vec<u8>) -> Result<(), duet_sdk::SdkError> {
+//! #               saved_pkcs8: Vec<u8>, issuer_pub: [u8; 32]) -> Result<(), duet_sdk::SdkError> {
 //! use std::sync::Arc;
-//! use duet_proto::{MediaKind, SessionId};
+//! use duet_proto::{MediaKind, SessionId, TokenKeyring, VerifyingKey};
 //! use duet_sdk::{Client, ConnectOptions, E2eeConfig, Event, IdentityKey, SdkError};
 //!
 //! // The user's long-term identity, kept by the app across calls.
 //! let identity = Arc::new(IdentityKey::from_pkcs8(&saved_pkcs8).expect("a stored key"));
+//! // The token issuer's public key, as the app's backend publishes it.
+//! let issuer = TokenKeyring::new(vec![VerifyingKey::ed25519("default", &issuer_pub).unwrap()]);
 //! let client = Client::connect(relay, token, ConnectOptions::trusting(cert_pem)).await?;
 //! let call = match client
-//!     .join_e2ee(SessionId::new("call-1").unwrap(), E2eeConfig::new(identity))
+//!     .join_e2ee(SessionId::new("call-1").unwrap(), E2eeConfig::new(identity, issuer))
 //!     .await
 //! {
 //!     Ok(call) => call,
 //!     Err(SdkError::E2eeUnavailable(why)) => {
-//!         // Not an E2EE call (why.reason says who and why): the app decides, knowingly.
+//!         // Not an E2EE call, proven by the peer's signed token. Any plain call is the
+//!         // app's explicit choice, asked of the user; never an automatic fallback.
 //!         println!("no end-to-end encryption: {why}");
 //!         return Ok(());
 //!     }
-//!     Err(e) => return Err(e),
+//!     Err(e) => return Err(e), // a HandshakeError is an attack, not "unavailable"
 //! };
 //! // Both users compare this code (read aloud); equal codes mean no one is in the middle.
-//! println!("security code: {}", call.security_code().expect("an E2EE call"));
+//! // The peer's user id comes from its verified token.
+//! println!(
+//!     "security code {} with {}",
+//!     call.security_code().expect("an E2EE call"),
+//!     call.peer_user().expect("an authenticated peer"),
+//! );
 //! // Pin this after the users compared codes; pass it in `CallOptions::pinned_peer` next time.
 //! let _fingerprint = call.peer_identity().map(|p| p.to_hex());
 //!
@@ -45,8 +53,12 @@
 //! while let Ok(Some(ev)) =
 //!     tokio::time::timeout(std::time::Duration::from_millis(10), call.next_event()).await
 //! {
-//!     if let Event::PeerIdentityChanged { .. } = ev {
-//!         println!("the peer's identity key changed: compare the code again");
+//!     match ev {
+//!         // The connection dropped: continue the same call (same keys and code).
+//!         Event::Disconnected(_) => call.resume().await?,
+//!         // Media is delivered again once both sides proved they hold the keys.
+//!         Event::KeysConfirmed => println!("resumed, same code"),
+//!         _ => {}
 //!     }
 //! }
 //! println!("{:?}", call.e2ee_stats()); // tampered / replayed / stale / unknown-KID drops

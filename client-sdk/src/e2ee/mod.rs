@@ -8,7 +8,11 @@
 //! |---|---|---|
 //! | [`sframe`] | RFC 9605 header, suites, key/salt derivation, seal/open of one frame | epochs, counters, replay |
 //! | [`keys`] | per-direction sender/receiver, epochs and KIDs, rekey schedule, replay window, drop counters | where the roots come from |
-//! | [`handshake`] | the Signal messages, both state machines, hybrid key schedule, transcript | sockets, timeouts |
+//! | [`handshake`] | both state machines, what each step checks, `Established` | sockets, timeouts |
+//! | `wire` | byte layouts and parsing of the handshake messages | their meaning |
+//! | `schedule` | hashes, HKDF labels, transcript, commitment, MACs (hybrid key schedule) | message layout |
+//! | [`identity`] | the long-term Ed25519 identity key, signing, verification | pinning |
+//! | [`binding`] | verifying the peer's signed join token: session, user, E2EE decision, identity key | minting tokens |
 //! | [`code`] | security code digits, identity fingerprint, pinning verdict | where pins are stored |
 //! | [`optin`] | `CallOptions`, the local decision, `E2eeUnavailable` | the policy itself (token minting) |
 //!
@@ -59,25 +63,31 @@
 //! ML-KEM private keys and the Ed25519 key pair live in AWS-LC allocations, which
 //! `OPENSSL_free` cleanses.
 
+pub mod binding;
 pub mod code;
 pub mod handshake;
+pub mod identity;
 pub mod keys;
 pub mod optin;
+mod schedule;
 pub mod sframe;
+#[doc(hidden)]
+pub mod test_support;
+mod wire;
 
 #[cfg(test)]
 mod rfc9605_vectors;
 #[cfg(test)]
 mod tests;
 
+pub use binding::{Binding, PeerToken};
 pub use code::{IdentityCheck, PeerIdentity, SecurityCode};
-pub use handshake::{
-    Established, Handshake, HandshakeConfig, HandshakeError, IdentityKey, IdentityKeyError, Role,
-    Start, Step, HANDSHAKE_VERSION, MAX_HANDSHAKE_MESSAGE,
-};
+pub use handshake::{Established, Handshake, HandshakeConfig, HandshakeError, Role, Start, Step};
+pub use identity::{IdentityKey, IdentityKeyError};
 pub use keys::{
     Direction, FrameOpener, FrameSealer, OpenError, Opened, RecvStats, RekeyPolicy, SealError,
     SendStats,
 };
-pub use optin::{local_decision, CallOptions, E2eeUnavailable, UnavailableReason};
+pub use optin::{local_decision, CallOptions, E2eeUnavailable, IdentityPolicy, UnavailableReason};
 pub use sframe::{CipherSuite, Header, HeaderError, SframeError, SframeKey};
+pub use wire::{HANDSHAKE_VERSION, MAX_HANDSHAKE_MESSAGE};

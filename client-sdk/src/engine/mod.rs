@@ -144,6 +144,9 @@ pub struct Engine {
     dropped_before_keys: u64,
     confirmations: u64,
     last_recv: RecvStats,
+    /// The peer token the relay forwarded with `PeerE2eeUnavailable` (for the handshake to
+    /// verify; the claim alone is the relay's word).
+    peer_unavailable_token: Option<String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -174,6 +177,7 @@ impl Engine {
             dropped_before_keys: 0,
             confirmations: 0,
             last_recv: RecvStats::default(),
+            peer_unavailable_token: None,
         }
     }
 
@@ -451,6 +455,14 @@ impl Engine {
         if let Some(nonce) = resend {
             self.send_confirm(now, ConfirmKind::Request, nonce);
         }
+    }
+
+    pub fn note_peer_unavailable_token(&mut self, token: String) {
+        self.peer_unavailable_token = Some(token);
+    }
+
+    pub fn take_peer_unavailable_token(&mut self) -> Option<String> {
+        self.peer_unavailable_token.take()
     }
 
     /// A fast-path event (held back while the keys are awaited).

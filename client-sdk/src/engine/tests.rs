@@ -8,16 +8,11 @@ use std::time::{Duration, Instant};
 use duet_proto::{E2eeClaim, MediaKind, SessionId};
 
 use super::*;
-use crate::e2ee::{CallOptions, Handshake, HandshakeConfig, IdentityKey, Role, Start, Step};
+use crate::e2ee::{Handshake, HandshakeConfig, IdentityKey, Role, Start, Step};
 
 fn cfg(role: Role) -> HandshakeConfig {
-    HandshakeConfig {
-        role,
-        identity: Arc::new(IdentityKey::generate().unwrap()),
-        context: b"s1".to_vec(),
-        claim: E2eeClaim::Allowed,
-        options: CallOptions::default(),
-    }
+    let id = Arc::new(IdentityKey::generate().unwrap());
+    crate::e2ee::test_support::config(role, &id, "s1", E2eeClaim::Allowed)
 }
 
 fn agree() -> (Established, Established) {
