@@ -95,7 +95,7 @@ pub use call::{Call, CallStats, E2eeStats, Event, MAX_FRAMES_BEFORE_KEYS};
 pub use client::{Client, ResumeTicket};
 pub use e2ee::{
     CallOptions, CipherSuite, E2eeUnavailable, HandshakeError, IdentityCheck, IdentityKey,
-    PeerIdentity, RekeyPolicy, SecurityCode, UnavailableReason,
+    IdentityPolicy, PeerIdentity, RekeyPolicy, SecurityCode, UnavailableReason,
 };
 pub use engine::Engine;
 pub use error::{ResumeError, SdkError};

@@ -9,12 +9,14 @@
 //! | [`tokens`] | join claims with E2EE allowed ([`claims`], [`claims_builder`]), [`sid`] | token formats (`duet_proto`) |
 //! | [`process`] | [`RelayProcess`]: the real `duet-relay` binary as a child (banner, signals, restart on the same ports); finding or building the binary | the binary's CLI |
 //! | [`raw`] | [`Raw`]: a hand-driven QUIC client (control frames and datagrams by hand) | the SDK's client (`duet_sdk`) |
+//! | [`hostile`] | [`HostileRelay`]: a relay front holding the relay's certificate that tampers with, injects, drops and splices what it forwards ([`Tamper`]), and logs every datagram | the SDK's and relay's behaviour |
 //! | [`metrics`] | `/metrics` and other ops endpoints over HTTP, reading one series | metric names (the relay's) |
 //! | [`sdk`] | SDK clients against a test relay: join, E2EE join, events, "media still flows" | the SDK's behaviour |
 //!
 //! Every wait is bounded by [`STEP`] (generous: a loaded 2-core box), and every address is
 //! loopback with an OS-chosen port.
 
+pub mod hostile;
 pub mod metrics;
 pub mod process;
 pub mod raw;
@@ -22,6 +24,7 @@ pub mod relay;
 pub mod sdk;
 pub mod tokens;
 
+pub use hostile::{Dir, Handle, Honest, HostileRelay, Script, Tamper};
 pub use metrics::{http_get, metric, metric_sum, scrape, wait_metric};
 pub use process::{relay_binary, relay_command, RelayProcess};
 pub use raw::{client_endpoint, Raw};

@@ -117,6 +117,15 @@ impl EventQueue {
         self.q.push_back(ev);
     }
 
+    /// Puts verdict events ahead of anything queued (the keys' arrival is the first thing an
+    /// app hears on an E2EE call, whatever the relay sent during the handshake).
+    pub fn push_front(&mut self, evs: Vec<Event>) {
+        for ev in evs.into_iter().rev() {
+            self.sheddable += usize::from(ev.sheddable());
+            self.q.push_front(ev);
+        }
+    }
+
     pub fn pop(&mut self) -> Option<Event> {
         let ev = self.q.pop_front()?;
         self.sheddable -= usize::from(ev.sheddable());

@@ -220,15 +220,15 @@ impl Engine {
             identity_check: est.identity_check,
             peer_user: est.peer_user,
         };
-        self.events.push(Event::E2eeEstablished {
+        let mut first = vec![Event::E2eeEstablished {
             code: verdict.code.clone(),
             identity_check: verdict.identity_check,
             peer_user: verdict.peer_user.clone(),
-        });
+        }];
         if verdict.identity_check == IdentityCheck::Changed {
-            self.events
-                .push(Event::PeerIdentityChanged { peer: verdict.peer });
+            first.push(Event::PeerIdentityChanged { peer: verdict.peer });
         }
+        self.events.push_front(first);
         for ev in std::mem::take(&mut self.held_events) {
             self.events.push(ev);
         }
