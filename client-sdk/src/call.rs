@@ -143,6 +143,8 @@ pub(crate) struct Shared {
     /// The fast path, when `FastPathMode::Prefer` and the relay offered one.
     fast: Option<Arc<FastLink>>,
     core: Arc<Core>,
+    /// The relay said `Draining`: move now.
+    draining: Notify,
 }
 
 impl Shared {
@@ -215,19 +217,43 @@ pub(crate) struct Joining {
     pub joined: Joined,
 }
 
-/// A joined call. Dropping it closes the connection without `Leave`, which the relay
-/// treats as a lost connection (the place is kept for `resume`).
-pub struct Call {
+/// Which link carries the call, and how to get another: shared by the call and its
+/// recovery task.
+pub(crate) struct Attach {
     core: Arc<Core>,
     link: Mutex<Arc<Link>>,
     /// Serialises resumes and moves.
     reattach: tokio::sync::Mutex<()>,
     dial: Mutex<Dial>,
+    /// The app left: a closed connection is not a loss.
+    leaving: AtomicBool,
+}
+
+/// A joined call. Dropping it closes the connection without `Leave`, which the relay
+/// treats as a lost connection (the place is kept for `resume`).
+pub struct Call {
+    att: Arc<Attach>,
+    core: Arc<Core>,
     event_reader: tokio::sync::Mutex<()>,
     signals: tokio::sync::Mutex<mpsc::Receiver<Bytes>>,
     media: tokio::sync::Mutex<mpsc::Receiver<MediaFrame>>,
     next_ping: AtomicU64,
     request_timeout: Duration,
+    recovery: Option<JoinHandle<()>>,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if let Some(t) = &self.recovery {
+            t.abort();
+        }
+    }
+}
+
+/// Why the recovery task woke.
+enum Cause {
+    Lost { reset: bool },
+    Draining,
 }
 
 impl Call {
@@ -247,24 +273,30 @@ impl Call {
         });
         let node = node_of(&dial);
         let link = attach(core.clone(), j, &dial.opts, node);
-        Call {
-            core,
+        let fleet = !dial.opts.nodes.is_empty();
+        let request_timeout = dial.opts.join_timeout;
+        let att = Arc::new(Attach {
+            core: core.clone(),
             link: Mutex::new(Arc::new(link)),
             reattach: tokio::sync::Mutex::new(()),
-            request_timeout: dial.opts.join_timeout,
             dial: Mutex::new(dial),
+            leaving: AtomicBool::new(false),
+        });
+        let recovery = fleet.then(|| tokio::spawn(recover_task(Arc::downgrade(&att))));
+        Call {
+            att,
+            core,
+            request_timeout,
             event_reader: tokio::sync::Mutex::new(()),
             signals: tokio::sync::Mutex::new(signal_rx),
             media: tokio::sync::Mutex::new(media_rx),
             next_ping: AtomicU64::new(1),
+            recovery,
         }
     }
 
     fn link(&self) -> Arc<Link> {
-        match self.link.lock() {
-            Ok(l) => l.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.att.link()
     }
 
     fn shared(&self) -> Arc<Shared> {
@@ -285,7 +317,8 @@ impl Call {
 
     /// This call's join token (sent to the peer in the handshake).
     pub(crate) fn token(&self) -> String {
-        self.dial
+        self.att
+            .dial
             .lock()
             .map(|d| d.token.clone())
             .unwrap_or_default()
@@ -602,6 +635,9 @@ impl Call {
 
     /// Leaves the session for good; the peer is told `PeerLeft(Left)`.
     pub async fn leave(self) -> Result<(), SdkError> {
+        self.att
+            .leaving
+            .store(true, std::sync::atomic::Ordering::Release);
         let shared = self.shared();
         shared.send_control(&ClientMessage::Leave).await?;
         {
@@ -650,32 +686,71 @@ impl Call {
     /// failed, or [`SdkError::Resume`] when the relay's answer does not continue this call
     /// (another session or slot, or not a resume).
     pub async fn resume(&self) -> Result<(), SdkError> {
+        self.att.reconnect(true).await
+    }
+
+    /// Moves the call to relay node `to` at `addr` (the next one of the token's list, when
+    /// the current node died or is draining): a fresh join there, the same engine, key
+    /// confirmation before media is delivered. Emits [`Event::Migrated`]. With
+    /// [`ConnectOptions::nodes`] set the call does this by itself.
+    ///
+    /// Errors: [`SdkError::Resume`] with `NodeNotListed` when the token does not list `to`;
+    /// connecting or joining failed.
+    pub async fn migrate(&self, to: NodeId, addr: SocketAddr) -> Result<(), SdkError> {
+        self.att.migrate(to, addr).await
+    }
+
+    /// The nodes to try after the current one, in the token's order (then the current one,
+    /// for a fresh join after a restart).
+    pub fn fallback_nodes(&self) -> Vec<NodeId> {
+        self.att.fallback_nodes()
+    }
+}
+
+impl Attach {
+    fn link(&self) -> Arc<Link> {
+        match self.link.lock() {
+            Ok(l) => l.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn is_e2ee_session(&self) -> bool {
+        self.core
+            .engine
+            .lock()
+            .map(|e| e.is_e2ee_session())
+            .unwrap_or(true)
+    }
+
+    fn session(&self) -> Option<SessionId> {
+        self.core.engine.lock().ok().map(|e| e.session().clone())
+    }
+
+    /// A new connection to the current node with the resume secret. `strict`: the relay
+    /// must resume this device's place; otherwise a fresh join there (a restarted node that
+    /// lost the session) continues the call too.
+    async fn reconnect(&self, strict: bool) -> Result<(), SdkError> {
         let _one = self.reattach.lock().await;
         let dial = self.dial.lock().map_err(|_| SdkError::Closed)?.clone();
         let old = self.link();
-        let e2ee = self.with_engine(|e| e.is_e2ee_session()).unwrap_or(true);
+        let e2ee = self.is_e2ee_session();
+        let session = self.session().ok_or(SdkError::Closed)?;
         let client = Client::connect(dial.relay, dial.token.clone(), dial.opts.clone()).await?;
-        let session = self.session();
         let j = client
-            .join_link(session.clone(), Some(old.joined.resume.clone()), e2ee)
+            .join_link(session, Some(old.joined.resume.clone()), e2ee)
             .await?;
-        if !j.joined.resumed {
-            return Err(ResumeError::NotResumed.into());
-        }
-        if j.joined.slot != old.joined.slot {
+        if j.joined.resumed && j.joined.slot != old.joined.slot {
             return Err(ResumeError::SlotChanged.into());
+        }
+        if strict && !j.joined.resumed {
+            return Err(ResumeError::NotResumed.into());
         }
         self.replace_link(j, &dial, old.node.clone());
         Ok(())
     }
 
-    /// Moves the call to relay node `to` at `addr` (the next one of the token's list, when
-    /// the current node died or is draining): a fresh join there, the same engine, key
-    /// confirmation before media is delivered. Emits [`Event::Migrated`].
-    ///
-    /// Errors: [`SdkError::Resume`] with `NodeNotListed` when the token does not list `to`;
-    /// connecting or joining failed.
-    pub async fn migrate(&self, to: NodeId, addr: SocketAddr) -> Result<(), SdkError> {
+    async fn migrate(&self, to: NodeId, addr: SocketAddr) -> Result<(), SdkError> {
         let _one = self.reattach.lock().await;
         let mut dial = self.dial.lock().map_err(|_| SdkError::Closed)?.clone();
         let claims = crate::secure::token_claims(&dial.token)?;
@@ -683,15 +758,16 @@ impl Call {
             return Err(ResumeError::NodeNotListed(to).into());
         }
         let from = self.link().node.clone();
-        let e2ee = self.with_engine(|e| e.is_e2ee_session()).unwrap_or(true);
+        let e2ee = self.is_e2ee_session();
+        let session = self.session().ok_or(SdkError::Closed)?;
         dial.relay = addr;
         let client = Client::connect(addr, dial.token.clone(), dial.opts.clone()).await?;
-        let j = client.join_link(self.session(), None, e2ee).await?;
+        let j = client.join_link(session, None, e2ee).await?;
         self.replace_link(j, &dial, Some(to.clone()));
         if let Ok(mut d) = self.dial.lock() {
             *d = dial;
         }
-        if let Some(from) = from {
+        if let Some(from) = from.filter(|f| *f != to) {
             let (_, _) = self
                 .core
                 .step(|e| e.push_event(Event::Migrated { from, to }))?;
@@ -699,20 +775,23 @@ impl Call {
         Ok(())
     }
 
-    /// The nodes of this call's token after the current one, in the order to try them.
-    pub fn fallback_nodes(&self) -> Vec<NodeId> {
+    fn fallback_nodes(&self) -> Vec<NodeId> {
         let Ok(dial) = self.dial.lock().map(|d| d.clone()) else {
             return Vec::new();
         };
         let Ok(claims) = crate::secure::token_claims(&dial.token) else {
             return Vec::new();
         };
-        let cur = self.node();
-        let at = cur
+        let cur = self.link().node.clone();
+        match cur
             .as_ref()
-            .and_then(|c| claims.nodes.iter().position(|n| n == c));
-        match at {
-            Some(i) => claims.nodes[i + 1..].to_vec(),
+            .and_then(|c| claims.nodes.iter().position(|n| n == c))
+        {
+            Some(i) => {
+                let mut v = claims.nodes[i + 1..].to_vec();
+                v.push(claims.nodes[i].clone());
+                v
+            }
             None => claims.nodes,
         }
     }
@@ -731,13 +810,73 @@ impl Call {
             });
         }
     }
+
+    /// After a loss or a drain notice: the same node first (unless it drains), then the
+    /// token's next nodes. Both endpoints walk the same list, so they meet again.
+    async fn recover(&self, cause: Cause) {
+        if let Cause::Lost { reset: true } = cause {
+            let _ = self.core.step(|e| e.push_event(Event::ConnectionReset));
+        }
+        if let Cause::Lost { .. } = cause {
+            match self.reconnect(false).await {
+                Ok(()) => return,
+                Err(e) => tracing::debug!(error = %e, "the same node did not take the call back"),
+            }
+        }
+        let opts = match self.dial.lock() {
+            Ok(d) => d.opts.clone(),
+            Err(_) => return,
+        };
+        for node in self.fallback_nodes() {
+            let Some(addr) = opts.node_addr(&node) else {
+                continue;
+            };
+            match self.migrate(node.clone(), addr).await {
+                Ok(()) => return,
+                Err(e) => tracing::debug!(%node, error = %e, "node did not take the call"),
+            }
+        }
+        let _ = self.core.step(|e| {
+            e.push_event(Event::Disconnected(
+                "no node of the token's list took the call".into(),
+            ))
+        });
+    }
 }
 
-/// The token's first listed node when the call starts there (the app dialled it).
+/// Watches the current link; on a loss (or reset, or drain notice) recovers the call.
+/// Holds the call only weakly: it ends when the call is dropped.
+async fn recover_task(att: std::sync::Weak<Attach>) {
+    loop {
+        let Some(shared) = att.upgrade().map(|a| a.link().shared.clone()) else {
+            return;
+        };
+        let cause = tokio::select! {
+            e = shared.conn.closed() => Cause::Lost {
+                reset: matches!(e, quinn::ConnectionError::Reset),
+            },
+            _ = shared.draining.notified() => Cause::Draining,
+        };
+        let Some(a) = att.upgrade() else { return };
+        if a.leaving.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        if !Arc::ptr_eq(&a.link().shared, &shared) {
+            // Already replaced by a resume the app asked for.
+            continue;
+        }
+        drop(shared);
+        a.recover(cause).await;
+    }
+}
+
+/// The node the app dialled: from the address book, else the token's first.
 fn node_of(dial: &Dial) -> Option<NodeId> {
-    crate::secure::token_claims(&dial.token)
-        .ok()
-        .and_then(|c| c.nodes.first().cloned())
+    dial.opts.node_at(dial.relay).or_else(|| {
+        crate::secure::token_claims(&dial.token)
+            .ok()
+            .and_then(|c| c.nodes.first().cloned())
+    })
 }
 
 /// Starts a link's tasks for `core`.
@@ -765,6 +904,7 @@ fn attach(core: Arc<Core>, j: Joining, opts: &ConnectOptions, node: Option<NodeI
         control_send: tokio::sync::Mutex::new(send),
         fast,
         core,
+        draining: Notify::new(),
     });
     let control = tokio::spawn(control_task(shared.clone(), recv, decoder));
     let media = tokio::spawn(media_task(shared.clone()));
@@ -879,6 +1019,7 @@ async fn dispatch(shared: &Shared, msg: RelayMessage) -> bool {
         }
         RelayMessage::Draining { deadline_ms } => {
             tracing::info!(deadline_ms, "the relay is draining");
+            shared.draining.notify_one();
             return true;
         }
         RelayMessage::Dropped(RefusalReason::FastPathUnavailable) if shared.fast.is_some() => {

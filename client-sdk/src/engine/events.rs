@@ -35,6 +35,10 @@ pub enum Event {
     SessionEnded(EndReason),
     /// The connection closed; the text says why.
     Disconnected(String),
+    /// The relay answered with a stateless reset (it restarted and does not know this
+    /// connection): noticed at once, not after an idle timeout. With
+    /// `ConnectOptions::nodes` set the call resumes or moves by itself.
+    ConnectionReset,
     /// The keys are agreed: the call is end-to-end encrypted from here on. The first event
     /// an app sees on a call from `Client::join_e2ee`.
     E2eeEstablished {
@@ -88,6 +92,7 @@ impl Event {
                 | Self::PeerLeft(_)
                 | Self::SessionEnded(_)
                 | Self::Disconnected(_)
+                | Self::ConnectionReset
         )
     }
 }
