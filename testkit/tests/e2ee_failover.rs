@@ -187,3 +187,30 @@ async fn a_draining_node_the_call_moves_to_the_next_with_the_same_code() -> Resu
     assert!(!front.handle.saw_in_datagrams(&MARKER[..10]));
     Ok(())
 }
+
+/// The only node restarts on the same ports (a crash and a supervisor restart): the SDKs
+/// notice (a stateless reset once the relay keeps its reset key, else the idle timeout),
+/// the restarted node has lost the session, and both join it afresh: the same engine
+/// continues, same code, keys confirmed end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_the_call_continues_on_it_with_the_same_code() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut n1 = RelayProcess::builder()
+        .data_dir(dir.path())
+        .args(["--node-id", "n1"])
+        .start()?;
+    let opts = fleet_options(n1.cert_pem(), vec![(node("n1"), n1.quic_addr())]);
+    let (a, b) = pair(&n1, n1.quic_addr(), &opts, "failover-restart").await?;
+    let code = a.security_code().context("a code")?;
+    exchange(&a, &b, 0).await?;
+
+    n1.sigkill()?;
+    n1.restart()?;
+    for c in [&a, &b] {
+        wait_for(c, "KeysConfirmed", |e| *e == Event::KeysConfirmed).await?;
+        assert_eq!(c.security_code().as_ref(), Some(&code));
+    }
+    exchange(&a, &b, 1).await?;
+    exchange(&b, &a, 2).await?;
+    Ok(())
+}
