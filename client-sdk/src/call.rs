@@ -378,6 +378,13 @@ impl Call {
         r
     }
 
+    /// How this side pads its sealed frames from now on (see [`crate::engine::padding`]).
+    pub fn set_padding(&self, padding: crate::engine::Padding) {
+        if let Ok(mut e) = self.core.engine.lock() {
+            e.set_padding(padding);
+        }
+    }
+
     /// E2EE counters; `None` on a plain call.
     pub fn e2ee_stats(&self) -> Option<E2eeStats> {
         self.with_engine(|e| e.e2ee_stats()).flatten()

@@ -105,6 +105,7 @@ impl Client {
             }
             other => other?,
         };
+        call.set_padding(cfg.options.padding);
         match secure::handshake(&call, cfg).await {
             Ok(est) => {
                 call.install_e2ee(est).await?;

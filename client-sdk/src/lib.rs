@@ -97,9 +97,9 @@ pub use e2ee::{
     CallOptions, CipherSuite, E2eeUnavailable, HandshakeError, IdentityCheck, IdentityKey,
     IdentityPolicy, PeerIdentity, RekeyPolicy, SecurityCode, UnavailableReason,
 };
-pub use engine::Engine;
+pub use engine::{Engine, Padding};
 pub use error::{ResumeError, SdkError};
 pub use fastpath::{FastPathMode, Transport};
-pub use fragment::{MediaFrame, MAX_FRAME};
+pub use fragment::{FrameSeq, MediaFrame, MAX_FRAME};
 pub use options::ConnectOptions;
 pub use secure::{token_claims, E2eeConfig};

@@ -30,6 +30,9 @@ pub struct CallOptions {
     pub rekey: RekeyPolicy,
     /// What a peer identity that differs from `pinned_peer` does.
     pub on_identity_change: IdentityPolicy,
+    /// Traffic-analysis padding of this side's sealed frames (`Call::set_padding` changes
+    /// it mid-call).
+    pub padding: crate::engine::Padding,
 }
 
 /// What a changed pinned identity does (see `CallOptions::pinned_peer`).
@@ -54,6 +57,7 @@ impl Default for CallOptions {
             suite: CipherSuite::default(),
             rekey: RekeyPolicy::default(),
             on_identity_change: IdentityPolicy::Block,
+            padding: crate::engine::Padding::Off,
         }
     }
 }

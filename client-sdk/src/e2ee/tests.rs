@@ -557,8 +557,9 @@ fn rekey_mid_call_with_frames_in_flight() {
     for f in &after[1..] {
         assert!(r.b.opener.open(t, f).is_ok());
     }
-    // Two more rekeys: epoch 0 is now older than the previous one: stale.
+    // Two more rekeys (a frame between them): epoch 0 is now older than the previous one.
     r.a.sealer.rekey(t).unwrap();
+    let _lost = r.a.sealer.seal(t, b"e2").unwrap();
     r.a.sealer.rekey(t).unwrap();
     let f = r.a.sealer.seal(t, b"e3").unwrap();
     assert_eq!(

@@ -20,6 +20,7 @@
 
 pub mod confirm;
 pub mod events;
+pub mod padding;
 #[cfg(test)]
 mod tests;
 
@@ -33,10 +34,11 @@ use crate::e2ee::{
     Established, FrameOpener, FrameSealer, IdentityCheck, PeerIdentity, RecvStats, SecurityCode,
 };
 use crate::error::SdkError;
-use crate::fragment::{Fragmenter, MediaFrame, Reassembler, ReassemblyStats};
+use crate::fragment::{Fragmenter, FrameSeq, MediaFrame, Reassembler, ReassemblyStats};
 
 use confirm::{Confirm, ConfirmKind, NONCE_LEN};
 pub use events::{Event, EventQueue};
+pub use padding::Padding;
 
 /// Frames kept while waiting for the keys or for a key confirmation; beyond that the
 /// oldest are dropped and counted.
@@ -73,6 +75,10 @@ pub struct E2eeStats {
     pub dropped_before_keys: u64,
     /// Key confirmations completed (one per resume or move).
     pub confirmations: u64,
+    /// Authentic frames dropped for being more than `RekeyPolicy::max_lag` behind.
+    pub rejected_too_late: u64,
+    /// Padding bytes this side sealed (the bandwidth padding cost).
+    pub padding_bytes_sent: u64,
 }
 
 impl E2eeStats {
@@ -83,6 +89,7 @@ impl E2eeStats {
             + self.rejected_stale_epoch
             + self.rejected_unknown_kid
             + self.rejected_malformed
+            + self.rejected_too_late
             + self.dropped_before_keys
     }
 }
@@ -144,6 +151,11 @@ pub struct Engine {
     dropped_before_keys: u64,
     confirmations: u64,
     last_recv: RecvStats,
+    padding: Padding,
+    /// Bytes of padding sealed (the bandwidth it cost).
+    padding_bytes: u64,
+    /// Authentic frames whose padding trailer was malformed (a broken peer).
+    bad_padding: u64,
     /// The peer token the relay forwarded with `PeerE2eeUnavailable` (for the handshake to
     /// verify; the claim alone is the relay's word).
     peer_unavailable_token: Option<String>,
@@ -177,8 +189,16 @@ impl Engine {
             dropped_before_keys: 0,
             confirmations: 0,
             last_recv: RecvStats::default(),
+            padding: Padding::Off,
+            padding_bytes: 0,
+            bad_padding: 0,
             peer_unavailable_token: None,
         }
+    }
+
+    /// How this side pads its sealed frames from now on.
+    pub fn set_padding(&mut self, padding: Padding) {
+        self.padding = padding;
     }
 
     /// The session the app asked for (not the relay's word).
@@ -260,12 +280,15 @@ impl Engine {
             Keys::Plain => frame,
             Keys::Awaiting => return Err(SdkError::E2eeNotEstablished),
             Keys::Secure(s) => {
-                let mut out = Vec::with_capacity(frame.len() + 64);
+                let mut plain = Vec::new();
+                padding::pad(self.padding, kind, frame, &mut plain);
+                self.padding_bytes += (plain.len() - frame.len() - padding::TRAILER) as u64;
+                let mut out = Vec::with_capacity(plain.len() + 64);
                 let before = s.sealer.epoch();
                 // The kind is SFrame metadata, so a relay cannot relabel audio as video.
                 let after =
                     s.sealer
-                        .seal_with_metadata_into(now, &[kind as u8], frame, &mut out)?;
+                        .seal_with_metadata_into(now, &[kind as u8], &plain, &mut out)?;
                 if after != before {
                     self.events.push(Event::Rekeyed {
                         by_peer: false,
@@ -336,9 +359,20 @@ impl Engine {
                         epoch: opened.epoch,
                     });
                 }
+                let Ok(inner) = padding::unpad(&out) else {
+                    tracing::debug!("dropped a frame with a malformed padding trailer");
+                    self.bad_padding += 1;
+                    return;
+                };
+                let len = inner.len();
+                out.truncate(len);
                 let frame = MediaFrame {
                     kind: frame.kind,
                     data: out.into(),
+                    seq: Some(FrameSeq {
+                        epoch: opened.epoch,
+                        counter: opened.ctr,
+                    }),
                 };
                 if self.pending.is_some() {
                     self.hold(frame);
@@ -522,7 +556,9 @@ impl Engine {
             rejected_replayed: recv.replayed,
             rejected_stale_epoch: recv.stale_epoch,
             rejected_unknown_kid: recv.unknown_kid,
-            rejected_malformed: recv.malformed,
+            rejected_malformed: recv.malformed + self.bad_padding,
+            rejected_too_late: recv.too_late,
+            padding_bytes_sent: self.padding_bytes,
             buffered_before_keys: self.buffered_before_keys,
             dropped_before_keys: self.dropped_before_keys,
             confirmations: self.confirmations,

@@ -209,3 +209,30 @@ fn a_flood_of_relay_notices_cannot_push_out_a_verdict() {
     assert!(evs.len() <= events::MAX_SHEDDABLE + 2);
     assert!(a.events_shed() > 0);
 }
+
+#[test]
+fn padding_hides_sizes_and_frames_carry_their_authenticated_order() {
+    let now = Instant::now();
+    let (mut a, mut b) = pair(now);
+    a.set_padding(Padding::ConstantAudio(200));
+    let sizes: Vec<usize> = [3usize, 50, 150]
+        .iter()
+        .map(|&n| {
+            let pieces = send(&mut a, &mut b, now, &vec![7u8; n]);
+            pieces.iter().map(|p| p.len()).sum()
+        })
+        .collect();
+    assert!(sizes.windows(2).all(|w| w[0] == w[1]), "{sizes:?}");
+    for (i, n) in [3usize, 50, 150].into_iter().enumerate() {
+        let f = b.poll_frame().unwrap();
+        assert_eq!(f.data.len(), n);
+        assert_eq!(
+            f.seq,
+            Some(crate::fragment::FrameSeq {
+                epoch: 0,
+                counter: i as u64
+            })
+        );
+    }
+    assert!(a.e2ee_stats().unwrap().padding_bytes_sent > 0);
+}
