@@ -416,17 +416,9 @@ impl Handshake {
             Role::Initiator => {
                 let suite = cfg.options.suite;
                 let nonce: [u8; NONCE_LEN] = random()?;
-                let mut a_hello = [0u8; A_HELLO_LEN];
-                a_hello[0] = HANDSHAKE_VERSION;
-                a_hello[1..3].copy_from_slice(&suite.id().to_be_bytes());
-                a_hello[3..3 + PK_LEN].copy_from_slice(&common.identity.public_key());
-                a_hello[3 + PK_LEN..3 + PK_LEN + X_LEN].copy_from_slice(&x_pub);
-                a_hello[3 + PK_LEN + X_LEN..].copy_from_slice(&nonce);
-                let mut commit = Vec::with_capacity(COMMIT_LEN);
-                commit.extend_from_slice(&[HANDSHAKE_VERSION, T_COMMIT]);
-                commit.extend_from_slice(&suite.id().to_be_bytes());
-                commit.extend_from_slice(&commitment_of(&a_hello));
-                put_token(&mut commit, &common.token);
+                let a_hello =
+                    encode_a_hello(suite.id(), &common.identity.public_key(), &x_pub, &nonce);
+                let commit = encode_commit(suite.id(), &commitment_of(&a_hello), &common.token);
                 Ok(Start::Proceed {
                     send: Some(commit.clone()),
                     handshake: Box::new(Handshake {
@@ -598,14 +590,14 @@ impl Handshake {
         if ek.as_ref().len() != EK_LEN {
             return Err(HandshakeError::Crypto);
         }
-        let mut hello = Vec::with_capacity(HELLO_LEN);
-        hello.extend_from_slice(&[HANDSHAKE_VERSION, T_HELLO]);
-        hello.extend_from_slice(&suite_id.to_be_bytes());
-        hello.extend_from_slice(&self.common.identity.public_key());
-        hello.extend_from_slice(&x_pub);
-        hello.extend_from_slice(&nonce);
-        hello.extend_from_slice(ek.as_ref());
-        put_token(&mut hello, &self.common.token);
+        let hello = encode_hello(
+            suite_id,
+            &self.common.identity.public_key(),
+            &x_pub,
+            &nonce,
+            ek.as_ref(),
+            &self.common.token,
+        );
         self.state = State::AwaitReveal {
             suite,
             x,
@@ -641,12 +633,7 @@ impl Handshake {
         let mac_a = mac(&sec.fin_a, &sec.th_a);
         let th_full = sha256(&[&sec.th_a, &sig_a, &mac_a]);
 
-        let mut reveal = Vec::with_capacity(REVEAL_LEN);
-        reveal.extend_from_slice(&[HANDSHAKE_VERSION, T_REVEAL]);
-        reveal.extend_from_slice(&a_hello[1..]);
-        reveal.extend_from_slice(ct.as_ref());
-        reveal.extend_from_slice(&sig_a);
-        reveal.extend_from_slice(&mac_a);
+        let reveal = encode_reveal(a_hello, ct.as_ref(), &sig_a, &mac_a);
         if reveal.len() != REVEAL_LEN {
             return Err(HandshakeError::Crypto);
         }
@@ -694,10 +681,7 @@ impl Handshake {
         let th_full = sha256(&[&sec.th_a, sig_a, mac_a]);
         let sig_b = self.common.identity.sign(b"duet-e2ee/1 sig B", &th_full);
         let mac_b = mac(&sec.fin_b, &th_full);
-        let mut finished = Vec::with_capacity(FINISHED_LEN);
-        finished.extend_from_slice(&[HANDSHAKE_VERSION, T_FINISHED]);
-        finished.extend_from_slice(&sig_b);
-        finished.extend_from_slice(&mac_b);
+        let finished = encode_finished(&sig_b, &mac_b);
         let established = self.establish(
             suite,
             &ik_a,

@@ -33,6 +33,14 @@ impl IdentityKey {
             .map_err(|_| IdentityKeyError)
     }
 
+    /// From a raw 32-byte Ed25519 seed (the known-answer vectors use fixed seeds; apps
+    /// store PKCS#8).
+    pub fn from_seed(seed: &[u8; 32]) -> Result<Self, IdentityKeyError> {
+        Ed25519KeyPair::from_seed_unchecked(seed)
+            .map(Self)
+            .map_err(|_| IdentityKeyError)
+    }
+
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, IdentityKeyError> {
         Ed25519KeyPair::from_pkcs8(der)
             .map(Self)

@@ -76,6 +76,8 @@ pub mod test_support;
 mod wire;
 
 #[cfg(test)]
+mod kat;
+#[cfg(test)]
 mod rfc9605_vectors;
 #[cfg(test)]
 mod tests;

@@ -54,6 +54,67 @@ pub(super) fn decline_message(reason: UnavailableReason, token: &str) -> Vec<u8>
     m
 }
 
+/// `version | suite | IK_A | X_A | n_A`: what the initiator commits to.
+pub(super) fn encode_a_hello(suite: u16, ik: &[u8], x: &[u8], nonce: &[u8]) -> [u8; A_HELLO_LEN] {
+    let mut a = [0u8; A_HELLO_LEN];
+    a[0] = HANDSHAKE_VERSION;
+    a[1..3].copy_from_slice(&suite.to_be_bytes());
+    a[3..3 + PK_LEN].copy_from_slice(ik);
+    a[3 + PK_LEN..3 + PK_LEN + X_LEN].copy_from_slice(x);
+    a[3 + PK_LEN + X_LEN..].copy_from_slice(nonce);
+    a
+}
+
+/// `version | 1 | suite | commitment | token_len | token`.
+pub(super) fn encode_commit(suite: u16, commitment: &[u8], token: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(COMMIT_LEN + 2 + token.len());
+    m.extend_from_slice(&[HANDSHAKE_VERSION, T_COMMIT]);
+    m.extend_from_slice(&suite.to_be_bytes());
+    m.extend_from_slice(commitment);
+    put_token(&mut m, token);
+    m
+}
+
+/// `version | 2 | suite | IK_B | X_B | n_B | EK_B | token_len | token`.
+pub(super) fn encode_hello(
+    suite: u16,
+    ik: &[u8],
+    x: &[u8],
+    nonce: &[u8],
+    ek: &[u8],
+    token: &str,
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(HELLO_LEN + 2 + token.len());
+    m.extend_from_slice(&[HANDSHAKE_VERSION, T_HELLO]);
+    m.extend_from_slice(&suite.to_be_bytes());
+    m.extend_from_slice(ik);
+    m.extend_from_slice(x);
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(ek);
+    put_token(&mut m, token);
+    m
+}
+
+/// `version | 3 | (helloA without its version byte) | CT | Sig_A | Mac_A`.
+pub(super) fn encode_reveal(a_hello: &[u8], ct: &[u8], sig: &[u8], mac: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(REVEAL_LEN);
+    m.extend_from_slice(&[HANDSHAKE_VERSION, T_REVEAL]);
+    m.extend_from_slice(&a_hello[1..]);
+    m.extend_from_slice(ct);
+    m.extend_from_slice(sig);
+    m.extend_from_slice(mac);
+    m
+}
+
+/// `version | 4 | Sig_B | Mac_B`.
+pub(super) fn encode_finished(sig: &[u8], mac: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(FINISHED_LEN);
+    m.extend_from_slice(&[HANDSHAKE_VERSION, T_FINISHED]);
+    m.extend_from_slice(sig);
+    m.extend_from_slice(mac);
+    m
+}
+
 /// A parsed message; lengths are already checked, so the fields are exact.
 pub(super) enum Msg<'a> {
     Commit {
