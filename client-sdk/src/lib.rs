@@ -80,6 +80,19 @@
 //! [`tls`] builds the client's TLS and QUIC configuration (X25519MLKEM768 first): the one
 //! copy, which the load tester and the test kit's raw client use too.
 
+//! # Modules
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`engine`] | the sans-IO call engine: keys, epochs, reassembly, held frames, key confirmation, padding, events |
+//! | [`call`] | the tokio driver: links (a connection and its tasks), resume, migrate, recovery |
+//! | [`client`] | connecting and the join exchange |
+//! | [`e2ee`] | the handshake (wire, schedule, identity, token binding), SFrame, keys, code, opt-in |
+//! | [`secure`] | running the handshake over a joined call |
+//! | [`fastpath`] | the raw-UDP fast path's binding and sockets |
+//! | [`fragment`] | cutting frames into datagrams and reassembling them |
+//! | [`options`], [`tls`], [`error`] | connect options, the client TLS/QUIC config, `SdkError` |
+
 pub mod call;
 pub mod client;
 pub mod e2ee;

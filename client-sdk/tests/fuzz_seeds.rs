@@ -85,7 +85,11 @@ fn write_seeds() {
     // Byte 0: bit 0 = initiator, bit 1 = the relay's PeerE2eeUnavailable token.
     let seed = |role: u8, ms: &[&[u8]]| [vec![role], pieces(ms)].concat();
     write("e2ee_handshake", "responder-commit", &seed(0, &[&commit]));
-    write("e2ee_handshake", "responder-commit-reveal", &seed(0, &[&commit, &reveal]));
+    write(
+        "e2ee_handshake",
+        "responder-commit-reveal",
+        &seed(0, &[&commit, &reveal]),
+    );
     write("e2ee_handshake", "initiator-hello", &seed(1, &[&hello]));
     write("e2ee_handshake", "initiator-decline", &seed(1, &[&decline]));
     let forbidding = token(s, "bob", E2eeClaim::ComplianceRecording);
@@ -98,16 +102,25 @@ fn write_seeds() {
     // SFrame: frames sealed under the fuzz target's root, in order, then a confirmation.
     let now = Instant::now();
     let root = zeroize::Zeroizing::new(vec![0x42u8; 32]);
-    let mut sealer =
-        FrameSealer::new(CipherSuite::default(), Direction::AtoB, root, RekeyPolicy::default())
-            .unwrap();
+    let mut sealer = FrameSealer::new(
+        CipherSuite::default(),
+        Direction::AtoB,
+        root,
+        RekeyPolicy::default(),
+    )
+    .unwrap();
     let mut frames: Vec<Vec<u8>> = Vec::new();
     for (i, mode) in [Padding::Off, Padding::Buckets, Padding::ConstantAudio(160)]
         .into_iter()
         .enumerate()
     {
         let mut plain = Vec::new();
-        padding::pad(mode, MediaKind::Audio, &vec![i as u8; 40 + i * 300], &mut plain);
+        padding::pad(
+            mode,
+            MediaKind::Audio,
+            &vec![i as u8; 40 + i * 300],
+            &mut plain,
+        );
         let mut f = vec![MediaKind::Audio as u8];
         sealer
             .seal_with_metadata_into(now, &[MediaKind::Audio as u8], &plain, &mut f)
@@ -133,5 +146,9 @@ fn write_seeds() {
     );
     let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
     write("sframe_open", "sealed-in-order", &pieces(&refs));
-    write("sframe_open", "replayed", &pieces(&[refs[0], refs[0], refs[1]]));
+    write(
+        "sframe_open",
+        "replayed",
+        &pieces(&[refs[0], refs[0], refs[1]]),
+    );
 }

@@ -12,12 +12,13 @@
 //!
 //! ```text
 //!  A (initiator, slot A)                                   B (responder, slot B)
-//!  Commit  { suite, H(helloA) }                     ──────▶
-//!                                                   ◀────── Hello { suite, IK_B, X_B, n_B, EK_B }
+//!  Commit  { suite, H(helloA), token_A }            ──────▶   B verifies token_A
+//!                                                   ◀────── Hello { suite, IK_B, X_B, n_B, EK_B, token_B }
 //!  Reveal  { helloA = (IK_A, X_A, n_A), CT, Sig_A, Mac_A } ─▶  B checks H(helloA), decapsulates
 //!                                                   ◀────── Finished { Sig_B, Mac_B }   B: established
 //!  A: established
-//!  (either side, instead of its first message)      Decline { reason }  → the other: E2eeUnavailable
+//!  (either side, instead of its first message)      Decline { reason, token }  → the other:
+//!      E2eeUnavailable if the token verifies and forbids E2EE, else UnprovenDecline
 //! ```
 //!
 //! `IK` is the long-term Ed25519 identity key, `X` a fresh X25519 share, `n` a fresh
@@ -40,8 +41,10 @@
 //! code     = 20 digits from H("duet-e2ee/1 security code" | th_code)
 //! ```
 //!
-//! `ctx` is the session id the transport passes, so a handshake cannot be moved to another
-//! session. **Hybrid:** both secrets enter one HKDF-Extract, with the transcript (both
+//! `ctx` is the session id the app asked for, so a handshake cannot be moved to another
+//! session; Commit and Hello enter the transcript whole, so both signed tokens (session,
+//! users, devices, E2EE decisions) are bound by the code, the signatures and the keys
+//! (`binding.rs` verifies them). Byte layouts: `docs/protocol.md`. **Hybrid:** both secrets enter one HKDF-Extract, with the transcript (both
 //! shares, the KEM key and ciphertext) as salt — the concatenation combiner of the TLS
 //! hybrid design: the output stays pseudorandom as long as either X25519 or ML-KEM-768
 //! holds, so traffic recorded today stays private against a later quantum computer.

@@ -24,9 +24,10 @@
 //!
 //! 1. After `Joined`, build a [`HandshakeConfig`]: `role = Role::from_slot(joined.slot)`,
 //!    the user's [`IdentityKey`] (the app keeps it across calls, PKCS#8), `context` = the
-//!    session id's bytes, `claim` = this user's token [`duet_proto::E2eeClaim`] (the app
-//!    knows it from its backend; the relay already refuses joins whose claim forbids
-//!    E2EE), and the app's [`CallOptions`].
+//!    bytes of the session id the app asked for, `token` = this side's signed join token
+//!    (its E2EE claim is this side's decision; it is sent to the peer), `token_keys` = the
+//!    issuer's public keys (to verify the peer's token), `now_unix`, and the app's
+//!    [`CallOptions`].
 //! 2. `Handshake::start(cfg)`:
 //!    * `Start::Declined { send, unavailable }`: send `send` as a `Signal` once the peer is
 //!      present (so its SDK fails cleanly) and return `unavailable` from `join`. No media.
@@ -38,12 +39,14 @@
 //!    * `Ok(Step::Established { send, established })`: send `send` if `Some` (B's
 //!      Finished), then the call is end-to-end encrypted. `established.code` is what
 //!      `Call::security_code()` shows; `peer`/`identity_check` feed the events.
-//!    * `Ok(Step::Unavailable(u))`: the peer declined; return `u` (typed). No media.
+//!    * `Ok(Step::Unavailable(u))`: the peer declined with its signed token forbidding
+//!      E2EE, as its first message; return `u` (typed). No media. Any other decline is
+//!      `Err(HandshakeError::UnprovenDecline)`.
 //!    * `Err(e)`: the handshake failed (typed); end the call, no media.
 //!
 //!    Who sends what when: A→Commit, B→Hello, A→Reveal, B→Finished (B is established when
-//!    it sends it; A when it receives it). A `RelayMessage::PeerE2eeUnavailable(claim)`
-//!    before that maps to `E2eeUnavailable::from_peer_claim(claim)`. The transport owns the
+//!    it sends it; A when it receives it). A `RelayMessage::PeerE2eeUnavailable { token, .. }`
+//!    goes to `handshake.on_peer_unavailable(&token)`: the same rule as a Decline. The transport owns the
 //!    deadline (e.g. `join_timeout`): no `Established` by then = failure.
 //! 4. Media, only after `Established` (never before: no keys, no media):
 //!    `sealer.seal_into(now, frame, &mut buf)` once per whole frame, then split `buf` into
@@ -55,7 +58,9 @@
 //!    receive paths can own one each without sharing a lock.
 //!    B may send its first frames before A has processed Finished; A cannot open them
 //!    until then — buffer a few (bounded) or drop them.
-//! 5. On resume after a relay failure, keep the same sealer/opener: no new handshake.
+//! 5. On resume after a relay failure, keep the same sealer/opener: no new handshake. The
+//!    SDK's [`crate::engine`] does this, and confirms keys end to end after every
+//!    connection change before it delivers media again.
 //!
 //! Key material: our secrets (roots, base keys, salts, shared-secret copies, PKCS#8
 //! exports) are `zeroize::Zeroizing` and wiped on drop. aws-lc-rs wipes its own:
