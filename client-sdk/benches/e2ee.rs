@@ -19,6 +19,7 @@ use duet_sdk::e2ee::{
     Step,
 };
 use duet_sdk::engine::padding::{self, Padding};
+use duet_sdk::Engine;
 
 const SIZES: [usize; 2] = [160, 1200];
 
@@ -184,6 +185,40 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // The in-call hybrid rekey (post-compromise): offer (X25519 + ML-KEM-768 key
+    // generation), answer (encapsulation), finish (decapsulation), both derivations and
+    // switches, sealed and opened as signals, plus one frame back that completes it.
+    let (ea, eb) = handshake(&ia, &ib);
+    let sid = duet_proto::SessionId::new("bench-session").expect("sid");
+    let mut ga = Engine::new(sid.clone(), std::time::Duration::from_millis(500), true);
+    let mut gb = Engine::new(sid, std::time::Duration::from_millis(500), true);
+    ga.install(now, ea).expect("keys");
+    gb.install(now, eb).expect("keys");
+    let mut t = now;
+    let hop = |from: &mut Engine, to: &mut Engine, t: Instant| {
+        while let Some(m) = from.poll_transmit() {
+            to.handle_signal(t, &m);
+        }
+    };
+    c.bench_function("rekey/hybrid_exchange_both_sides", |bch| {
+        bch.iter(|| {
+            t += std::time::Duration::from_secs(3);
+            ga.rekey_hybrid(t).expect("rekey");
+            hop(&mut ga, &mut gb, t);
+            hop(&mut gb, &mut ga, t);
+            hop(&mut ga, &mut gb, t);
+            for p in gb
+                .seal_and_split(t, MediaKind::Audio, &[1u8; 80], 1200, None)
+                .expect("seal")
+            {
+                ga.handle_datagram(t, p);
+            }
+            while ga.poll_frame().is_some() {}
+            while ga.poll_event().is_some() {}
+            while gb.poll_event().is_some() {}
+        })
+    });
 }
 
 /// Sealed-plaintext bytes per frame by padding mode over a synthetic call: 20 ms Opus-like

@@ -378,6 +378,17 @@ impl Call {
         r
     }
 
+    /// Starts an in-call hybrid rekey now: fresh X25519 + ML-KEM-768 secrets, exchanged
+    /// under the current keys, mixed into new roots for both directions (a key leaked
+    /// earlier does not expose what follows). The initiator also runs one every
+    /// `RekeyPolicy::hybrid_interval`. Rate-limited: [`SdkError::RekeyLimited`].
+    pub async fn rekey_hybrid(&self) -> Result<(), SdkError> {
+        let (r, out) = self.core.step(|e| e.rekey_hybrid(Instant::now()))?;
+        r?;
+        self.shared().deliver(out).await;
+        Ok(())
+    }
+
     /// How this side pads its sealed frames from now on (see [`crate::engine::padding`]).
     pub fn set_padding(&self, padding: crate::engine::Padding) {
         if let Ok(mut e) = self.core.engine.lock() {

@@ -65,6 +65,10 @@ pub enum SdkError {
     /// Media on an E2EE call before the keys are agreed (never sent in the clear).
     #[error("the end-to-end keys are not agreed yet")]
     E2eeNotEstablished,
+    /// A hybrid rekey is already running, or the last one is too recent (rate limit, so a
+    /// burst cannot desynchronise the peer).
+    #[error("a hybrid rekey is running or was just done")]
+    RekeyLimited,
     #[error("sealing a frame failed: {0}")]
     Seal(#[from] SealError),
     /// The raw-UDP fast path cannot be used (off on this call, not offered, no ticket, or

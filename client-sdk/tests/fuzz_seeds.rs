@@ -144,6 +144,8 @@ fn write_seeds() {
         )
         .unwrap(),
     );
+    let (_, offer) = duet_sdk::e2ee::pcs::offer(&mut sealer, now, 1 << 20).unwrap();
+    frames.push(offer);
     let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
     write("sframe_open", "sealed-in-order", &pieces(&refs));
     write(

@@ -1,11 +1,11 @@
 //! The SDK's SFrame opener and what sits on top of it (the padding trailer, the key
 //! confirmation), fed frames a hostile relay may forge: a sequence of `u16 BE length |
-//! bytes` frames opened in order under one receiver, the first byte of each choosing the
+//! bytes` frames (media, key confirmations, hybrid-rekey messages) opened in order under one receiver, the first byte of each choosing the
 //! media kind (its SFrame metadata). Nothing may panic; nothing forged may open.
 #![no_main]
 use std::time::{Duration, Instant};
 
-use duet_sdk::e2ee::{CipherSuite, Direction, FrameOpener, RekeyPolicy};
+use duet_sdk::e2ee::{pcs, CipherSuite, Direction, FrameOpener, RekeyPolicy};
 use duet_sdk::engine::{confirm, padding};
 use libfuzzer_sys::fuzz_target;
 
@@ -33,6 +33,10 @@ fuzz_target!(|data: &[u8]| {
         i += 1;
         if confirm::is_confirm(frame) {
             let _ = confirm::open(&mut opener, t, frame);
+            continue;
+        }
+        if pcs::is_pcs(frame) {
+            let _ = pcs::open(&mut opener, t, frame);
             continue;
         }
         let Some((&kind, body)) = frame.split_first() else {

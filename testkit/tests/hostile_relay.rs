@@ -65,6 +65,15 @@ async fn pair_via(
     .await
 }
 
+/// Waits until the relay holds no endpoint, so the next `pair_via` orders its joins by
+/// the relay's count (an earlier phase's endpoints leaving would fool it).
+async fn settle(relay: &TestRelay) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while relay.endpoint_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn on() -> E2eeConfig {
     e2ee_config(true)
 }
@@ -263,6 +272,8 @@ async fn finding3_a_spliced_pairing_fails_typed() -> Result<()> {
     assert_typed_attack(&a, "alice");
 
     // Without the lie, the tokens tell: alice's is for another session than bob asked for.
+    drop((a, b));
+    settle(&relay).await;
     let front = hostile(&relay, splicer(false, "h-splice2-a"));
     let (a, b) = splice_pair(&front, &relay, "h-splice2").await;
     assert!(
@@ -357,6 +368,7 @@ async fn finding4_a_changed_pin_blocks_and_a_flood_cannot_hide_it() -> Result<()
         a.err()
     );
     drop(b);
+    settle(&relay).await;
 
     // Warn, with 3000 relay notices flooded in just before alice's keys are installed.
     let flooded = Arc::new(AtomicBool::new(false));
@@ -470,6 +482,8 @@ async fn rewritten_signals_and_a_lying_slot_fail_typed() -> Result<()> {
     let (a, b) = pair_via(&front1, &relay, "h-rewrite", (short(), short())).await;
     assert_typed_attack(&a, "alice");
     assert_typed_attack(&b, "bob");
+    drop((a, b));
+    settle(&relay).await;
 
     // Both told they are slot A: both commit, neither accepts a commit.
     let front2 = hostile(

@@ -292,6 +292,8 @@ pub struct Established {
     pub opener: FrameOpener,
     /// The peer's user id, from its verified token (bound into the transcript).
     pub peer_user: Option<duet_proto::UserId>,
+    /// The secret in-call hybrid rekeys chain from ([`super::pcs`]).
+    pub chain: Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Established {
@@ -729,6 +731,7 @@ impl Handshake {
             opener: FrameOpener::new(suite, recv_dir, recv_root, rekey)
                 .map_err(|_| HandshakeError::Crypto)?,
             peer_user: Some(token.user),
+            chain: roots.chain,
         })
     }
 }

@@ -149,6 +149,7 @@ fn compute(i: &Value) -> Value {
         "finished_key_b": e(&sec.fin_b),
         "root_a_to_b": e(&sec.roots.a_to_b),
         "root_b_to_a": e(&sec.roots.b_to_a),
+        "chain": e(&sec.roots.chain),
         "sig_a": e(&sig_a),
         "mac_a": e(&mac_a),
         "reveal": e(&reveal),

@@ -80,6 +80,9 @@ pub struct RekeyPolicy {
     /// in the same epoch (`OpenError::TooLate`), so a relay cannot hold speech back and
     /// replay it in another order within the replay window.
     pub max_lag: u64,
+    /// How often the initiator runs an in-call hybrid rekey (fresh X25519 + ML-KEM-768
+    /// mixed into new roots; post-compromise security). `None`: only on demand.
+    pub hybrid_interval: Option<Duration>,
 }
 
 impl Default for RekeyPolicy {
@@ -91,6 +94,7 @@ impl Default for RekeyPolicy {
             max_epoch_skip: 8,
             max_bytes: 1 << 36,
             max_lag: 256,
+            hybrid_interval: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -310,6 +314,20 @@ impl Epoch {
         })
     }
 
+    /// Epoch `epoch` from a fresh root (a hybrid rekey), not from the ratchet.
+    fn rooted(
+        suite: CipherSuite,
+        dir: Direction,
+        epoch: u64,
+        root: Zeroizing<Vec<u8>>,
+    ) -> Result<Self, SframeError> {
+        Ok(Self {
+            epoch,
+            key: SframeKey::derive(suite, dir.kid(epoch), &root)?,
+            base: Some(root),
+        })
+    }
+
     /// The epoch `steps` after this one (which must still hold its base key).
     fn advance(&self, suite: CipherSuite, dir: Direction, steps: u64) -> Result<Self, SframeError> {
         let mut base = match &self.base {
@@ -380,6 +398,15 @@ impl FrameSealer {
         self.suite
     }
 
+    /// The direction this sealer sends (A→B for the initiator).
+    pub fn direction(&self) -> Direction {
+        self.dir
+    }
+
+    pub fn policy(&self) -> RekeyPolicy {
+        self.policy
+    }
+
     pub fn stats(&self) -> SendStats {
         self.stats
     }
@@ -394,6 +421,25 @@ impl FrameSealer {
             return Ok(self.cur.epoch);
         }
         self.next_epoch(now)
+    }
+
+    /// Jumps to `epoch` with a fresh root from a hybrid rekey (post-compromise: the new key
+    /// does not follow from the old one). The old base key is zeroized.
+    pub fn reroot(
+        &mut self,
+        now: Instant,
+        epoch: u64,
+        root: Zeroizing<Vec<u8>>,
+    ) -> Result<u64, SealError> {
+        if epoch <= self.cur.epoch || epoch > MAX_EPOCH {
+            return Err(SealError::EpochsExhausted);
+        }
+        self.cur = Epoch::rooted(self.suite, self.dir, epoch, root)?;
+        self.ctr = 0;
+        self.bytes = 0;
+        self.started = Some(now);
+        self.stats.rekeys += 1;
+        Ok(epoch)
     }
 
     fn next_epoch(&mut self, now: Instant) -> Result<u64, SealError> {
@@ -480,6 +526,8 @@ pub struct FrameOpener {
     /// A derived-but-unconfirmed future epoch, so a burst of frames of a new epoch (or of
     /// forged ones) does not re-run the ratchet for each.
     pending: Option<Epoch>,
+    /// A hybrid rekey's root for the sender's announced epoch, until its first frame.
+    reroot: Option<(u64, Zeroizing<Vec<u8>>)>,
     stats: RecvStats,
 }
 
@@ -511,12 +559,19 @@ impl FrameOpener {
             },
             prev: None,
             pending: None,
+            reroot: None,
             stats: RecvStats::default(),
         })
     }
 
     pub fn epoch(&self) -> u64 {
         self.cur.keys.epoch
+    }
+
+    /// The peer will send epoch `epoch` under `root` (a hybrid rekey): its first
+    /// authentic frame there switches to it, however far ahead it is.
+    pub fn expect_reroot(&mut self, epoch: u64, root: Zeroizing<Vec<u8>>) {
+        self.reroot = Some((epoch, root));
     }
 
     pub fn stats(&self) -> RecvStats {
@@ -615,11 +670,20 @@ impl FrameOpener {
         }
         // A newer epoch: the peer rekeyed (maybe more than once, if frames were lost).
         let steps = epoch - current;
-        if steps > self.policy.max_epoch_skip {
+        let rerooted = self.reroot.as_ref().is_some_and(|(e, _)| *e == epoch);
+        if steps > self.policy.max_epoch_skip && !rerooted {
             return Err(OpenError::UnknownKid { kid: h.kid });
         }
         let candidate = match self.pending.take() {
             Some(p) if p.epoch == epoch => p,
+            _ if rerooted => {
+                let root = self
+                    .reroot
+                    .as_ref()
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_default();
+                Epoch::rooted(self.suite, self.dir, epoch, root).map_err(|_| OpenError::Crypto)?
+            }
             _ => self
                 .cur
                 .keys
@@ -637,6 +701,9 @@ impl FrameOpener {
         }
         // Authentic: switch. The old current becomes the previous (its base key goes),
         // the one before it is dropped.
+        if rerooted {
+            self.reroot = None;
+        }
         let mut old = std::mem::replace(&mut self.cur, next);
         old.keys.base = None;
         self.prev = Some((old, now + self.policy.grace));
@@ -918,6 +985,38 @@ mod tests {
             Err(OpenError::TooLate { epoch: 0, ctr: 2 })
         );
         assert_eq!(o.stats().too_late, 1);
+    }
+
+    #[test]
+    fn a_rerooted_epoch_opens_only_with_the_new_root() {
+        let now = Instant::now();
+        let (mut s, mut o) = pair(RekeyPolicy::default());
+        // Someone who holds the old root (a key leaked at minute 1).
+        let (_, mut leaked) = pair(RekeyPolicy {
+            max_epoch_skip: 64,
+            ..RekeyPolicy::default()
+        });
+        let old = s.seal(now, b"old").unwrap();
+        assert_eq!(leaked.open(now, &old).unwrap(), b"old");
+        o.open(now, &old).unwrap();
+        let fresh = Zeroizing::new(vec![0x99u8; 32]);
+        let epoch = 1 + (1 << 20);
+        o.expect_reroot(epoch, fresh.clone());
+        s.reroot(now, epoch, fresh).unwrap();
+        let new = s.seal(now, b"new").unwrap();
+        assert!(
+            leaked.open(now, &new).is_err(),
+            "the old root does not open it"
+        );
+        let mut out = Vec::new();
+        let opened = o.open_into(now, &new, &mut out).unwrap();
+        assert_eq!((out.as_slice(), opened.epoch), (&b"new"[..], epoch));
+        // The ratchet goes on from the new root.
+        s.rekey(now).unwrap();
+        assert_eq!(
+            o.open(now, &s.seal(now, b"next").unwrap()).unwrap(),
+            b"next"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! | `schedule` | hashes, HKDF labels, transcript, commitment, MACs (hybrid key schedule) | message layout |
 //! | [`identity`] | the long-term Ed25519 identity key, signing, verification | pinning |
 //! | [`binding`] | verifying the peer's signed join token: session, user, E2EE decision, identity key | minting tokens |
+//! | [`pcs`] | the in-call hybrid rekey's messages and derivation | when it runs |
 //! | [`code`] | security code digits, identity fingerprint, pinning verdict | where pins are stored |
 //! | [`optin`] | `CallOptions`, the local decision, `E2eeUnavailable` | the policy itself (token minting) |
 //!
@@ -74,6 +75,7 @@ pub mod handshake;
 pub mod identity;
 pub mod keys;
 pub mod optin;
+pub mod pcs;
 mod schedule;
 pub mod sframe;
 #[doc(hidden)]

@@ -17,6 +17,8 @@ use super::wire::{HASH_LEN, MAC_LEN, X_LEN};
 pub(super) struct Roots {
     pub(super) a_to_b: Zeroizing<Vec<u8>>,
     pub(super) b_to_a: Zeroizing<Vec<u8>>,
+    /// The secret in-call hybrid rekeys chain from (`pcs.rs`).
+    pub(super) chain: Zeroizing<Vec<u8>>,
 }
 
 pub(super) fn random<const N: usize>() -> Result<[u8; N], HandshakeError> {
@@ -121,6 +123,7 @@ pub(super) fn schedule(
         roots: Roots {
             a_to_b: expand(&prk, b"duet-e2ee/1 media A->B", nh)?,
             b_to_a: expand(&prk, b"duet-e2ee/1 media B->A", nh)?,
+            chain: expand(&prk, b"duet-e2ee/1 chain", HASH_LEN)?,
         },
     })
 }

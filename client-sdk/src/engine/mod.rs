@@ -20,6 +20,7 @@
 
 pub mod confirm;
 pub mod events;
+mod hybrid;
 pub mod padding;
 #[cfg(test)]
 mod tests;
@@ -107,6 +108,9 @@ struct Secure {
     sealer: FrameSealer,
     opener: FrameOpener,
     verdict: Verdict,
+    /// What the next hybrid rekey mixes its fresh secrets into.
+    chain: zeroize::Zeroizing<Vec<u8>>,
+    hybrid: hybrid::Hybrid,
 }
 
 enum Keys {
@@ -252,10 +256,20 @@ impl Engine {
         for ev in std::mem::take(&mut self.held_events) {
             self.events.push(ev);
         }
+        let next_periodic = match est.sealer.direction() {
+            // The initiator runs the schedule, so the two never offer on one timer.
+            crate::e2ee::Direction::AtoB => est.sealer.policy().hybrid_interval.map(|i| now + i),
+            crate::e2ee::Direction::BtoA => None,
+        };
         self.keys = Keys::Secure(Box::new(Secure {
             sealer: est.sealer,
             opener: est.opener,
             verdict,
+            chain: est.chain,
+            hybrid: hybrid::Hybrid {
+                next_periodic,
+                ..Default::default()
+            },
         }));
         for frame in std::mem::take(&mut self.held) {
             self.buffered_before_keys += 1;
@@ -354,6 +368,9 @@ impl Engine {
         match res {
             Ok(opened) => {
                 if opened.switched_epoch {
+                    Self::hybrid_saw_epoch(s, now, opened.epoch, &mut self.events);
+                }
+                if opened.switched_epoch {
                     self.events.push(Event::Rekeyed {
                         by_peer: true,
                         epoch: opened.epoch,
@@ -387,6 +404,10 @@ impl Engine {
     /// One `Signal` payload from the peer: a key confirmation is the engine's; anything else
     /// is the app's (or the handshake driver's, before the keys).
     pub fn handle_signal(&mut self, now: Instant, payload: &[u8]) -> SignalUse {
+        if crate::e2ee::pcs::is_pcs(payload) {
+            self.on_pcs(now, payload);
+            return SignalUse::Engine;
+        }
         if !confirm::is_confirm(payload) {
             return SignalUse::App;
         }
@@ -467,12 +488,18 @@ impl Engine {
 
     /// When [`Engine::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let a = self.reassembler.next_deadline();
-        let b = self.pending.as_ref().map(|p| p.next_send);
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let c = match &self.keys {
+            Keys::Secure(s) => s.hybrid.next_deadline(),
+            _ => None,
+        };
+        [
+            self.reassembler.next_deadline(),
+            self.pending.as_ref().map(|p| p.next_send),
+            c,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Expires incomplete frames and resends an unanswered confirmation request.
@@ -488,6 +515,199 @@ impl Engine {
         };
         if let Some(nonce) = resend {
             self.send_confirm(now, ConfirmKind::Request, nonce);
+        }
+        self.hybrid_timeout(now);
+    }
+
+    /// Starts an in-call hybrid rekey now (post-compromise: new roots from fresh X25519 and
+    /// ML-KEM-768 secrets, authenticated under the current keys). Rate-limited: one at a
+    /// time, at least `hybrid::MIN_GAP` apart (`SdkError::RekeyLimited`).
+    pub fn rekey_hybrid(&mut self, now: Instant) -> Result<(), SdkError> {
+        let Keys::Secure(s) = &mut self.keys else {
+            return Err(SdkError::E2eeNotEstablished);
+        };
+        if !s.hybrid.may_start(now) {
+            return Err(SdkError::RekeyLimited);
+        }
+        let epoch = s.sealer.epoch() + crate::e2ee::pcs::EPOCH_JUMP;
+        let (offer, msg) = crate::e2ee::pcs::offer(&mut s.sealer, now, epoch)
+            .map_err(|e| SdkError::Protocol(e.to_string()))?;
+        s.hybrid.offer = Some(offer);
+        s.hybrid.last_started = Some(now);
+        self.transmit.push_back(msg.into());
+        Ok(())
+    }
+
+    /// Hybrid rekeys this call completed (both directions switched, as seen here).
+    pub fn hybrid_rekeys(&self) -> u64 {
+        match &self.keys {
+            Keys::Secure(s) => s.hybrid.completed,
+            _ => 0,
+        }
+    }
+
+    fn hybrid_timeout(&mut self, now: Instant) {
+        let Keys::Secure(s) = &mut self.keys else {
+            return;
+        };
+        if let Some(r) = s.hybrid.resend_done.as_mut() {
+            if r.next <= now {
+                if r.tries >= hybrid::DONE_TRIES {
+                    s.hybrid.resend_done = None;
+                } else {
+                    r.tries += 1;
+                    r.backoff *= 2;
+                    r.next = now + r.backoff;
+                    let id = r.id;
+                    if let Ok(m) = crate::e2ee::pcs::done(&mut s.sealer, now, id) {
+                        self.transmit.push_back(m.into());
+                    }
+                }
+            }
+        }
+        if s.hybrid.next_periodic.is_some_and(|t| t <= now) {
+            s.hybrid.next_periodic = s.sealer.policy().hybrid_interval.map(|i| now + i);
+            if let Err(e) = self.rekey_hybrid(now) {
+                tracing::debug!(error = %e, "scheduled hybrid rekey skipped");
+            }
+        }
+    }
+
+    /// The peer's frames reached a new epoch: an awaited switch may be proven by it.
+    fn hybrid_saw_epoch(s: &mut Secure, now: Instant, epoch: u64, events: &mut EventQueue) {
+        if s.hybrid
+            .resend_done
+            .as_ref()
+            .is_some_and(|r| r.answerer_epoch == epoch)
+        {
+            s.hybrid.resend_done = None;
+            s.hybrid.completed += 1;
+        }
+        if s.hybrid
+            .awaiting_done
+            .as_ref()
+            .is_some_and(|a| a.offerer_epoch == epoch)
+        {
+            Self::answerer_switch(s, now, events);
+        }
+    }
+
+    fn answerer_switch(s: &mut Secure, now: Instant, events: &mut EventQueue) {
+        let Some(a) = s.hybrid.awaiting_done.take() else {
+            return;
+        };
+        s.chain = a.chain;
+        match s.sealer.reroot(now, a.my_epoch, a.my_root) {
+            Ok(epoch) => {
+                s.hybrid.completed += 1;
+                events.push(Event::Rekeyed {
+                    by_peer: false,
+                    epoch,
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "could not switch to the rekeyed root"),
+        }
+    }
+
+    fn on_pcs(&mut self, now: Instant, payload: &[u8]) {
+        use crate::e2ee::pcs::{self, PcsMsg};
+        let Keys::Secure(s) = &mut self.keys else {
+            return;
+        };
+        let msg = match pcs::open(&mut s.opener, now, payload) {
+            Ok(m) => m,
+            Err(e) => {
+                self.last_recv = s.opener.stats();
+                tracing::debug!(error = %e, "dropped a hybrid rekey message");
+                return;
+            }
+        };
+        self.last_recv = s.opener.stats();
+        let dir = s.sealer.direction();
+        let suite = s.sealer.suite();
+        match msg {
+            PcsMsg::Offer {
+                id,
+                epoch,
+                x,
+                ek,
+                body,
+            } => {
+                if !hybrid::take_offer(&mut s.hybrid, dir) {
+                    return;
+                }
+                let my_epoch = s.sealer.epoch() + pcs::EPOCH_JUMP;
+                match pcs::answer(
+                    &mut s.sealer,
+                    now,
+                    suite,
+                    &s.chain,
+                    id,
+                    &x,
+                    &ek,
+                    &body,
+                    my_epoch,
+                ) {
+                    Ok((m, keys)) => {
+                        let (mine, peer, chain) = hybrid::split(dir, keys);
+                        s.opener.expect_reroot(epoch, peer);
+                        s.hybrid.awaiting_done = Some(hybrid::AwaitDone {
+                            id,
+                            offerer_epoch: epoch,
+                            my_epoch,
+                            my_root: mine,
+                            chain,
+                        });
+                        self.transmit.push_back(m.into());
+                    }
+                    Err(e) => tracing::debug!(error = %e, "could not answer a hybrid rekey"),
+                }
+            }
+            PcsMsg::Answer {
+                id,
+                epoch,
+                x,
+                ct,
+                body,
+            } => {
+                let Some(offer) = s.hybrid.offer.take_if(|o| o.id == id) else {
+                    return;
+                };
+                let my_epoch = offer.epoch;
+                let keys = match pcs::finish(offer, suite, &s.chain, &x, &ct, &body) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a hybrid rekey answer failed");
+                        return;
+                    }
+                };
+                let (mine, peer, chain) = hybrid::split(dir, keys);
+                s.chain = chain;
+                s.opener.expect_reroot(epoch, peer);
+                if let Err(e) = s.sealer.reroot(now, my_epoch, mine) {
+                    tracing::warn!(error = %e, "could not switch to the rekeyed root");
+                    return;
+                }
+                self.events.push(Event::Rekeyed {
+                    by_peer: false,
+                    epoch: my_epoch,
+                });
+                if let Ok(m) = pcs::done(&mut s.sealer, now, id) {
+                    self.transmit.push_back(m.into());
+                }
+                s.hybrid.resend_done = Some(hybrid::ResendDone {
+                    id,
+                    answerer_epoch: epoch,
+                    next: now + hybrid::DONE_RETRY,
+                    backoff: hybrid::DONE_RETRY,
+                    tries: 1,
+                });
+            }
+            PcsMsg::Done { id } => {
+                if s.hybrid.awaiting_done.as_ref().is_some_and(|a| a.id == id) {
+                    Self::answerer_switch(s, now, &mut self.events);
+                }
+            }
         }
     }
 

@@ -236,3 +236,62 @@ fn padding_hides_sizes_and_frames_carry_their_authenticated_order() {
     }
     assert!(a.e2ee_stats().unwrap().padding_bytes_sent > 0);
 }
+
+#[test]
+fn a_hybrid_rekey_moves_both_directions_to_new_roots_and_media_goes_on() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(t0);
+    send(&mut a, &mut b, t0, b"before");
+    assert_eq!(b.poll_frame().unwrap().data.as_ref(), b"before");
+    let code = a.verdict().unwrap().code.clone();
+
+    a.rekey_hybrid(t0).unwrap();
+    assert!(matches!(a.rekey_hybrid(t0), Err(SdkError::RekeyLimited)));
+    // Offer a->b, answer b->a, Done a->b.
+    assert_eq!(signals(&mut a, &mut b, t0), 1);
+    assert_eq!(signals(&mut b, &mut a, t0), 1);
+    // The offerer sends under its new root already; the answerer opens it.
+    send(&mut a, &mut b, t0, b"after a");
+    assert_eq!(b.poll_frame().unwrap().data.as_ref(), b"after a");
+    assert_eq!(signals(&mut a, &mut b, t0), 1);
+    send(&mut b, &mut a, t0, b"after b");
+    let f = a.poll_frame().unwrap();
+    assert_eq!(f.data.as_ref(), b"after b");
+    assert!(f.seq.unwrap().epoch >= crate::e2ee::pcs::EPOCH_JUMP);
+    assert_eq!((a.hybrid_rekeys(), b.hybrid_rekeys()), (1, 1));
+    assert_eq!(a.verdict().unwrap().code, code, "the code does not change");
+    let evs = drain_events(&mut a);
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, Event::Rekeyed { by_peer: false, epoch } if *epoch >= crate::e2ee::pcs::EPOCH_JUMP)));
+
+    // A second exchange chains from the first (the chain secret moved on both sides).
+    let t1 = t0 + hybrid::MIN_GAP;
+    b.rekey_hybrid(t1).unwrap();
+    assert_eq!(signals(&mut b, &mut a, t1), 1);
+    assert_eq!(signals(&mut a, &mut b, t1), 1);
+    assert_eq!(signals(&mut b, &mut a, t1), 1);
+    send(&mut a, &mut b, t1, b"twice");
+    assert_eq!(b.poll_frame().unwrap().data.as_ref(), b"twice");
+    send(&mut b, &mut a, t1, b"twice b");
+    assert_eq!(a.poll_frame().unwrap().data.as_ref(), b"twice b");
+    assert_eq!(a.e2ee_stats().unwrap().rejected(), 0);
+}
+
+#[test]
+fn offers_from_both_sides_at_once_resolve_to_one_exchange() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(t0);
+    a.rekey_hybrid(t0).unwrap();
+    b.rekey_hybrid(t0).unwrap();
+    let (oa, ob) = (a.poll_transmit().unwrap(), b.poll_transmit().unwrap());
+    // The initiator (a) ignores b's offer; b drops its own and answers a's.
+    a.handle_signal(t0, &ob);
+    b.handle_signal(t0, &oa);
+    assert!(a.poll_transmit().is_none());
+    assert_eq!(signals(&mut b, &mut a, t0), 1); // the answer
+    assert_eq!(signals(&mut a, &mut b, t0), 1); // Done
+    send(&mut b, &mut a, t0, b"ok");
+    assert_eq!(a.poll_frame().unwrap().data.as_ref(), b"ok");
+    assert_eq!((a.hybrid_rekeys(), b.hybrid_rekeys()), (1, 1));
+}
