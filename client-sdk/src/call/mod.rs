@@ -13,6 +13,12 @@
 //! the fast path on, a third, in [`crate::fastpath`], binds it. The app's calls
 //! (`send_media`, `recv_media`, `send_signal`, ...) lock the engine only to seal or to
 //! take what it produced.
+//!
+//! | module | owns |
+//! |---|---|
+//! | this one | [`Call`] (the app's handle), the call's [`Core`] (engine, counters, waiters) |
+//! | `link` | one connection: its tasks (control, media and timers, fast path) and their I/O |
+//! | `recovery` | which link carries the call: resume, migrate, the recovery task |
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -20,23 +26,29 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use duet_proto::control::encode;
+use bytes::Bytes;
 use duet_proto::fastpath::{FastPathHeader, PacketType};
 use duet_proto::{
     ClientMessage, FastPathOffer, Feature, FrameDecoder, Joined, Limits, MediaKind, NodeId,
-    RefusalReason, RelayMessage, SessionId, Slot,
+    RefusalReason, SessionId, Slot,
 };
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
-use crate::client::{Client, ResumeTicket};
+use crate::client::ResumeTicket;
 use crate::e2ee::{Established, IdentityCheck, PeerIdentity, SecurityCode};
-use crate::engine::{Engine, SignalUse};
-use crate::error::{ResumeError, SdkError};
-use crate::fastpath::{self, BindConfig, FastLink, FastPathMode, GenSocket, Transport};
+use crate::engine::Engine;
+use crate::error::SdkError;
+use crate::fastpath::{self, GenSocket, Transport};
 use crate::fragment::MediaFrame;
 use crate::options::ConnectOptions;
+
+mod link;
+mod recovery;
+
+pub(crate) use link::Shared;
+use link::{attach, node_of, Link};
+use recovery::{recover_task, Attach};
 
 pub use crate::engine::{E2eeStats, Event, MAX_FRAMES_BEFORE_KEYS};
 
@@ -63,49 +75,49 @@ pub struct CallStats {
 }
 
 #[derive(Default)]
-struct Counters {
-    frames_sent: AtomicU64,
-    datagrams_sent: AtomicU64,
-    frames_received: AtomicU64,
-    datagrams_received: AtomicU64,
-    signals_sent: AtomicU64,
-    signals_received: AtomicU64,
+pub(super) struct Counters {
+    pub(super) frames_sent: AtomicU64,
+    pub(super) datagrams_sent: AtomicU64,
+    pub(super) frames_received: AtomicU64,
+    pub(super) datagrams_received: AtomicU64,
+    pub(super) signals_sent: AtomicU64,
+    pub(super) signals_received: AtomicU64,
 }
 
 /// Answers the control task hands back to callers waiting on them.
 #[derive(Default)]
-struct Waiters {
-    features: VecDeque<(Feature, oneshot::Sender<RefusalReason>)>,
-    pings: HashMap<u64, oneshot::Sender<()>>,
+pub(super) struct Waiters {
+    pub(super) features: VecDeque<(Feature, oneshot::Sender<RefusalReason>)>,
+    pub(super) pings: HashMap<u64, oneshot::Sender<()>>,
 }
 
 /// What a call keeps whatever link carries it.
 pub(crate) struct Core {
-    engine: Mutex<Engine>,
+    pub(super) engine: Mutex<Engine>,
     /// An event was queued in the engine.
-    events_ready: Notify,
+    pub(super) events_ready: Notify,
     /// The engine's next deadline may have moved.
-    wake: Notify,
-    counters: Counters,
-    waiters: Mutex<Waiters>,
+    pub(super) wake: Notify,
+    pub(super) counters: Counters,
+    pub(super) waiters: Mutex<Waiters>,
     /// Copies of every received datagram, before reassembly and opening (`tap_raw`).
-    tap: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
-    tapping: AtomicBool,
-    media_tx: mpsc::Sender<MediaFrame>,
-    signal_tx: mpsc::Sender<Bytes>,
+    pub(super) tap: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
+    pub(super) tapping: AtomicBool,
+    pub(super) media_tx: mpsc::Sender<MediaFrame>,
+    pub(super) signal_tx: mpsc::Sender<Bytes>,
 }
 
 /// What one engine step produced for the driver to move.
 #[derive(Default)]
-struct Out {
-    frames: Vec<MediaFrame>,
-    signals: Vec<Bytes>,
+pub(super) struct Out {
+    pub(super) frames: Vec<MediaFrame>,
+    pub(super) signals: Vec<Bytes>,
 }
 
 impl Core {
     /// Runs `f` on the engine and collects its outputs (frames, signals); wakes event
     /// readers and the timer.
-    fn step<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<(R, Out), SdkError> {
+    pub(super) fn step<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<(R, Out), SdkError> {
         let mut out = Out::default();
         let (r, events) = {
             let mut e = self.engine.lock().map_err(|_| SdkError::Closed)?;
@@ -125,7 +137,7 @@ impl Core {
         Ok((r, out))
     }
 
-    fn tap(&self, datagram: &Bytes) {
+    pub(super) fn tap(&self, datagram: &Bytes) {
         if self.tapping.load(std::sync::atomic::Ordering::Acquire) {
             if let Ok(t) = self.tap.lock() {
                 if let Some(t) = t.as_ref() {
@@ -133,71 +145,6 @@ impl Core {
                 }
             }
         }
-    }
-}
-
-/// One link: a QUIC connection to a relay node and its control stream.
-pub(crate) struct Shared {
-    conn: quinn::Connection,
-    control_send: tokio::sync::Mutex<quinn::SendStream>,
-    /// The fast path, when `FastPathMode::Prefer` and the relay offered one.
-    fast: Option<Arc<FastLink>>,
-    core: Arc<Core>,
-    /// The relay said `Draining`: move now.
-    draining: Notify,
-}
-
-impl Shared {
-    /// Queues a fast-path event (never blocks: `Call::transport` is the state, events tell
-    /// of changes).
-    pub(crate) fn emit_fast_event(&self, ev: Event) {
-        let _ = self.core.step(|e| e.push_fast_event(ev));
-    }
-
-    /// Resolves once the QUIC connection is closed.
-    pub(crate) async fn closed(&self) {
-        self.conn.closed().await;
-    }
-
-    pub(crate) async fn send_control(&self, msg: &ClientMessage) -> Result<(), SdkError> {
-        let frame = encode(msg)?;
-        self.control_send.lock().await.write_all(&frame).await?;
-        Ok(())
-    }
-
-    /// Moves what an engine step produced; `false` once the app stopped taking frames.
-    async fn deliver(&self, out: Out) -> bool {
-        for s in out.signals {
-            if let Err(e) = self.send_control(&ClientMessage::Signal(s)).await {
-                tracing::debug!(error = %e, "could not send an engine signal");
-            }
-        }
-        for f in out.frames {
-            if self.core.media_tx.send(f).await.is_err() {
-                return false;
-            }
-        }
-        true
-    }
-}
-
-/// A link and what runs on it; dropping it ends its tasks and closes its connection.
-struct Link {
-    shared: Arc<Shared>,
-    joined: Joined,
-    /// The node this link is on (from the token's list), when known.
-    node: Option<NodeId>,
-    // Kept so the socket lives as long as the link.
-    _endpoint: quinn::Endpoint,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-        self.shared.conn.close(0u32.into(), b"link replaced");
     }
 }
 
@@ -217,25 +164,13 @@ pub(crate) struct Joining {
     pub joined: Joined,
 }
 
-/// Which link carries the call, and how to get another: shared by the call and its
-/// recovery task.
-pub(crate) struct Attach {
-    core: Arc<Core>,
-    link: Mutex<Arc<Link>>,
-    /// Serialises resumes and moves.
-    reattach: tokio::sync::Mutex<()>,
-    dial: Mutex<Dial>,
-    /// The app left: a closed connection is not a loss.
-    leaving: AtomicBool,
-}
-
 /// A joined call. Dropping it closes the connection without `Leave`, which the relay
 /// treats as a lost connection (the place is kept for `resume`).
 pub struct Call {
     att: Arc<Attach>,
     core: Arc<Core>,
     event_reader: tokio::sync::Mutex<()>,
-    signals: tokio::sync::Mutex<mpsc::Receiver<Bytes>>,
+    pub(super) signals: tokio::sync::Mutex<mpsc::Receiver<Bytes>>,
     media: tokio::sync::Mutex<mpsc::Receiver<MediaFrame>>,
     next_ping: AtomicU64,
     request_timeout: Duration,
@@ -248,12 +183,6 @@ impl Drop for Call {
             t.abort();
         }
     }
-}
-
-/// Why the recovery task woke.
-enum Cause {
-    Lost { reset: bool },
-    Draining,
 }
 
 impl Call {
@@ -722,510 +651,5 @@ impl Call {
     /// for a fresh join after a restart).
     pub fn fallback_nodes(&self) -> Vec<NodeId> {
         self.att.fallback_nodes()
-    }
-}
-
-impl Attach {
-    fn link(&self) -> Arc<Link> {
-        match self.link.lock() {
-            Ok(l) => l.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    fn is_e2ee_session(&self) -> bool {
-        self.core
-            .engine
-            .lock()
-            .map(|e| e.is_e2ee_session())
-            .unwrap_or(true)
-    }
-
-    fn session(&self) -> Option<SessionId> {
-        self.core.engine.lock().ok().map(|e| e.session().clone())
-    }
-
-    /// A new connection to the current node with the resume secret. `strict`: the relay
-    /// must resume this device's place; otherwise a fresh join there (a restarted node that
-    /// lost the session) continues the call too.
-    async fn reconnect(&self, strict: bool) -> Result<(), SdkError> {
-        let _one = self.reattach.lock().await;
-        let dial = self.dial.lock().map_err(|_| SdkError::Closed)?.clone();
-        let old = self.link();
-        let e2ee = self.is_e2ee_session();
-        let session = self.session().ok_or(SdkError::Closed)?;
-        let client = Client::connect(dial.relay, dial.token.clone(), dial.opts.clone()).await?;
-        let j = client
-            .join_link(session, Some(old.joined.resume.clone()), e2ee)
-            .await?;
-        if j.joined.resumed && j.joined.slot != old.joined.slot {
-            return Err(ResumeError::SlotChanged.into());
-        }
-        if strict && !j.joined.resumed {
-            return Err(ResumeError::NotResumed.into());
-        }
-        self.replace_link(j, &dial, old.node.clone());
-        Ok(())
-    }
-
-    async fn migrate(&self, to: NodeId, addr: SocketAddr) -> Result<(), SdkError> {
-        let _one = self.reattach.lock().await;
-        let mut dial = self.dial.lock().map_err(|_| SdkError::Closed)?.clone();
-        let claims = crate::secure::token_claims(&dial.token)?;
-        if !claims.nodes.is_empty() && !claims.places_on(&to) {
-            return Err(ResumeError::NodeNotListed(to).into());
-        }
-        let from = self.link().node.clone();
-        let e2ee = self.is_e2ee_session();
-        let session = self.session().ok_or(SdkError::Closed)?;
-        dial.relay = addr;
-        let client = Client::connect(addr, dial.token.clone(), dial.opts.clone()).await?;
-        let j = client.join_link(session, None, e2ee).await?;
-        self.replace_link(j, &dial, Some(to.clone()));
-        if let Ok(mut d) = self.dial.lock() {
-            *d = dial;
-        }
-        if let Some(from) = from.filter(|f| *f != to) {
-            let (_, _) = self
-                .core
-                .step(|e| e.push_event(Event::Migrated { from, to }))?;
-        }
-        Ok(())
-    }
-
-    fn fallback_nodes(&self) -> Vec<NodeId> {
-        let Ok(dial) = self.dial.lock().map(|d| d.clone()) else {
-            return Vec::new();
-        };
-        let Ok(claims) = crate::secure::token_claims(&dial.token) else {
-            return Vec::new();
-        };
-        let cur = self.link().node.clone();
-        match cur
-            .as_ref()
-            .and_then(|c| claims.nodes.iter().position(|n| n == c))
-        {
-            Some(i) => {
-                let mut v = claims.nodes[i + 1..].to_vec();
-                v.push(claims.nodes[i].clone());
-                v
-            }
-            None => claims.nodes,
-        }
-    }
-
-    fn replace_link(&self, j: Joining, dial: &Dial, node: Option<NodeId>) {
-        let link = Arc::new(attach(self.core.clone(), j, &dial.opts, node));
-        let old = match self.link.lock() {
-            Ok(mut l) => std::mem::replace(&mut *l, link.clone()),
-            Err(p) => std::mem::replace(&mut *p.into_inner(), link.clone()),
-        };
-        drop(old);
-        if let Ok(((), out)) = self.core.step(|e| e.begin_confirmation(Instant::now())) {
-            let shared = link.shared.clone();
-            tokio::spawn(async move {
-                shared.deliver(out).await;
-            });
-        }
-    }
-
-    /// After a loss or a drain notice: the same node first (unless it drains), then the
-    /// token's next nodes. Both endpoints walk the same list, so they meet again.
-    async fn recover(&self, cause: Cause) {
-        if let Cause::Lost { reset: true } = cause {
-            let _ = self.core.step(|e| e.push_event(Event::ConnectionReset));
-        }
-        if let Cause::Lost { .. } = cause {
-            match self.reconnect(false).await {
-                Ok(()) => return,
-                Err(e) => tracing::debug!(error = %e, "the same node did not take the call back"),
-            }
-        }
-        let opts = match self.dial.lock() {
-            Ok(d) => d.opts.clone(),
-            Err(_) => return,
-        };
-        for node in self.fallback_nodes() {
-            let Some(addr) = opts.node_addr(&node) else {
-                continue;
-            };
-            match self.migrate(node.clone(), addr).await {
-                Ok(()) => return,
-                Err(e) => tracing::debug!(%node, error = %e, "node did not take the call"),
-            }
-        }
-        let _ = self.core.step(|e| {
-            e.push_event(Event::Disconnected(
-                "no node of the token's list took the call".into(),
-            ))
-        });
-    }
-}
-
-/// Watches the current link; on a loss (or reset, or drain notice) recovers the call.
-/// Holds the call only weakly: it ends when the call is dropped.
-async fn recover_task(att: std::sync::Weak<Attach>) {
-    loop {
-        let Some(shared) = att.upgrade().map(|a| a.link().shared.clone()) else {
-            return;
-        };
-        let cause = tokio::select! {
-            e = shared.conn.closed() => Cause::Lost {
-                reset: matches!(e, quinn::ConnectionError::Reset),
-            },
-            _ = shared.draining.notified() => Cause::Draining,
-        };
-        let Some(a) = att.upgrade() else { return };
-        if a.leaving.load(std::sync::atomic::Ordering::Acquire) {
-            return;
-        }
-        if !Arc::ptr_eq(&a.link().shared, &shared) {
-            // Already replaced by a resume the app asked for.
-            continue;
-        }
-        drop(shared);
-        a.recover(cause).await;
-    }
-}
-
-/// The node the app dialled: from the address book, else the token's first.
-fn node_of(dial: &Dial) -> Option<NodeId> {
-    dial.opts.node_at(dial.relay).or_else(|| {
-        crate::secure::token_claims(&dial.token)
-            .ok()
-            .and_then(|c| c.nodes.first().cloned())
-    })
-}
-
-/// Starts a link's tasks for `core`.
-fn attach(core: Arc<Core>, j: Joining, opts: &ConnectOptions, node: Option<NodeId>) -> Link {
-    let Joining {
-        endpoint,
-        conn,
-        streams: (send, recv, decoder),
-        joined,
-    } = j;
-    let prefer = opts.fast_path == FastPathMode::Prefer;
-    let (fast, fast_inputs) = match joined.fast_path.as_ref().filter(|_| prefer) {
-        Some(offer) => {
-            let (link, rx) = FastLink::new(offer.channel);
-            (Some(link), Some(rx))
-        }
-        None => (None, None),
-    };
-    let target = joined
-        .fast_path
-        .as_ref()
-        .map(|o| o.target(conn.remote_address()));
-    let shared = Arc::new(Shared {
-        conn,
-        control_send: tokio::sync::Mutex::new(send),
-        fast,
-        core,
-        draining: Notify::new(),
-    });
-    let control = tokio::spawn(control_task(shared.clone(), recv, decoder));
-    let media = tokio::spawn(media_task(shared.clone()));
-    let mut tasks = vec![control, media];
-    match (shared.fast.clone(), fast_inputs, &joined.fast_path, target) {
-        (Some(link), Some(inputs), Some(offer), Some(target)) => {
-            tasks.push(tokio::spawn(
-                fastpath::Driver {
-                    shared: shared.clone(),
-                    link,
-                    inputs,
-                    offer: offer.clone(),
-                    target,
-                    cfg: BindConfig {
-                        bind_timeout: opts.fast_path_bind_timeout,
-                        refresh: opts.fast_path_refresh,
-                        ticket_timeout: opts.join_timeout,
-                    },
-                }
-                .run(),
-            ));
-        }
-        _ if prefer => shared.emit_fast_event(Event::FastPathFallback {
-            reason: "the relay offers no fast path".into(),
-        }),
-        _ => {}
-    }
-    Link {
-        shared,
-        joined,
-        node,
-        _endpoint: endpoint,
-        tasks,
-    }
-}
-
-async fn control_task(shared: Arc<Shared>, mut recv: quinn::RecvStream, mut decoder: FrameDecoder) {
-    loop {
-        loop {
-            match decoder.next_message::<RelayMessage>() {
-                Ok(Some(msg)) => {
-                    if !dispatch(&shared, msg).await {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "relay sent a bad control frame; closing");
-                    shared.conn.close(1u32.into(), b"bad control frame");
-                    let _ = shared
-                        .core
-                        .step(|en| en.push_event(Event::Disconnected(e.to_string())));
-                    return;
-                }
-            }
-        }
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    let reason = shared.conn.closed().await;
-    let _ = shared
-        .core
-        .step(|e| e.push_event(Event::Disconnected(reason.to_string())));
-}
-
-/// One relay message; `false` once the app stopped listening.
-async fn dispatch(shared: &Shared, msg: RelayMessage) -> bool {
-    let core = &shared.core;
-    let event = match msg {
-        RelayMessage::Signal(data) => {
-            core.counters.signals_received.fetch_add(1, Relaxed);
-            let Ok((used, out)) = core.step(|e| e.handle_signal(Instant::now(), &data)) else {
-                return false;
-            };
-            shared.deliver(out).await;
-            if used == SignalUse::App {
-                let _ = core.signal_tx.send(data).await;
-            }
-            return true;
-        }
-        RelayMessage::FeatureRefused { feature, reason } => {
-            if let Ok(mut w) = core.waiters.lock() {
-                if let Some(i) = w.features.iter().position(|(f, _)| *f == feature) {
-                    if let Some((_, tx)) = w.features.remove(i) {
-                        let _ = tx.send(reason);
-                    }
-                }
-            }
-            return true;
-        }
-        RelayMessage::Pong(nonce) => {
-            if let Some(tx) = core
-                .waiters
-                .lock()
-                .ok()
-                .and_then(|mut w| w.pings.remove(&nonce))
-            {
-                let _ = tx.send(());
-            }
-            return true;
-        }
-        RelayMessage::PeerJoined => Event::PeerJoined,
-        RelayMessage::PeerLeft(r) => Event::PeerLeft(r),
-        RelayMessage::PeerReconnecting => Event::PeerReconnecting,
-        RelayMessage::PeerResumed => Event::PeerResumed,
-        // The claim is the relay's word until the token is checked (the handshake does).
-        RelayMessage::PeerE2eeUnavailable { claim, token } => {
-            let _ = core.step(|e| e.note_peer_unavailable_token(token));
-            Event::PeerE2eeUnavailable(claim)
-        }
-        RelayMessage::Draining { deadline_ms } => {
-            tracing::info!(deadline_ms, "the relay is draining");
-            shared.draining.notify_one();
-            return true;
-        }
-        RelayMessage::Dropped(RefusalReason::FastPathUnavailable) if shared.fast.is_some() => {
-            if let Some(f) = &shared.fast {
-                f.tell(fastpath::Input::TicketUnavailable);
-            }
-            return true;
-        }
-        RelayMessage::Dropped(r) => Event::Dropped(r),
-        RelayMessage::SessionEnded(r) => Event::SessionEnded(r),
-        RelayMessage::FastPathTicket(offer) => {
-            if let Some(f) = &shared.fast {
-                f.tell(fastpath::Input::Ticket(offer));
-            }
-            return true;
-        }
-        RelayMessage::FastPathBound { channel, addr } => {
-            if let Some(f) = &shared.fast {
-                f.tell(fastpath::Input::Bound { channel, addr });
-            }
-            return true;
-        }
-        RelayMessage::Joined(_) | RelayMessage::Refused(_) => {
-            tracing::warn!("relay sent a second join answer; ignored");
-            return true;
-        }
-    };
-    match core.step(|e| e.handle_event(Instant::now(), event)) {
-        Ok(((), out)) => shared.deliver(out).await,
-        Err(_) => false,
-    }
-}
-
-/// Reads one link's media (QUIC datagrams and the fast-path socket) into the engine.
-struct Inbound {
-    shared: Arc<Shared>,
-}
-
-impl Inbound {
-    /// Takes one media datagram in the QUIC form; `false` once the app stopped listening.
-    async fn on_datagram(&mut self, datagram: Bytes) -> bool {
-        let core = &self.shared.core;
-        let c = &core.counters;
-        c.datagrams_received.fetch_add(1, Relaxed);
-        core.tap(&datagram);
-        let Ok((completed, out)) = core.step(|e| e.handle_datagram(Instant::now(), datagram))
-        else {
-            return false;
-        };
-        if completed {
-            c.frames_received.fetch_add(1, Relaxed);
-        }
-        self.shared.deliver(out).await
-    }
-
-    /// Reads what the fast-path socket holds (a bounded batch); `false` once the app
-    /// stopped listening. Errors go to the fast-path driver; a socket that fails with
-    /// anything but "refused" is no longer read.
-    async fn on_readable(
-        &mut self,
-        link: &FastLink,
-        socket: &mut Option<GenSocket>,
-        buf: &mut BytesMut,
-    ) -> bool {
-        let Some(s) = socket.clone() else {
-            return true;
-        };
-        for _ in 0..64 {
-            if buf.capacity() < fastpath::RECV_ROOM {
-                buf.reserve(4 * fastpath::RECV_ROOM);
-            }
-            match s.socket.try_recv_buf(buf) {
-                Ok(_) => {
-                    let d = buf.split();
-                    match fastpath::to_media_datagram(d) {
-                        Some(q) => {
-                            link.counters.received.fetch_add(1, Relaxed);
-                            if !self.on_datagram(q).await {
-                                return false;
-                            }
-                        }
-                        None => {
-                            link.counters.malformed.fetch_add(1, Relaxed);
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    buf.clear();
-                    if e.kind() != std::io::ErrorKind::ConnectionRefused {
-                        *socket = None;
-                    }
-                    link.tell(fastpath::Input::SocketError {
-                        generation: s.generation,
-                        error: e.to_string(),
-                    });
-                    break;
-                }
-            }
-        }
-        true
-    }
-}
-
-/// Waits until `socket` is readable; never, without one.
-async fn readable(socket: Option<&GenSocket>) {
-    match socket {
-        Some(s) => {
-            if s.socket.readable().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
-    }
-}
-
-async fn media_task(shared: Arc<Shared>) {
-    let mut inbound = Inbound {
-        shared: shared.clone(),
-    };
-    let link = shared.fast.clone();
-    let mut sockets_rx = link.as_ref().map(|l| l.subscribe());
-    // The driver may have opened its socket already: start from what is there now.
-    let mut sockets = sockets_rx
-        .as_mut()
-        .map(|rx| rx.borrow_and_update().clone())
-        .unwrap_or_default();
-    let mut buf = BytesMut::new();
-    loop {
-        let deadline = shared
-            .core
-            .engine
-            .lock()
-            .ok()
-            .and_then(|e| e.poll_timeout());
-        let expiry = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        let sockets_changed = async {
-            match sockets_rx.as_mut() {
-                Some(rx) => rx.changed().await.is_ok(),
-                None => std::future::pending().await,
-            }
-        };
-        // Which fast-path socket is readable: 0 current, 1 previous.
-        let udp = async {
-            tokio::select! {
-                _ = readable(sockets.current.as_ref()) => 0,
-                _ = readable(sockets.previous.as_ref()) => 1,
-            }
-        };
-        tokio::select! {
-            datagram = shared.conn.read_datagram() => {
-                let Ok(datagram) = datagram else { return };
-                if !inbound.on_datagram(datagram).await {
-                    return;
-                }
-            }
-            which = udp => {
-                if let Some(link) = link.as_deref() {
-                    let socket = if which == 0 {
-                        &mut sockets.current
-                    } else {
-                        &mut sockets.previous
-                    };
-                    if !inbound.on_readable(link, socket, &mut buf).await {
-                        return;
-                    }
-                }
-            }
-            ok = sockets_changed => {
-                match sockets_rx.as_mut() {
-                    Some(rx) if ok => sockets = rx.borrow_and_update().clone(),
-                    _ => sockets_rx = None,
-                }
-            }
-            _ = expiry => {
-                let Ok(((), out)) = shared.core.step(|e| e.handle_timeout(Instant::now())) else {
-                    return;
-                };
-                if !shared.deliver(out).await {
-                    return;
-                }
-            }
-            _ = shared.core.wake.notified() => {}
-        }
     }
 }
