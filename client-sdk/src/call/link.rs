@@ -186,9 +186,14 @@ async fn control_task(shared: Arc<Shared>, mut recv: quinn::RecvStream, mut deco
         }
     }
     let reason = shared.conn.closed().await;
-    let _ = shared
-        .core
-        .step(|e| e.push_event(Event::Disconnected(reason.to_string())));
+    let _ = shared.core.step(|e| {
+        // A stateless reset: the relay restarted and does not know this connection; told at
+        // once (the recovery task, with `ConnectOptions::nodes`, reconnects on it).
+        if matches!(reason, quinn::ConnectionError::Reset) {
+            e.push_event(Event::ConnectionReset);
+        }
+        e.push_event(Event::Disconnected(reason.to_string()))
+    });
 }
 
 /// One relay message; `false` once the app stopped listening.

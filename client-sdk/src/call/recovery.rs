@@ -138,40 +138,39 @@ impl Attach {
 
     /// After a loss or a drain notice: the same node first (unless it drains), then the
     /// token's next nodes. Both endpoints walk the same list, so they meet again.
-    async fn recover(&self, cause: Cause) {
-        if let Cause::Lost { reset: true } = cause {
-            let _ = self.core.step(|e| e.push_event(Event::ConnectionReset));
-        }
-        if let Cause::Lost { .. } = cause {
+    /// `true` once the call is on a link again.
+    async fn recover(&self, cause: Cause) -> bool {
+        if let Cause::Lost { reset } = cause {
+            tracing::debug!(reset, "connection lost; recovering");
             match self.reconnect(false).await {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(e) => tracing::debug!(error = %e, "the same node did not take the call back"),
             }
         }
         let opts = match self.dial.lock() {
             Ok(d) => d.opts.clone(),
-            Err(_) => return,
+            Err(_) => return false,
         };
         for node in self.fallback_nodes() {
             let Some(addr) = opts.node_addr(&node) else {
                 continue;
             };
             match self.migrate(node.clone(), addr).await {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(e) => tracing::debug!(%node, error = %e, "node did not take the call"),
             }
         }
-        let _ = self.core.step(|e| {
-            e.push_event(Event::Disconnected(
-                "no node of the token's list took the call".into(),
-            ))
-        });
+        false
     }
 }
+
+/// Recovery rounds before the call is given up (each walks the whole node list).
+const RECOVERY_ROUNDS: u32 = 5;
 
 /// Watches the current link; on a loss (or reset, or drain notice) recovers the call.
 /// Holds the call only weakly: it ends when the call is dropped.
 pub(super) async fn recover_task(att: std::sync::Weak<Attach>) {
+    let mut failed = 0u32;
     loop {
         let Some(shared) = att.upgrade().map(|a| a.link().shared.clone()) else {
             return;
@@ -191,6 +190,21 @@ pub(super) async fn recover_task(att: std::sync::Weak<Attach>) {
             continue;
         }
         drop(shared);
-        a.recover(cause).await;
+        if a.recover(cause).await {
+            failed = 0;
+            continue;
+        }
+        failed += 1;
+        if failed >= RECOVERY_ROUNDS {
+            let _ = a.core.step(|e| {
+                e.push_event(Event::Disconnected(
+                    "no node of the token's list took the call".into(),
+                ))
+            });
+            return;
+        }
+        drop(a);
+        // Back off between rounds (1, 2, 4, 8 s): every node may be restarting.
+        tokio::time::sleep(std::time::Duration::from_secs(1 << (failed - 1))).await;
     }
 }
