@@ -176,7 +176,13 @@ async fn endpoint(
         let identity = IdentityKey::generate()
             .map_err(|_| SdkError::Protocol("could not generate an identity key".into()))?;
         client
-            .join_e2ee(session.clone(), E2eeConfig::new(Arc::new(identity)))
+            .join_e2ee(
+                session.clone(),
+                E2eeConfig::new(
+                    Arc::new(identity),
+                    duet_proto::TokenKeyring::new(vec![ctx.key.verifying_key()]),
+                ),
+            )
             .await?
     } else {
         client.join(session.clone()).await?

@@ -13,6 +13,7 @@
 //! | [`flood`] | QUIC Initials from a socket that never answers, and what they drew (amplification, handshake floods) | the relay's admission rules |
 //! | [`fleet`] | [`fleet::Fleet`]: several relay processes as one fleet (node ids, one token key, one certificate, drain credential) | placement, failover |
 //! | [`impair`] | [`impair::Impairer`]: a user-space hostile network (loss, jitter, duplication, outage, MTU) between clients and a relay | the protocols crossing it |
+//! | [`hostile`] | [`HostileRelay`]: a relay front holding the relay's certificate that tampers with, injects, drops and splices what it forwards ([`Tamper`]), and logs every datagram | the SDK's and relay's behaviour |
 //! | [`metrics`] | `/metrics` and other ops endpoints over HTTP, reading one series | metric names (the relay's) |
 //! | [`sdk`] | SDK clients against a test relay: join, E2EE join, events, "media still flows" | the SDK's behaviour |
 //!
@@ -22,6 +23,7 @@
 pub mod fleet;
 pub mod flood;
 pub mod impair;
+pub mod hostile;
 pub mod metrics;
 pub mod netns;
 pub mod process;
@@ -30,6 +32,7 @@ pub mod relay;
 pub mod sdk;
 pub mod tokens;
 
+pub use hostile::{Dir, Handle, Honest, HostileRelay, Script, Tamper};
 pub use metrics::{http_get, metric, metric_sum, scrape, wait_metric};
 pub use process::{relay_binary, relay_command, RelayProcess};
 pub use raw::{client_endpoint, Raw};

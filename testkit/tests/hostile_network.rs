@@ -230,7 +230,7 @@ async fn impairments(link: &NetnsLink, fast_path: bool) -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let code = a.security_code().cloned();
+    let code = a.security_code();
     let (a, b) = (Arc::new(a), Arc::new(b));
     let seen = [Arc::default(), Arc::default()];
     let mut tasks = stream(a.clone(), b.clone(), 1, Arc::clone(&seen[0]));
@@ -303,7 +303,7 @@ async fn impairments(link: &NetnsLink, fast_path: bool) -> Result<()> {
         t.abort();
     }
     ensure!(
-        a.security_code().cloned() == code,
+        a.security_code() == code,
         "the security code changed"
     );
     for (i, s) in seen.iter().enumerate() {
