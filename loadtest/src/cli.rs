@@ -332,6 +332,14 @@ pub struct RunArgs {
     /// Per endpoint: QUIC handshake and Join must finish within this
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub join_timeout: Duration,
+    /// Per endpoint: a relay that answers nothing this long is taken for dead, and the call
+    /// fails over to its token's next node (with node ids) [default: the SDK's]
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Per endpoint: QUIC keep-alive interval (keep it a few times below --idle-timeout)
+    /// [default: the SDK's]
+    #[arg(long, value_parser = parse_duration)]
+    pub keep_alive: Option<Duration>,
     /// Worker threads of the client runtime (default: CPUs)
     #[arg(long)]
     pub client_threads: Option<usize>,

@@ -130,6 +130,8 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
         grace: a.grace,
         drain: a.drain,
         join_timeout: a.join_timeout,
+        idle_timeout: a.idle_timeout,
+        keep_alive: a.keep_alive,
         progress: a.progress,
         client_threads,
         transport: match a.transport {

@@ -81,6 +81,9 @@ pub struct CallsReport {
     pub attempted: u64,
     pub established: u64,
     pub failed: u64,
+    /// Established calls that moved to another relay node (failover or drain) and went on.
+    #[serde(default)]
+    pub migrated: u64,
     /// Failed calls by the first error of either endpoint: a refusal code (`session_full`,
     /// `node_full`, ...) or an error kind (`timeout`, `connection`, `tls`, ...).
     pub failed_by_reason: BTreeMap<String, u64>,
@@ -373,6 +376,7 @@ impl Report {
         a.attempted += b.attempted;
         a.established += b.established;
         a.failed += b.failed;
+        a.migrated += b.migrated;
         // Generators ran side by side, so concurrency adds up (an upper bound if they did not
         // overlap in time).
         a.peak_concurrent += b.peak_concurrent;

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use duet_proto::{DeviceId, MediaKind, SessionId, SigningKey, UserId};
+use duet_proto::{DeviceId, MediaKind, NodeId, SessionId, SigningKey, UserId};
 use duet_relay::RelayHandle;
 use duet_sdk::{Call, Client, ConnectOptions, E2eeConfig, Event, IdentityKey, SdkError};
 use tokio::sync::watch;
@@ -63,6 +63,8 @@ pub struct RunOptions {
     pub grace: Duration,
     pub drain: Duration,
     pub join_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub keep_alive: Option<Duration>,
     pub progress: ProgressMode,
     pub client_threads: usize,
     pub transport: String,
@@ -94,6 +96,8 @@ struct Ctx {
     opts: RunOptions,
     nodes: Vec<Node>,
     node_names: Vec<String>,
+    /// Nodes with an id, for the SDK's failover (empty: no node ids, no failover).
+    address_book: Vec<(NodeId, SocketAddr)>,
     cert_pem: Vec<u8>,
     key: SigningKey,
     server_name: String,
@@ -105,7 +109,10 @@ struct Ctx {
 
 impl Ctx {
     fn connect_options(&self) -> ConnectOptions {
+        let sdk = ConnectOptions::default();
         ConnectOptions {
+            idle_timeout: self.opts.idle_timeout.unwrap_or(sdk.idle_timeout),
+            keep_alive: self.opts.keep_alive.unwrap_or(sdk.keep_alive),
             server_name: self.server_name.clone(),
             join_timeout: self.opts.join_timeout,
             fast_path: if self.opts.transport == "fast-path" {
@@ -113,6 +120,7 @@ impl Ctx {
             } else {
                 duet_sdk::FastPathMode::Off
             },
+            nodes: self.address_book.clone(),
             ..ConnectOptions::trusting(self.cert_pem.clone())
         }
     }
@@ -150,7 +158,7 @@ struct SideState {
 
 async fn endpoint(
     ctx: &Ctx,
-    node: &Node,
+    (node, candidates): (&Node, &[NodeId]),
     session: &SessionId,
     side: &str,
     call_no: u64,
@@ -160,14 +168,7 @@ async fn endpoint(
     let (Ok(user), Ok(device)) = (user, device) else {
         return Err(SdkError::Protocol("run id makes an invalid user id".into()));
     };
-    let token = mint(
-        &ctx.key,
-        session,
-        &user,
-        &device,
-        node.claim.as_ref(),
-        ctx.token_ttl,
-    );
+    let token = mint(&ctx.key, session, &user, &device, candidates, ctx.token_ttl);
     let t = Instant::now();
     let client = Client::connect(node.addr, token, ctx.connect_options()).await?;
     // With E2EE the join time includes the key agreement with the peer (both endpoints
@@ -200,10 +201,18 @@ async fn call_task(i: u64, ctx: Arc<Ctx>) {
         col.call_failed("bad_session_id");
         return;
     };
-    let node = &ctx.nodes[placement::place(session.as_str(), &ctx.node_names).unwrap_or(0)];
+    // The token lists the nodes in rendezvous order (primary first, then where both
+    // endpoints move if it fails), as the fleet's minter does.
+    let ranked = placement::rank(session.as_str(), &ctx.node_names);
+    let node = &ctx.nodes[ranked.first().copied().unwrap_or(0)];
+    let candidates: Vec<NodeId> = ranked
+        .iter()
+        .filter_map(|&n| ctx.nodes[n].claim.clone())
+        .take(duet_proto::token::MAX_NODES)
+        .collect();
     let (a, b) = tokio::join!(
-        endpoint(&ctx, node, &session, "a", i),
-        endpoint(&ctx, node, &session, "b", i)
+        endpoint(&ctx, (node, &candidates), &session, "a", i),
+        endpoint(&ctx, (node, &candidates), &session, "b", i)
     );
     for (_, us) in [&a, &b].into_iter().flatten() {
         col.record_join(i, *us);
@@ -220,13 +229,14 @@ async fn call_task(i: u64, ctx: Arc<Ctx>) {
     };
     col.call_established(&node.name);
     let dropped: Mutex<Option<String>> = Mutex::new(None);
+    let migrated = AtomicBool::new(false);
     let sides = [SideState::default(), SideState::default()];
     let calls = [&a, &b];
     let shape = ctx.opts.profile.shape(ctx.opts.seed, i);
     let kinds = shape.kinds();
     let start = Instant::now();
     let side = |s: usize| {
-        let (ctx, dropped, sides, calls) = (&ctx, &dropped, &sides, &calls);
+        let (ctx, dropped, sides, calls, migrated) = (&ctx, &dropped, &sides, &calls, &migrated);
         async move {
             let call = calls[s];
             let senders = async {
@@ -252,7 +262,7 @@ async fn call_task(i: u64, ctx: Arc<Ctx>) {
             tokio::join!(
                 senders,
                 receiver(ctx, call, i, &sides[1 - s]),
-                events(ctx, call, dropped)
+                events(ctx, call, dropped, migrated)
             );
         }
     };
@@ -264,6 +274,9 @@ async fn call_task(i: u64, ctx: Arc<Ctx>) {
     let reason = dropped.lock().ok().and_then(|mut d| d.take());
     if let Some(r) = reason {
         col.call_dropped(&r);
+    }
+    if migrated.load(Relaxed) {
+        col.call_migrated();
     }
     tokio::join!(leave(a), leave(b));
     col.call_ended();
@@ -401,7 +414,7 @@ async fn receiver(ctx: &Ctx, call: &Call, i: u64, peer: &SideState) {
     }
 }
 
-async fn events(ctx: &Ctx, call: &Call, dropped: &Mutex<Option<String>>) {
+async fn events(ctx: &Ctx, call: &Call, dropped: &Mutex<Option<String>>, migrated: &AtomicBool) {
     let mut phase = ctx.phase.clone();
     loop {
         let ev = tokio::select! {
@@ -419,6 +432,7 @@ async fn events(ctx: &Ctx, call: &Call, dropped: &Mutex<Option<String>>) {
                 return;
             }
             Some(Event::PeerLeft(r)) => note_drop(dropped, format!("peer_left_{r}")),
+            Some(Event::Migrated { .. }) => migrated.store(true, Relaxed),
             Some(_) => {}
         }
     }
@@ -468,6 +482,11 @@ pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let ctx = Arc::new(Ctx {
         node_names: target.nodes.iter().map(|n| n.name.clone()).collect(),
+        address_book: target
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.claim.clone()?, n.addr)))
+            .collect(),
         nodes: target.nodes.clone(),
         cert_pem: target.cert_pem.clone(),
         key: target.key.clone(),

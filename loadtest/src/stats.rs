@@ -99,6 +99,7 @@ pub struct Collector {
     pub active: AtomicU64,
     pub peak_active: AtomicU64,
     pub finished: AtomicU64,
+    migrated: AtomicU64,
     failures: Mutex<BTreeMap<String, u64>>,
     dropped: Mutex<BTreeMap<String, u64>>,
     per_node: Mutex<BTreeMap<String, u64>>,
@@ -148,6 +149,7 @@ impl Collector {
             active: AtomicU64::new(0),
             peak_active: AtomicU64::new(0),
             finished: AtomicU64::new(0),
+            migrated: AtomicU64::new(0),
             failures: Mutex::default(),
             dropped: Mutex::default(),
             per_node: Mutex::default(),
@@ -190,6 +192,11 @@ impl Collector {
 
     pub fn call_dropped(&self, reason: &str) {
         bump(&self.dropped, reason);
+    }
+
+    /// A call that moved to another relay node (its endpoints saw `Event::Migrated`).
+    pub fn call_migrated(&self) {
+        self.migrated.fetch_add(1, Relaxed);
     }
 
     pub fn call_ended(&self) {
@@ -306,6 +313,7 @@ impl Collector {
             attempted: self.attempted.load(Relaxed),
             established: self.established.load(Relaxed),
             failed: self.failed.load(Relaxed),
+            migrated: self.migrated.load(Relaxed),
             failed_by_reason: map(&self.failures),
             dropped_by_reason: map(&self.dropped),
             peak_concurrent: self.peak_active.load(Relaxed),

@@ -187,18 +187,19 @@ pub fn read_cert(path: &Path) -> Result<Vec<u8>, TargetError> {
     })
 }
 
-/// Mints the join token of one endpoint: E2EE allowed, placed on `node` when it has a claim.
+/// Mints the join token of one endpoint: E2EE allowed, placed on `nodes` (primary first,
+/// then the fallbacks both endpoints move to; empty: any node).
 pub fn mint(
     key: &SigningKey,
     session: &SessionId,
     user: &UserId,
     device: &DeviceId,
-    node: Option<&NodeId>,
+    nodes: &[NodeId],
     ttl: Duration,
 ) -> String {
     let claims = JoinClaims::builder(session.clone(), user.clone(), device.clone())
         .ttl(ttl.max(Duration::from_secs(1)))
-        .nodes(node.cloned().into_iter().collect())
+        .nodes(nodes.to_vec())
         .e2ee(E2eeClaim::Allowed)
         .build();
     match claims {

@@ -22,8 +22,8 @@
 
 pub mod fleet;
 pub mod flood;
-pub mod impair;
 pub mod hostile;
+pub mod impair;
 pub mod metrics;
 pub mod netns;
 pub mod process;

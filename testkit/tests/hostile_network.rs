@@ -302,10 +302,7 @@ async fn impairments(link: &NetnsLink, fast_path: bool) -> Result<()> {
     for t in tasks {
         t.abort();
     }
-    ensure!(
-        a.security_code() == code,
-        "the security code changed"
-    );
+    ensure!(a.security_code() == code, "the security code changed");
     for (i, s) in seen.iter().enumerate() {
         let s = s.lock().unwrap();
         eprintln!(

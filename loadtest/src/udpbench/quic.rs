@@ -35,7 +35,7 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
         let id = ids(&run_id, p, side);
         async move {
             let (session, user, device) = id?;
-            let token = target::mint(&key, &session, &user, &device, None, ttl);
+            let token = target::mint(&key, &session, &user, &device, &[], ttl);
             let c = Client::connect(relay, token, opts).await?;
             Ok(c.join(session).await?)
         }
