@@ -23,7 +23,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use aws_lc_rs::digest::{digest, SHA256};
 use duet_proto::{
-    DeviceId, E2eeClaim, JoinClaims, JoinToken, MediaKind, SessionId, SigningKey, UserId,
+    DeviceId, E2eeClaim, JoinClaims, JoinToken, MediaKind, SessionId, SigningKey, TokenKeyring,
+    UserId,
 };
 use duet_sdk::{Call, Client, ConnectOptions, E2eeConfig, IdentityKey};
 
@@ -70,13 +71,22 @@ async fn main() -> Result<()> {
     };
     let join = |user: &'static str| {
         let (token, cert, session) = (mint(user), cert.clone(), session.clone());
+        let issuer_keys = TokenKeyring::new(vec![key.verifying_key()]);
         async move {
             let token = token?;
             let identity =
                 Arc::new(IdentityKey::generate().map_err(|_| anyhow::anyhow!("keygen"))?);
             let client = Client::connect(relay, token, ConnectOptions::trusting(cert)).await?;
-            let call = client.join_e2ee(session, E2eeConfig::new(identity)).await?;
-            println!("{user:>5}: security code {}", call.security_code().unwrap());
+            // The peer's signed token is checked with the issuer's public key; the code
+            // is shown next to the peer's authenticated user id.
+            let call = client
+                .join_e2ee(session, E2eeConfig::new(identity, issuer_keys))
+                .await?;
+            println!(
+                "{user:>5}: security code {} with {}",
+                call.security_code().context("an E2EE call")?,
+                call.peer_user().context("an authenticated peer")?
+            );
             anyhow::Ok(call)
         }
     };

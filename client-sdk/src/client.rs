@@ -11,9 +11,10 @@ use std::time::Instant;
 use duet_proto::control::encode;
 use duet_proto::{ClientMessage, FrameDecoder, RelayMessage, ResumeSecret, SessionId};
 
-use crate::call::Call;
+use crate::call::{Call, Dial, Joining};
 use crate::e2ee::{E2eeUnavailable, UnavailableReason};
-use crate::error::SdkError;
+use crate::engine::Engine;
+use crate::error::{ResumeError, SdkError};
 use crate::options::ConnectOptions;
 use crate::secure::{self, E2eeConfig};
 
@@ -22,6 +23,9 @@ use crate::secure::{self, E2eeConfig};
 pub struct ResumeTicket {
     pub session: SessionId,
     pub secret: ResumeSecret,
+    /// The call was end-to-end encrypted: only [`Call::resume`] (which keeps the engine and
+    /// its keys) may resume it; [`Client::resume`] refuses, typed.
+    pub e2ee: bool,
 }
 
 /// A connection to a relay that has not joined a session yet.
@@ -101,9 +105,10 @@ impl Client {
             }
             other => other?,
         };
-        match secure::handshake(&call, cfg, claim).await {
+        call.set_padding(cfg.options.padding);
+        match secure::handshake(&call, cfg).await {
             Ok(est) => {
-                call.install_e2ee(est)?;
+                call.install_e2ee(est).await?;
                 Ok(call)
             }
             Err(e) => {
@@ -114,9 +119,15 @@ impl Client {
         }
     }
 
-    /// Takes this device's place back in the ticket's session on this new connection
-    /// (plain transport; see [`Client::join`]).
+    /// Takes this device's place back in the ticket's session on this new connection, for a
+    /// *plain* call (see [`Client::join`]). A ticket of an end-to-end encrypted call fails
+    /// with [`ResumeError::NeedsKeys`]: a ticket cannot carry the keys, and a keyless
+    /// continuation of an E2EE call would send media in the clear. Resume such a call with
+    /// [`Call::resume`], which keeps its engine.
     pub async fn resume(self, ticket: &ResumeTicket) -> Result<Call, SdkError> {
+        if ticket.e2ee {
+            return Err(ResumeError::NeedsKeys.into());
+        }
         self.join_inner(ticket.session.clone(), Some(ticket.secret.clone()), false)
             .await
     }
@@ -127,6 +138,24 @@ impl Client {
         resume: Option<ResumeSecret>,
         e2ee: bool,
     ) -> Result<Call, SdkError> {
+        let dial = Dial {
+            relay: self.conn.remote_address(),
+            token: self.token.clone(),
+            opts: self.opts.clone(),
+        };
+        let engine = Engine::new(session.clone(), self.opts.reassembly_timeout, e2ee);
+        let j = self.join_link(session, resume, e2ee).await?;
+        Ok(Call::start(j, dial, engine))
+    }
+
+    /// Sends `Join` and waits for `Joined`: a link ready to attach to a call's engine. The
+    /// relay's answer must name the session asked for.
+    pub(crate) async fn join_link(
+        self,
+        session: SessionId,
+        resume: Option<ResumeSecret>,
+        e2ee: bool,
+    ) -> Result<Joining, SdkError> {
         let started = Instant::now();
         let Client {
             endpoint,
@@ -134,6 +163,7 @@ impl Client {
             token,
             opts,
         } = self;
+        let asked = session.clone();
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await?;
             send.write_all(&encode(&ClientMessage::Join {
@@ -165,19 +195,26 @@ impl Client {
         let (send, recv, decoder, joined) = tokio::time::timeout(opts.join_timeout, exchange)
             .await
             .map_err(|_| SdkError::Timeout("Joined"))??;
+        if joined.session != asked {
+            // The relay's word against the app's: a relay that pairs this endpoint into
+            // another session is lying.
+            conn.close(1u32.into(), b"joined another session");
+            return Err(SdkError::WrongSession {
+                asked,
+                joined: joined.session,
+            });
+        }
         tracing::debug!(
             session = %joined.session,
             slot = ?joined.slot,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "joined"
         );
-        Ok(Call::start(
+        Ok(Joining {
             endpoint,
             conn,
-            (send, recv, decoder),
+            streams: (send, recv, decoder),
             joined,
-            &opts,
-            e2ee,
-        ))
+        })
     }
 }

@@ -1,6 +1,6 @@
 //! The SDK's error type: every way a connect, join or call operation can fail.
 
-use duet_proto::{CodecError, PeerLeftReason, RefusalReason};
+use duet_proto::{CodecError, NodeId, PeerLeftReason, RefusalReason, SessionId};
 
 use crate::e2ee::{E2eeUnavailable, HandshakeError, SealError};
 
@@ -24,6 +24,13 @@ pub enum SdkError {
     /// The call ended (left, ended by the relay, or the connection closed).
     #[error("the call is closed")]
     Closed,
+    /// The relay answered `Joined` for another session than the one asked for.
+    #[error("asked to join {asked}, the relay answered for {joined}")]
+    WrongSession { asked: SessionId, joined: SessionId },
+    /// A resume or a move to another node could not continue this call (see
+    /// [`ResumeError`]); an E2EE call never continues without its keys.
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
     #[error("the relay broke the protocol: {0}")]
     Protocol(String),
     #[error(transparent)]
@@ -58,10 +65,35 @@ pub enum SdkError {
     /// Media on an E2EE call before the keys are agreed (never sent in the clear).
     #[error("the end-to-end keys are not agreed yet")]
     E2eeNotEstablished,
+    /// A hybrid rekey is already running, or the last one is too recent (rate limit, so a
+    /// burst cannot desynchronise the peer).
+    #[error("a hybrid rekey is running or was just done")]
+    RekeyLimited,
     #[error("sealing a frame failed: {0}")]
     Seal(#[from] SealError),
     /// The raw-UDP fast path cannot be used (off on this call, not offered, no ticket, or
     /// its socket failed). Media stays on QUIC datagrams; the call carries on.
     #[error("the fast path is unavailable: {0}")]
     FastPathUnavailable(String),
+}
+
+/// Why a call could not continue on a new connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    /// `Client::resume` with the ticket of an end-to-end encrypted call: the ticket cannot
+    /// carry the keys. Use `Call::resume`, which keeps them.
+    #[error("an end-to-end encrypted call resumes only with its keys (Call::resume)")]
+    NeedsKeys,
+    /// The relay answered a resume with a fresh join.
+    #[error("the relay did not resume this device's place")]
+    NotResumed,
+    /// The relay put the resumed endpoint in the other slot.
+    #[error("the relay resumed this device into the other slot")]
+    SlotChanged,
+    /// The token does not list the node the call should move to.
+    #[error("the token does not place this session on node {0}")]
+    NodeNotListed(NodeId),
+    /// No node of the token's list could carry the call.
+    #[error("no node of the token's list took the call")]
+    NoNodeLeft,
 }

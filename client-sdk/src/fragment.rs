@@ -27,6 +27,17 @@ const MAX_PARTIAL_FRAMES: usize = 64;
 pub struct MediaFrame {
     pub kind: MediaKind,
     pub data: Bytes,
+    /// On an E2EE call, the frame's authenticated `(epoch, counter)`: the peer's sending
+    /// order, which the relay cannot change (for the app's jitter buffer). `None` on a
+    /// plain call.
+    pub seq: Option<FrameSeq>,
+}
+
+/// Where a frame sits in the peer's sending order (authenticated by SFrame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FrameSeq {
+    pub epoch: u64,
+    pub counter: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -180,7 +191,11 @@ impl Reassembler {
         let kind = header.kind;
         if count == 1 {
             self.stats.frames_completed += 1;
-            return Ok(Some(MediaFrame { kind, data: chunk }));
+            return Ok(Some(MediaFrame {
+                kind,
+                data: chunk,
+                seq: None,
+            }));
         }
         let key = (kind, id);
         if !self.partial.contains_key(&key) && self.partial.len() >= MAX_PARTIAL_FRAMES {
@@ -226,6 +241,7 @@ impl Reassembler {
         Ok(Some(MediaFrame {
             kind,
             data: data.freeze(),
+            seq: None,
         }))
     }
 

@@ -13,28 +13,36 @@
 //!
 //! ```no_run
 //! # async fn demo(relay: std::net::SocketAddr, cert_pem: Vec<u8>, token: String,
-//! #               saved_pkcs8: Vec<u8>) -> Result<(), duet_sdk::SdkError> {
+//! #               saved_pkcs8: Vec<u8>, issuer_pub: [u8; 32]) -> Result<(), duet_sdk::SdkError> {
 //! use std::sync::Arc;
-//! use duet_proto::{MediaKind, SessionId};
+//! use duet_proto::{MediaKind, SessionId, TokenKeyring, VerifyingKey};
 //! use duet_sdk::{Client, ConnectOptions, E2eeConfig, Event, IdentityKey, SdkError};
 //!
 //! // The user's long-term identity, kept by the app across calls.
 //! let identity = Arc::new(IdentityKey::from_pkcs8(&saved_pkcs8).expect("a stored key"));
+//! // The token issuer's public key, as the app's backend publishes it.
+//! let issuer = TokenKeyring::new(vec![VerifyingKey::ed25519("default", &issuer_pub).unwrap()]);
 //! let client = Client::connect(relay, token, ConnectOptions::trusting(cert_pem)).await?;
 //! let call = match client
-//!     .join_e2ee(SessionId::new("call-1").unwrap(), E2eeConfig::new(identity))
+//!     .join_e2ee(SessionId::new("call-1").unwrap(), E2eeConfig::new(identity, issuer))
 //!     .await
 //! {
 //!     Ok(call) => call,
 //!     Err(SdkError::E2eeUnavailable(why)) => {
-//!         // Not an E2EE call (why.reason says who and why): the app decides, knowingly.
+//!         // Not an E2EE call, proven by the peer's signed token. Any plain call is the
+//!         // app's explicit choice, asked of the user; never an automatic fallback.
 //!         println!("no end-to-end encryption: {why}");
 //!         return Ok(());
 //!     }
-//!     Err(e) => return Err(e),
+//!     Err(e) => return Err(e), // a HandshakeError is an attack, not "unavailable"
 //! };
 //! // Both users compare this code (read aloud); equal codes mean no one is in the middle.
-//! println!("security code: {}", call.security_code().expect("an E2EE call"));
+//! // The peer's user id comes from its verified token.
+//! println!(
+//!     "security code {} with {}",
+//!     call.security_code().expect("an E2EE call"),
+//!     call.peer_user().expect("an authenticated peer"),
+//! );
 //! // Pin this after the users compared codes; pass it in `CallOptions::pinned_peer` next time.
 //! let _fingerprint = call.peer_identity().map(|p| p.to_hex());
 //!
@@ -45,8 +53,12 @@
 //! while let Ok(Some(ev)) =
 //!     tokio::time::timeout(std::time::Duration::from_millis(10), call.next_event()).await
 //! {
-//!     if let Event::PeerIdentityChanged { .. } = ev {
-//!         println!("the peer's identity key changed: compare the code again");
+//!     match ev {
+//!         // The connection dropped: continue the same call (same keys and code).
+//!         Event::Disconnected(_) => call.resume().await?,
+//!         // Media is delivered again once both sides proved they hold the keys.
+//!         Event::KeysConfirmed => println!("resumed, same code"),
+//!         _ => {}
 //!     }
 //! }
 //! println!("{:?}", call.e2ee_stats()); // tampered / replayed / stale / unknown-KID drops
@@ -68,9 +80,23 @@
 //! [`tls`] builds the client's TLS and QUIC configuration (X25519MLKEM768 first): the one
 //! copy, which the load tester and the test kit's raw client use too.
 
+//! # Modules
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`engine`] | the sans-IO call engine: keys, epochs, reassembly, held frames, key confirmation, padding, events |
+//! | [`call`] | the tokio driver: links (a connection and its tasks), resume, migrate, recovery |
+//! | [`client`] | connecting and the join exchange |
+//! | [`e2ee`] | the handshake (wire, schedule, identity, token binding), SFrame, keys, code, opt-in |
+//! | [`secure`] | running the handshake over a joined call |
+//! | [`fastpath`] | the raw-UDP fast path's binding and sockets |
+//! | [`fragment`] | cutting frames into datagrams and reassembling them |
+//! | [`options`], [`tls`], [`error`] | connect options, the client TLS/QUIC config, `SdkError` |
+
 pub mod call;
 pub mod client;
 pub mod e2ee;
+pub mod engine;
 pub mod error;
 pub mod fastpath;
 pub mod fragment;
@@ -82,10 +108,11 @@ pub use call::{Call, CallStats, E2eeStats, Event, MAX_FRAMES_BEFORE_KEYS};
 pub use client::{Client, ResumeTicket};
 pub use e2ee::{
     CallOptions, CipherSuite, E2eeUnavailable, HandshakeError, IdentityCheck, IdentityKey,
-    PeerIdentity, RekeyPolicy, SecurityCode, UnavailableReason,
+    IdentityPolicy, PeerIdentity, RekeyPolicy, SecurityCode, UnavailableReason,
 };
-pub use error::SdkError;
+pub use engine::{Engine, Padding};
+pub use error::{ResumeError, SdkError};
 pub use fastpath::{FastPathMode, Transport};
-pub use fragment::{MediaFrame, MAX_FRAME};
+pub use fragment::{FrameSeq, MediaFrame, MAX_FRAME};
 pub use options::ConnectOptions;
 pub use secure::{token_claims, E2eeConfig};

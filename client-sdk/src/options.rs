@@ -27,6 +27,17 @@ pub struct ConnectOptions {
     /// mappings open; a NAT that changed the source port gets the binding moved), and how
     /// often a fast path that was not confirmed in time tries again from a new socket.
     pub fast_path_refresh: Duration,
+    /// QUIC idle timeout: a relay that answers nothing this long is taken for dead (keep
+    /// it a few `keep_alive`s long).
+    pub idle_timeout: Duration,
+    /// The fleet's address book: where each relay node of the token's `nodes` list is.
+    /// Non-empty turns on automatic recovery: when the connection is lost (or reset, or the
+    /// relay says it is draining) the call resumes on the same node, or else moves to the
+    /// next node of the token's list; both endpoints follow the same list, so they meet
+    /// again without talking. Same keys, same code ([`crate::Event::Migrated`],
+    /// [`crate::Event::KeysConfirmed`]). Empty: a lost connection ends the call's link and
+    /// the app calls `Call::resume` itself.
+    pub nodes: Vec<(duet_proto::NodeId, std::net::SocketAddr)>,
 }
 
 impl Default for ConnectOptions {
@@ -40,6 +51,8 @@ impl Default for ConnectOptions {
             fast_path: FastPathMode::Off,
             fast_path_bind_timeout: Duration::from_secs(1),
             fast_path_refresh: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(15),
+            nodes: Vec::new(),
         }
     }
 }
@@ -51,5 +64,20 @@ impl ConnectOptions {
             trusted_cert_pem: Some(cert_pem.into()),
             ..Self::default()
         }
+    }
+}
+
+impl ConnectOptions {
+    /// Where node `id` is, from [`ConnectOptions::nodes`].
+    pub fn node_addr(&self, id: &duet_proto::NodeId) -> Option<std::net::SocketAddr> {
+        self.nodes.iter().find(|(n, _)| n == id).map(|(_, a)| *a)
+    }
+
+    /// Which node is at `addr`, from [`ConnectOptions::nodes`].
+    pub fn node_at(&self, addr: std::net::SocketAddr) -> Option<duet_proto::NodeId> {
+        self.nodes
+            .iter()
+            .find(|(_, a)| *a == addr)
+            .map(|(n, _)| n.clone())
     }
 }

@@ -8,12 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use duet_proto::{E2eeClaim, JoinClaims};
+use duet_proto::{JoinClaims, TokenKeyring};
 
 use crate::call::{Call, Event};
 use crate::e2ee::{
-    CallOptions, E2eeUnavailable, Established, Handshake, HandshakeConfig, IdentityKey, Role,
-    Start, Step,
+    CallOptions, Established, Handshake, HandshakeConfig, IdentityKey, Role, Start, Step,
 };
 use crate::error::SdkError;
 
@@ -27,15 +26,21 @@ pub struct E2eeConfig {
     pub options: CallOptions,
     /// How long `join_e2ee` waits for the peer to join and the keys to be agreed.
     pub handshake_timeout: Duration,
+    /// The token issuer's public keys (the app's backend publishes them, like the relay's
+    /// `token-key.pub`): the peer's signed token is verified with them. Required: with
+    /// none, `join_e2ee` fails with `HandshakeError::NoTokenKeys`.
+    pub token_keys: TokenKeyring,
 }
 
 impl E2eeConfig {
-    /// E2EE on with default options and a 30 s handshake timeout.
-    pub fn new(identity: Arc<IdentityKey>) -> Self {
+    /// E2EE on with default options and a 30 s handshake timeout; peer tokens verified
+    /// with `token_keys`.
+    pub fn new(identity: Arc<IdentityKey>, token_keys: TokenKeyring) -> Self {
         Self {
             identity,
             options: CallOptions::default(),
             handshake_timeout: Duration::from_secs(30),
+            token_keys,
         }
     }
 }
@@ -49,26 +54,27 @@ pub fn token_claims(token: &str) -> Result<JoinClaims, SdkError> {
 }
 
 /// Runs the handshake on a freshly joined call. `Ok` only with agreed keys.
-pub(crate) async fn handshake(
-    call: &Call,
-    cfg: E2eeConfig,
-    claim: E2eeClaim,
-) -> Result<Established, SdkError> {
+pub(crate) async fn handshake(call: &Call, cfg: E2eeConfig) -> Result<Established, SdkError> {
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let hcfg = HandshakeConfig {
         role: Role::from_slot(call.slot()),
         identity: cfg.identity,
+        // The session the app asked for, not the relay's word.
         context: call.session().as_str().as_bytes().to_vec(),
-        claim,
+        token: call.token(),
+        token_keys: cfg.token_keys,
+        now_unix,
         options: cfg.options,
     };
     let mut peer_present = call.peer_present_at_join();
-    let (mut events, mut signals) = call.handshake_channels().await;
     match Handshake::start(hcfg)? {
         Start::Declined { send, unavailable } => {
             // Tell the peer (once it is there) so its SDK fails cleanly, then give up.
             let wait = async {
                 while !peer_present {
-                    match events.recv().await {
+                    match call.next_event().await {
                         Some(Event::PeerJoined) => peer_present = true,
                         Some(Event::PeerE2eeUnavailable(_)) | None => return false,
                         Some(_) => {}
@@ -98,24 +104,29 @@ pub(crate) async fn handshake(
                 loop {
                     tokio::select! {
                         biased;
-                        sig = signals.recv() => {
-                            let sig = sig.ok_or(SdkError::Closed)?;
+                        sig = call.recv_signal() => {
+                            let sig = sig?;
                             if let Some(est) = on_signal(call, &mut handshake, &sig).await? {
                                 return Ok(est);
                             }
                         }
-                        ev = events.recv() => match ev.ok_or(SdkError::Closed)? {
+                        ev = call.next_event() => match ev.ok_or(SdkError::Closed)? {
                             Event::PeerJoined => {
                                 if let Some(m) = commit.take() {
                                     call.send_signal(&m).await?;
                                 }
                             }
-                            Event::PeerE2eeUnavailable(c) => {
-                                return Err(E2eeUnavailable::from_peer_claim(c).into());
+                            Event::PeerE2eeUnavailable(_) => {
+                                // The relay's claim counts only with the peer's signed token.
+                                let token = call.take_peer_unavailable_token().unwrap_or_default();
+                                return Err(match handshake.on_peer_unavailable(&token) {
+                                    Ok(u) => u.into(),
+                                    Err(e) => e.into(),
+                                });
                             }
                             Event::PeerLeft(r) => {
                                 // Its last signals (a Decline) may be queued behind.
-                                while let Ok(sig) = signals.try_recv() {
+                                while let Some(sig) = call.try_recv_signal().await {
                                     if let Some(est) =
                                         on_signal(call, &mut handshake, &sig).await?
                                     {

@@ -56,6 +56,9 @@ pub fn quic_client_config(opts: &ConnectOptions) -> Result<quinn::ClientConfig, 
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(opts.keep_alive));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(opts.idle_timeout) {
+        transport.max_idle_timeout(Some(idle));
+    }
     // Room for a keyframe burst in both directions without dropping pieces locally.
     transport.datagram_receive_buffer_size(Some(4 << 20));
     transport.datagram_send_buffer_size(4 << 20);

@@ -29,12 +29,21 @@ fn call(
     recorded: &mut Vec<Vec<u8>>,
 ) -> (Outcome, Outcome) {
     let mk = |slot: Slot, opts: CallOptions, wire: &mut VecDeque<Vec<u8>>| {
+        // A user who is off has it in the token (the backend's record of the switch), which
+        // is what makes a decline provable.
+        let claim = if opts.e2ee {
+            E2eeClaim::Allowed
+        } else {
+            E2eeClaim::UserNotEnabled
+        };
         let cfg = HandshakeConfig {
-            role: Role::from_slot(slot),
-            identity: Arc::new(IdentityKey::generate().unwrap()),
-            context: b"call-42".to_vec(),
-            claim: E2eeClaim::Allowed,
             options: opts,
+            ..duet_sdk::e2ee::test_support::config(
+                Role::from_slot(slot),
+                &Arc::new(IdentityKey::generate().unwrap()),
+                "call-42",
+                claim,
+            )
         };
         match Handshake::start(cfg).unwrap() {
             Start::Proceed { handshake, send } => {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use duet_proto::{E2eeClaim, MediaKind};
+use duet_proto::{E2eeClaim, MediaKind, TokenKeyring};
 use duet_relay::RelayHandle;
 use duet_sdk::{
     Call, CallOptions, Client, ConnectOptions, E2eeConfig, Event, IdentityKey, SdkError,
@@ -36,7 +36,8 @@ pub async fn sdk_join(
     Ok(client.join(sid(session)).await?)
 }
 
-/// E2EE on (`on`) or off for this user, a fresh identity key, the handshake bounded by [`STEP`].
+/// E2EE on (`on`) or off for this user, a fresh identity key, the handshake bounded by
+/// [`STEP`]. No issuer keys: [`e2ee_join`] adds the relay's (see [`issuer_keys`]).
 pub fn e2ee_config(on: bool) -> E2eeConfig {
     E2eeConfig {
         options: CallOptions {
@@ -44,8 +45,16 @@ pub fn e2ee_config(on: bool) -> E2eeConfig {
             ..CallOptions::default()
         },
         handshake_timeout: STEP,
-        ..E2eeConfig::new(Arc::new(IdentityKey::generate().expect("an identity key")))
+        ..E2eeConfig::new(
+            Arc::new(IdentityKey::generate().expect("an identity key")),
+            TokenKeyring::default(),
+        )
     }
+}
+
+/// The public key the relay's tokens are signed with, as an SDK holds it.
+pub fn issuer_keys(relay: &impl RelayUnderTest) -> TokenKeyring {
+    TokenKeyring::new(vec![relay.signer().verifying_key()])
 }
 
 /// Connects as `user` (device `<user>-phone`) with a token carrying `claim`, and joins
@@ -60,6 +69,10 @@ pub async fn e2ee_join(
 ) -> Result<Call, SdkError> {
     let mut c = claims(session, user, &format!("{user}-phone"));
     c.e2ee = claim;
+    let mut cfg = cfg;
+    if cfg.token_keys.is_empty() {
+        cfg.token_keys = issuer_keys(relay);
+    }
     let client = Client::connect(relay.quic_addr(), relay.token_with(&c), opts).await?;
     client.join_e2ee(sid(session), cfg).await
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use duet_proto::{E2eeClaim, MediaKind};
-use duet_sdk::{Call, E2eeConfig, E2eeUnavailable, Event, SdkError, UnavailableReason};
+use duet_sdk::{
+    Call, E2eeConfig, E2eeUnavailable, Event, HandshakeError, SdkError, UnavailableReason,
+};
 use duet_testkit::sdk::{a_then_b, connect_options, e2ee_config as cfg, e2ee_join};
 use duet_testkit::{claims, RelayUnderTest, TestRelay, STEP};
 
@@ -100,8 +102,12 @@ async fn both_sides_get_the_same_code_and_frames_of_each_kind_arrive_intact() ->
     Ok(())
 }
 
+/// A user who turns E2EE off for one call while the token allows it: that side gets its
+/// typed `UserNotEnabled`. Its decline carries a token that *allows* E2EE, so it proves
+/// nothing: the other side gets a typed handshake error (it cannot tell this from a
+/// relay's forged "go clear"), never an `E2eeUnavailable` inviting a fallback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_side_off_gives_peer_not_enabled_on_the_other() -> Result<()> {
+async fn one_side_off_is_typed_on_both_sides_and_invites_no_fallback() -> Result<()> {
     let relay = TestRelay::start().await;
     for (a_on, b_on) in [(true, false), (false, true)] {
         let session = format!("one-off-{a_on}");
@@ -120,10 +126,7 @@ async fn one_side_off_gives_peer_not_enabled_on_the_other() -> Result<()> {
             other => panic!("the side that turned E2EE off: {:?}", other.err()),
         }
         match on {
-            Err(SdkError::E2eeUnavailable(u)) => {
-                assert_eq!(u.reason, UnavailableReason::PeerNotEnabled);
-                assert_eq!(u.peer_reason, Some(UnavailableReason::UserNotEnabled));
-            }
+            Err(SdkError::Handshake(HandshakeError::UnprovenDecline)) => {}
             other => panic!("the side that turned E2EE on: {:?}", other.err()),
         }
     }

@@ -359,7 +359,7 @@ async fn an_unconfirmed_bind_times_out_to_quic_and_fast_path_arrivals_are_read()
     )
     .await?;
     let mut tap = call.tap_raw();
-    let offer = call.fast_path_offer().cloned().context("an offer")?;
+    let offer = call.fast_path_offer().context("an offer")?;
     let bind = offer.bind_packet().context("a well-formed ticket")?;
 
     // The BIND arrives exactly as offered, from the call's fast-path socket.

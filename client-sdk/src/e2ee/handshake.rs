@@ -12,12 +12,13 @@
 //!
 //! ```text
 //!  A (initiator, slot A)                                   B (responder, slot B)
-//!  Commit  { suite, H(helloA) }                     ──────▶
-//!                                                   ◀────── Hello { suite, IK_B, X_B, n_B, EK_B }
+//!  Commit  { suite, H(helloA), token_A }            ──────▶   B verifies token_A
+//!                                                   ◀────── Hello { suite, IK_B, X_B, n_B, EK_B, token_B }
 //!  Reveal  { helloA = (IK_A, X_A, n_A), CT, Sig_A, Mac_A } ─▶  B checks H(helloA), decapsulates
 //!                                                   ◀────── Finished { Sig_B, Mac_B }   B: established
 //!  A: established
-//!  (either side, instead of its first message)      Decline { reason }  → the other: E2eeUnavailable
+//!  (either side, instead of its first message)      Decline { reason, token }  → the other:
+//!      E2eeUnavailable if the token verifies and forbids E2EE, else UnprovenDecline
 //! ```
 //!
 //! `IK` is the long-term Ed25519 identity key, `X` a fresh X25519 share, `n` a fresh
@@ -40,8 +41,10 @@
 //! code     = 20 digits from H("duet-e2ee/1 security code" | th_code)
 //! ```
 //!
-//! `ctx` is the session id the transport passes, so a handshake cannot be moved to another
-//! session. **Hybrid:** both secrets enter one HKDF-Extract, with the transcript (both
+//! `ctx` is the session id the app asked for, so a handshake cannot be moved to another
+//! session; Commit and Hello enter the transcript whole, so both signed tokens (session,
+//! users, devices, E2EE decisions) are bound by the code, the signatures and the keys
+//! (`binding.rs` verifies them). Byte layouts: `docs/protocol.md`. **Hybrid:** both secrets enter one HKDF-Extract, with the transcript (both
 //! shares, the KEM key and ciphertext) as salt — the concatenation combiner of the TLS
 //! hybrid design: the output stays pseudorandom as long as either X25519 or ML-KEM-768
 //! holds, so traffic recorded today stays private against a later quantum computer.
@@ -70,51 +73,22 @@
 
 use std::sync::Arc;
 
-use aws_lc_rs::agreement::{self, EphemeralPrivateKey, X25519};
+use aws_lc_rs::agreement::EphemeralPrivateKey;
 use aws_lc_rs::kem::{Ciphertext, DecapsulationKey, EncapsulationKey, ML_KEM_768};
-use aws_lc_rs::rand::{self, SystemRandom};
-use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair as _};
-use aws_lc_rs::{digest, hkdf, hmac};
-use duet_proto::{E2eeClaim, Slot};
+use duet_proto::{JoinToken, Slot, TokenKeyring};
 use zeroize::Zeroizing;
 
+use super::binding::{Binding, PeerToken};
 use super::code::{IdentityCheck, PeerIdentity, SecurityCode};
+use super::identity::{verify_sig, IdentityKey};
 use super::keys::{Direction, FrameOpener, FrameSealer, RekeyPolicy};
-use super::optin::{local_decision, CallOptions, E2eeUnavailable, UnavailableReason};
-use super::sframe::CipherSuite;
-
-/// Wire version of the handshake messages.
-pub const HANDSHAKE_VERSION: u8 = 1;
-
-const T_COMMIT: u8 = 1;
-const T_HELLO: u8 = 2;
-const T_REVEAL: u8 = 3;
-const T_FINISHED: u8 = 4;
-const T_DECLINE: u8 = 5;
-
-const PK_LEN: usize = 32;
-const X_LEN: usize = 32;
-const NONCE_LEN: usize = 32;
-const HASH_LEN: usize = 32;
-const SIG_LEN: usize = 64;
-const MAC_LEN: usize = 32;
-const EK_LEN: usize = 1184;
-const CT_LEN: usize = 1088;
-
-/// version | suite | IK_A | X_A | n_A
-const A_HELLO_LEN: usize = 1 + 2 + PK_LEN + X_LEN + NONCE_LEN;
-const COMMIT_LEN: usize = 2 + 2 + HASH_LEN;
-const HELLO_LEN: usize = 2 + 2 + PK_LEN + X_LEN + NONCE_LEN + EK_LEN;
-const REVEAL_LEN: usize = 2 + (A_HELLO_LEN - 1) + CT_LEN + SIG_LEN + MAC_LEN;
-const FINISHED_LEN: usize = 2 + SIG_LEN + MAC_LEN;
-const DECLINE_LEN: usize = 3;
-
-/// Largest handshake message, bytes: what the relay's `max_signal_bytes` must allow.
-pub const MAX_HANDSHAKE_MESSAGE: usize = if HELLO_LEN > REVEAL_LEN {
-    HELLO_LEN
-} else {
-    REVEAL_LEN
+use super::optin::{local_decision, CallOptions, E2eeUnavailable, IdentityPolicy};
+use super::schedule::{
+    arr, commitment_of, mac, random, schedule, sha256, th_code, verify_mac, x25519, x25519_keypair,
+    Roots,
 };
+use super::sframe::CipherSuite;
+use super::wire::*;
 
 /// Everything that can go wrong in the handshake. All are fatal: the call gets no keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -150,6 +124,36 @@ pub enum HandshakeError {
     /// `on_signal` after the handshake finished or failed.
     #[error("handshake is over")]
     Over,
+    /// No issuer public keys were configured, so the peer's token cannot be checked.
+    #[error("no token issuer keys configured (E2eeConfig::token_keys)")]
+    NoTokenKeys,
+    /// This side's own token is unreadable.
+    #[error("this side's join token is unreadable")]
+    OwnToken,
+    /// The peer's token does not verify (label: why).
+    #[error("the peer's join token does not verify: {0}")]
+    PeerToken(&'static str),
+    /// The peer's token is for another session: a relay splicing two calls.
+    #[error("the peer's token is for another session")]
+    WrongSession,
+    /// The peer presented this side's own token.
+    #[error("the peer presented this device's own token")]
+    Reflected,
+    /// The peer sent a key share but its token forbids E2EE.
+    #[error("the peer's token forbids E2EE, yet it sent a key share")]
+    PeerTokenForbidsE2ee,
+    /// The peer's identity key is not the one its token names.
+    #[error("the peer's identity key is not the one its token names")]
+    IdentityNotInToken,
+    /// A decline that is not the peer's first message, or without the peer's signed token
+    /// forbidding E2EE: the analogue of an unauthenticated "go clear", an attack.
+    #[error(
+        "a decline without the peer's signed token forbidding E2EE, or after its first message"
+    )]
+    UnprovenDecline,
+    /// The peer's identity differs from the pinned one and `IdentityPolicy::Block` is on.
+    #[error("the peer's identity key differs from the pinned one")]
+    PinnedIdentityChanged,
 }
 
 impl HandshakeError {
@@ -167,6 +171,15 @@ impl HandshakeError {
             Self::BadKeyShare => "bad_key_share",
             Self::Crypto => "crypto",
             Self::Over => "over",
+            Self::NoTokenKeys => "no_token_keys",
+            Self::OwnToken => "own_token",
+            Self::PeerToken(_) => "peer_token",
+            Self::WrongSession => "wrong_session",
+            Self::Reflected => "reflected",
+            Self::PeerTokenForbidsE2ee => "peer_token_forbids_e2ee",
+            Self::IdentityNotInToken => "identity_not_in_token",
+            Self::UnprovenDecline => "unproven_decline",
+            Self::PinnedIdentityChanged => "pinned_identity_changed",
         }
     }
 }
@@ -203,87 +216,22 @@ impl Role {
     }
 }
 
-/// Error creating or loading an identity key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("identity key rejected")]
-pub struct IdentityKeyError;
-
-/// A user's long-term Ed25519 identity key, kept by the app across calls (PKCS#8).
-/// Its private half never leaves aws-lc (cleansed on drop); it only signs transcripts.
-pub struct IdentityKey(Ed25519KeyPair);
-
-impl std::fmt::Debug for IdentityKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IdentityKey({:?})", self.identity())
-    }
-}
-
-impl IdentityKey {
-    pub fn generate() -> Result<Self, IdentityKeyError> {
-        Ed25519KeyPair::generate()
-            .map(Self)
-            .map_err(|_| IdentityKeyError)
-    }
-
-    pub fn from_pkcs8(der: &[u8]) -> Result<Self, IdentityKeyError> {
-        Ed25519KeyPair::from_pkcs8(der)
-            .map(Self)
-            .map_err(|_| IdentityKeyError)
-    }
-
-    /// PKCS#8 v2 document to store (zeroized when dropped).
-    pub fn to_pkcs8(&self) -> Result<Zeroizing<Vec<u8>>, IdentityKeyError> {
-        self.0
-            .to_pkcs8()
-            .map(|d| Zeroizing::new(d.as_ref().to_vec()))
-            .map_err(|_| IdentityKeyError)
-    }
-
-    pub fn public_key(&self) -> [u8; PK_LEN] {
-        let mut pk = [0u8; PK_LEN];
-        pk.copy_from_slice(self.0.public_key().as_ref());
-        pk
-    }
-
-    /// This key's fingerprint, as the peer will see it.
-    pub fn identity(&self) -> PeerIdentity {
-        PeerIdentity::of_public_key(&self.public_key())
-    }
-
-    fn sign(&self, label: &[u8], th: &[u8; HASH_LEN]) -> [u8; SIG_LEN] {
-        let mut msg = Vec::with_capacity(label.len() + HASH_LEN);
-        msg.extend_from_slice(label);
-        msg.extend_from_slice(th);
-        let mut sig = [0u8; SIG_LEN];
-        sig.copy_from_slice(self.0.sign(&msg).as_ref());
-        sig
-    }
-}
-
-fn verify_sig(
-    pk: &[u8; PK_LEN],
-    label: &[u8],
-    th: &[u8; HASH_LEN],
-    sig: &[u8],
-) -> Result<(), HandshakeError> {
-    let mut msg = Vec::with_capacity(label.len() + HASH_LEN);
-    msg.extend_from_slice(label);
-    msg.extend_from_slice(th);
-    signature::UnparsedPublicKey::new(&signature::ED25519, pk)
-        .verify(&msg, sig)
-        .map_err(|_| HandshakeError::BadSignature)
-}
-
 /// What the transport needs to start a handshake.
 #[derive(Clone)]
 pub struct HandshakeConfig {
     pub role: Role,
     /// This user's long-term identity key.
     pub identity: Arc<IdentityKey>,
-    /// Binds the handshake to one call: the session id's bytes.
+    /// Binds the handshake to one call: the bytes of the session id the app asked for
+    /// (never the relay's word); the peer's token must name the same session.
     pub context: Vec<u8>,
-    /// The token's E2EE claim for this user.
-    pub claim: E2eeClaim,
+    /// This side's own signed join token, sent to the peer in the first message (its E2EE
+    /// claim is this side's decision).
+    pub token: String,
+    /// The issuer's public keys, to verify the peer's token.
+    pub token_keys: TokenKeyring,
+    /// Unix seconds now, for token lifetimes.
+    pub now_unix: u64,
     pub options: CallOptions,
 }
 
@@ -342,6 +290,10 @@ pub struct Established {
     pub sealer: FrameSealer,
     /// Decrypts the peer's frames.
     pub opener: FrameOpener,
+    /// The peer's user id, from its verified token (bound into the transcript).
+    pub peer_user: Option<duet_proto::UserId>,
+    /// The secret in-call hybrid rekeys chain from ([`super::pcs`]).
+    pub chain: Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Established {
@@ -359,7 +311,10 @@ struct Common {
     role: Role,
     identity: Arc<IdentityKey>,
     context: Vec<u8>,
+    token: String,
+    binding: Binding,
     pinned: Option<PeerIdentity>,
+    on_change: IdentityPolicy,
     rekey: RekeyPolicy,
 }
 
@@ -374,6 +329,7 @@ enum State {
     /// Initiator, Reveal sent.
     AwaitFinished {
         suite: CipherSuite,
+        peer: PeerToken,
         peer_ik: [u8; PK_LEN],
         th_full: [u8; HASH_LEN],
         fin_b: Zeroizing<Vec<u8>>,
@@ -393,11 +349,17 @@ enum State {
         commitment: [u8; HASH_LEN],
         commit: Vec<u8>,
         hello: Vec<u8>,
+        peer: PeerToken,
     },
     Over,
 }
 
 impl State {
+    /// Whether nothing was received from the peer yet (where a decline may come).
+    fn awaits_first_message(&self) -> bool {
+        matches!(self, Self::AwaitHello { .. } | Self::AwaitCommit { .. })
+    }
+
     fn expecting(&self) -> &'static str {
         match self {
             Self::AwaitHello { .. } => "hello",
@@ -407,11 +369,6 @@ impl State {
             Self::Over => "nothing",
         }
     }
-}
-
-struct Roots {
-    a_to_b: Zeroizing<Vec<u8>>,
-    b_to_a: Zeroizing<Vec<u8>>,
 }
 
 /// One side's handshake state machine. Sans-IO: bytes in, bytes out.
@@ -429,237 +386,34 @@ impl std::fmt::Debug for Handshake {
     }
 }
 
-fn decline_message(reason: UnavailableReason) -> Vec<u8> {
-    vec![HANDSHAKE_VERSION, T_DECLINE, reason.code()]
-}
-
-fn random<const N: usize>() -> Result<[u8; N], HandshakeError> {
-    let mut b = [0u8; N];
-    rand::fill(&mut b)?;
-    Ok(b)
-}
-
-fn x25519_keypair() -> Result<(EphemeralPrivateKey, [u8; X_LEN]), HandshakeError> {
-    let sk = EphemeralPrivateKey::generate(&X25519, &SystemRandom::new())?;
-    let mut pk = [0u8; X_LEN];
-    pk.copy_from_slice(sk.compute_public_key()?.as_ref());
-    Ok((sk, pk))
-}
-
-fn x25519(sk: EphemeralPrivateKey, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, HandshakeError> {
-    // aws-lc rejects an all-zero result (low-order peer point), RFC 7748 section 6.1.
-    agreement::agree_ephemeral(
-        sk,
-        agreement::UnparsedPublicKey::new(&X25519, peer),
-        HandshakeError::BadKeyShare,
-        |ss| Ok(Zeroizing::new(ss.to_vec())),
-    )
-}
-
-fn sha256(parts: &[&[u8]]) -> [u8; HASH_LEN] {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    for p in parts {
-        ctx.update(p);
-    }
-    let mut out = [0u8; HASH_LEN];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
-}
-
-fn commitment_of(a_hello: &[u8]) -> [u8; HASH_LEN] {
-    sha256(&[b"duet-e2ee/1 commit", a_hello])
-}
-
-fn th_code(context: &[u8], commit: &[u8], hello: &[u8], a_hello: &[u8]) -> [u8; HASH_LEN] {
-    let ctx_len = (context.len() as u32).to_be_bytes();
-    sha256(&[
-        b"duet-e2ee/1 transcript",
-        &ctx_len,
-        context,
-        commit,
-        hello,
-        a_hello,
-    ])
-}
-
-struct Len(usize);
-impl hkdf::KeyType for Len {
-    fn len(&self) -> usize {
-        self.0
-    }
-}
-
-fn expand(prk: &hkdf::Prk, label: &[u8], len: usize) -> Result<Zeroizing<Vec<u8>>, HandshakeError> {
-    let mut out = Zeroizing::new(vec![0u8; len]);
-    prk.expand(&[label], Len(len))?.fill(&mut out)?;
-    Ok(out)
-}
-
-struct Secrets {
-    th_a: [u8; HASH_LEN],
-    fin_a: Zeroizing<Vec<u8>>,
-    fin_b: Zeroizing<Vec<u8>>,
-    roots: Roots,
-}
-
-/// The hybrid key schedule (see the module doc).
-fn schedule(
-    suite: CipherSuite,
-    th_code: &[u8; HASH_LEN],
-    ct: &[u8],
-    ss_kem: &[u8],
-    ss_x: &[u8],
-) -> Result<Secrets, HandshakeError> {
-    let th_a = sha256(&[th_code, ct]);
-    let mut ikm = Zeroizing::new(Vec::with_capacity(ss_kem.len() + ss_x.len()));
-    ikm.extend_from_slice(ss_kem);
-    ikm.extend_from_slice(ss_x);
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &th_a).extract(&ikm);
-    let nh = suite.hash_len();
-    Ok(Secrets {
-        th_a,
-        fin_a: expand(&prk, b"duet-e2ee/1 finished A", MAC_LEN)?,
-        fin_b: expand(&prk, b"duet-e2ee/1 finished B", MAC_LEN)?,
-        roots: Roots {
-            a_to_b: expand(&prk, b"duet-e2ee/1 media A->B", nh)?,
-            b_to_a: expand(&prk, b"duet-e2ee/1 media B->A", nh)?,
-        },
-    })
-}
-
-fn mac(key: &[u8], th: &[u8; HASH_LEN]) -> [u8; MAC_LEN] {
-    let mut out = [0u8; MAC_LEN];
-    out.copy_from_slice(hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), th).as_ref());
-    out
-}
-
-fn verify_mac(key: &[u8], th: &[u8; HASH_LEN], tag: &[u8]) -> Result<(), HandshakeError> {
-    // Constant-time comparison inside aws-lc.
-    hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, key), th, tag)
-        .map_err(|_| HandshakeError::BadConfirmation)
-}
-
-fn arr<const N: usize>(s: &[u8]) -> [u8; N] {
-    let mut a = [0u8; N];
-    a.copy_from_slice(s);
-    a
-}
-
-/// A parsed message; lengths are already checked, so the fields are exact.
-enum Msg<'a> {
-    Commit {
-        suite: u16,
-        commitment: &'a [u8],
-    },
-    Hello {
-        suite: u16,
-        ik: &'a [u8],
-        x: &'a [u8],
-        ek: &'a [u8],
-    },
-    Reveal {
-        /// version | suite | IK | X | n, as committed.
-        a_hello: &'a [u8],
-        ik: &'a [u8],
-        x: &'a [u8],
-        ct: &'a [u8],
-        sig: &'a [u8],
-        mac: &'a [u8],
-    },
-    Finished {
-        sig: &'a [u8],
-        mac: &'a [u8],
-    },
-    Decline {
-        reason: u8,
-    },
-}
-
-impl Msg<'_> {
-    fn name(&self) -> &'static str {
-        match self {
-            Self::Commit { .. } => "commit",
-            Self::Hello { .. } => "hello",
-            Self::Reveal { .. } => "reveal",
-            Self::Finished { .. } => "finished",
-            Self::Decline { .. } => "decline",
-        }
-    }
-}
-
-fn parse(b: &[u8]) -> Result<Msg<'_>, HandshakeError> {
-    let [version, ty, ..] = *b else {
-        return Err(HandshakeError::Malformed("shorter than version and type"));
-    };
-    if version != HANDSHAKE_VERSION {
-        return Err(HandshakeError::Version { got: version });
-    }
-    let want = match ty {
-        T_COMMIT => COMMIT_LEN,
-        T_HELLO => HELLO_LEN,
-        T_REVEAL => REVEAL_LEN,
-        T_FINISHED => FINISHED_LEN,
-        T_DECLINE => DECLINE_LEN,
-        other => return Err(HandshakeError::UnknownMessage(other)),
-    };
-    if b.len() != want {
-        return Err(HandshakeError::Malformed("wrong length for its type"));
-    }
-    let suite = |at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
-    Ok(match ty {
-        T_COMMIT => Msg::Commit {
-            suite: suite(2),
-            commitment: &b[4..],
-        },
-        T_HELLO => {
-            let (ik, rest) = b[4..].split_at(PK_LEN);
-            let (x, rest) = rest.split_at(X_LEN);
-            let (_nonce, ek) = rest.split_at(NONCE_LEN);
-            Msg::Hello {
-                suite: suite(2),
-                ik,
-                x,
-                ek,
-            }
-        }
-        T_REVEAL => {
-            // The committed helloA is `version | suite | IK | X | n`: the version byte,
-            // then the message from its suite on.
-            let body = &b[2..];
-            let (hello_tail, rest) = body.split_at(A_HELLO_LEN - 1);
-            let (ct, rest) = rest.split_at(CT_LEN);
-            let (sig, mac) = rest.split_at(SIG_LEN);
-            Msg::Reveal {
-                a_hello: hello_tail,
-                ik: &hello_tail[2..2 + PK_LEN],
-                x: &hello_tail[2 + PK_LEN..2 + PK_LEN + X_LEN],
-                ct,
-                sig,
-                mac,
-            }
-        }
-        T_FINISHED => {
-            let (sig, mac) = b[2..].split_at(SIG_LEN);
-            Msg::Finished { sig, mac }
-        }
-        _ => Msg::Decline { reason: b[2] },
-    })
-}
-
 impl Handshake {
     /// Starts this side's handshake, or declines if this side cannot use E2EE.
     pub fn start(cfg: HandshakeConfig) -> Result<Start, HandshakeError> {
-        if let Err(reason) = local_decision(cfg.options.e2ee, cfg.claim) {
+        let own = JoinToken::peek(&cfg.token)
+            .map_err(|_| HandshakeError::OwnToken)?
+            .claims;
+        if let Err(reason) = local_decision(cfg.options.e2ee, own.e2ee) {
             return Ok(Start::Declined {
-                send: decline_message(reason),
+                send: decline_message(reason, &cfg.token),
                 unavailable: E2eeUnavailable::local(reason),
             });
+        }
+        if cfg.token_keys.is_empty() {
+            return Err(HandshakeError::NoTokenKeys);
         }
         let common = Common {
             role: cfg.role,
             identity: cfg.identity,
+            binding: Binding {
+                keyring: cfg.token_keys,
+                now_unix: cfg.now_unix,
+                session: cfg.context.clone(),
+                me: (own.user, own.device),
+            },
             context: cfg.context,
+            token: cfg.token,
             pinned: cfg.options.pinned_peer,
+            on_change: cfg.options.on_identity_change,
             rekey: cfg.options.rekey,
         };
         let (x, x_pub) = x25519_keypair()?;
@@ -667,16 +421,9 @@ impl Handshake {
             Role::Initiator => {
                 let suite = cfg.options.suite;
                 let nonce: [u8; NONCE_LEN] = random()?;
-                let mut a_hello = [0u8; A_HELLO_LEN];
-                a_hello[0] = HANDSHAKE_VERSION;
-                a_hello[1..3].copy_from_slice(&suite.id().to_be_bytes());
-                a_hello[3..3 + PK_LEN].copy_from_slice(&common.identity.public_key());
-                a_hello[3 + PK_LEN..3 + PK_LEN + X_LEN].copy_from_slice(&x_pub);
-                a_hello[3 + PK_LEN + X_LEN..].copy_from_slice(&nonce);
-                let mut commit = Vec::with_capacity(COMMIT_LEN);
-                commit.extend_from_slice(&[HANDSHAKE_VERSION, T_COMMIT]);
-                commit.extend_from_slice(&suite.id().to_be_bytes());
-                commit.extend_from_slice(&commitment_of(&a_hello));
+                let a_hello =
+                    encode_a_hello(suite.id(), &common.identity.public_key(), &x_pub, &nonce);
+                let commit = encode_commit(suite.id(), &commitment_of(&a_hello), &common.token);
                 Ok(Start::Proceed {
                     send: Some(commit.clone()),
                     handshake: Box::new(Handshake {
@@ -707,6 +454,18 @@ impl Handshake {
         self.common.role
     }
 
+    /// The relay says the peer's join was refused because its token forbids E2EE, and
+    /// forwards that token. Valid only before the peer's first handshake message and only
+    /// when the token verifies and forbids E2EE; anything else is a typed attack. The
+    /// handshake is over either way.
+    pub fn on_peer_unavailable(&mut self, token: &str) -> Result<E2eeUnavailable, HandshakeError> {
+        let state = std::mem::replace(&mut self.state, State::Over);
+        if !state.awaits_first_message() {
+            return Err(HandshakeError::UnprovenDecline);
+        }
+        self.common.binding.verify_decline(token)
+    }
+
     /// Feeds one `Signal` payload from the peer. Any error is final: the handshake is
     /// over, no keys exist, and the call must not carry media.
     pub fn on_signal(&mut self, raw: &[u8]) -> Result<Step, HandshakeError> {
@@ -715,16 +474,28 @@ impl Handshake {
             return Err(HandshakeError::Over);
         }
         let msg = parse(raw)?;
-        if let Msg::Decline { reason } = msg {
-            // Before keys exist the peer may decline at any point: fail closed.
-            return Ok(Step::Unavailable(E2eeUnavailable::peer(
-                UnavailableReason::from_code(reason),
-            )));
+        if let Msg::Decline { token, .. } = msg {
+            // Only instead of the peer's first message, and only with its signed token
+            // forbidding E2EE; anything else is an attack, never "unavailable".
+            if !state.awaits_first_message() {
+                return Err(HandshakeError::UnprovenDecline);
+            }
+            return Ok(Step::Unavailable(
+                self.common.binding.verify_decline(token)?,
+            ));
         }
         let expected = state.expecting();
         match (state, msg) {
-            (State::AwaitCommit { x, dk }, Msg::Commit { suite, commitment }) => {
-                self.responder_on_commit(x, dk, raw, suite, commitment)
+            (
+                State::AwaitCommit { x, dk },
+                Msg::Commit {
+                    suite,
+                    commitment,
+                    token,
+                },
+            ) => {
+                let peer = self.common.binding.verify_allowing(token)?;
+                self.responder_on_commit(x, dk, raw, suite, commitment, peer)
             }
             (
                 State::AwaitHello {
@@ -738,12 +509,15 @@ impl Handshake {
                     ik,
                     x: x_b,
                     ek,
+                    token,
                 },
             ) => {
                 if echoed != suite.id() {
                     return Err(HandshakeError::UnsupportedSuite(echoed));
                 }
-                self.initiator_on_hello(suite, x, &a_hello, &commit, raw, ik, x_b, ek)
+                let peer = self.common.binding.verify_allowing(token)?;
+                Binding::check_identity(&peer, ik)?;
+                self.initiator_on_hello(suite, x, &a_hello, &commit, raw, ik, x_b, ek, peer)
             }
             (
                 State::AwaitReveal {
@@ -753,6 +527,7 @@ impl Handshake {
                     commitment,
                     commit,
                     hello,
+                    peer,
                 },
                 Msg::Reveal {
                     a_hello,
@@ -770,13 +545,15 @@ impl Handshake {
                 if commitment_of(&full) != commitment {
                     return Err(HandshakeError::CommitmentMismatch);
                 }
+                Binding::check_identity(&peer, ik)?;
                 self.responder_on_reveal(
-                    suite, x, dk, &commit, &hello, &full, ik, x_a, ct, sig, mac,
+                    suite, x, dk, &commit, &hello, &full, ik, x_a, ct, sig, mac, peer,
                 )
             }
             (
                 State::AwaitFinished {
                     suite,
+                    peer,
                     peer_ik,
                     th_full,
                     fin_b,
@@ -787,7 +564,7 @@ impl Handshake {
             ) => {
                 verify_sig(&peer_ik, b"duet-e2ee/1 sig B", &th_full, sig)?;
                 verify_mac(&fin_b, &th_full, mac)?;
-                let established = self.establish(suite, &peer_ik, code, roots)?;
+                let established = self.establish(suite, &peer_ik, code, roots, peer)?;
                 Ok(Step::Established {
                     send: None,
                     established: Box::new(established),
@@ -807,6 +584,7 @@ impl Handshake {
         commit: &[u8],
         suite_id: u16,
         commitment: &[u8],
+        peer: PeerToken,
     ) -> Result<Step, HandshakeError> {
         let suite =
             CipherSuite::from_id(suite_id).ok_or(HandshakeError::UnsupportedSuite(suite_id))?;
@@ -817,13 +595,14 @@ impl Handshake {
         if ek.as_ref().len() != EK_LEN {
             return Err(HandshakeError::Crypto);
         }
-        let mut hello = Vec::with_capacity(HELLO_LEN);
-        hello.extend_from_slice(&[HANDSHAKE_VERSION, T_HELLO]);
-        hello.extend_from_slice(&suite_id.to_be_bytes());
-        hello.extend_from_slice(&self.common.identity.public_key());
-        hello.extend_from_slice(&x_pub);
-        hello.extend_from_slice(&nonce);
-        hello.extend_from_slice(ek.as_ref());
+        let hello = encode_hello(
+            suite_id,
+            &self.common.identity.public_key(),
+            &x_pub,
+            &nonce,
+            ek.as_ref(),
+            &self.common.token,
+        );
         self.state = State::AwaitReveal {
             suite,
             x,
@@ -831,6 +610,7 @@ impl Handshake {
             commitment: arr(commitment),
             commit: commit.to_vec(),
             hello: hello.clone(),
+            peer,
         };
         Ok(Step::Send(hello))
     }
@@ -846,6 +626,7 @@ impl Handshake {
         ik_b: &[u8],
         x_b: &[u8],
         ek_b: &[u8],
+        peer: PeerToken,
     ) -> Result<Step, HandshakeError> {
         let ek =
             EncapsulationKey::new(&ML_KEM_768, ek_b).map_err(|_| HandshakeError::BadKeyShare)?;
@@ -857,17 +638,13 @@ impl Handshake {
         let mac_a = mac(&sec.fin_a, &sec.th_a);
         let th_full = sha256(&[&sec.th_a, &sig_a, &mac_a]);
 
-        let mut reveal = Vec::with_capacity(REVEAL_LEN);
-        reveal.extend_from_slice(&[HANDSHAKE_VERSION, T_REVEAL]);
-        reveal.extend_from_slice(&a_hello[1..]);
-        reveal.extend_from_slice(ct.as_ref());
-        reveal.extend_from_slice(&sig_a);
-        reveal.extend_from_slice(&mac_a);
+        let reveal = encode_reveal(a_hello, ct.as_ref(), &sig_a, &mac_a);
         if reveal.len() != REVEAL_LEN {
             return Err(HandshakeError::Crypto);
         }
         self.state = State::AwaitFinished {
             suite,
+            peer,
             peer_ik: arr(ik_b),
             th_full,
             fin_b: sec.fin_b,
@@ -891,6 +668,7 @@ impl Handshake {
         ct: &[u8],
         sig_a: &[u8],
         mac_a: &[u8],
+        peer: PeerToken,
     ) -> Result<Step, HandshakeError> {
         let ik_a: [u8; PK_LEN] = arr(ik_a);
         // ML-KEM decapsulation never fails on a well-sized ciphertext (implicit rejection
@@ -908,12 +686,14 @@ impl Handshake {
         let th_full = sha256(&[&sec.th_a, sig_a, mac_a]);
         let sig_b = self.common.identity.sign(b"duet-e2ee/1 sig B", &th_full);
         let mac_b = mac(&sec.fin_b, &th_full);
-        let mut finished = Vec::with_capacity(FINISHED_LEN);
-        finished.extend_from_slice(&[HANDSHAKE_VERSION, T_FINISHED]);
-        finished.extend_from_slice(&sig_b);
-        finished.extend_from_slice(&mac_b);
-        let established =
-            self.establish(suite, &ik_a, SecurityCode::from_transcript(&th), sec.roots)?;
+        let finished = encode_finished(&sig_b, &mac_b);
+        let established = self.establish(
+            suite,
+            &ik_a,
+            SecurityCode::from_transcript(&th),
+            sec.roots,
+            peer,
+        )?;
         Ok(Step::Established {
             send: Some(finished),
             established: Box::new(established),
@@ -926,8 +706,15 @@ impl Handshake {
         peer_ik: &[u8; PK_LEN],
         code: SecurityCode,
         roots: Roots,
+        token: PeerToken,
     ) -> Result<Established, HandshakeError> {
         let peer = PeerIdentity::of_public_key(peer_ik);
+        let identity_check = peer.check(self.common.pinned.as_ref());
+        if identity_check == IdentityCheck::Changed
+            && self.common.on_change == IdentityPolicy::Block
+        {
+            return Err(HandshakeError::PinnedIdentityChanged);
+        }
         let send_dir = self.common.role.send_dir();
         let (send_root, recv_root, recv_dir) = match send_dir {
             Direction::AtoB => (roots.a_to_b, roots.b_to_a, Direction::BtoA),
@@ -936,13 +723,15 @@ impl Handshake {
         let rekey = self.common.rekey;
         Ok(Established {
             code,
-            identity_check: peer.check(self.common.pinned.as_ref()),
+            identity_check,
             peer,
             suite,
             sealer: FrameSealer::new(suite, send_dir, send_root, rekey)
                 .map_err(|_| HandshakeError::Crypto)?,
             opener: FrameOpener::new(suite, recv_dir, recv_root, rekey)
                 .map_err(|_| HandshakeError::Crypto)?,
+            peer_user: Some(token.user),
+            chain: roots.chain,
         })
     }
 }

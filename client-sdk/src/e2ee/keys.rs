@@ -72,6 +72,17 @@ pub struct RekeyPolicy {
     /// How many epochs ahead of its current one the receiver will ratchet to open a frame
     /// (lost frames can hide a few rekeys); further ahead is an unknown KID.
     pub max_epoch_skip: u64,
+    /// New epoch after this many plaintext bytes under one key. Clamped to 2^36 (2^32
+    /// AES blocks), which keeps AES-GCM's confidentiality bound for one key below 2^-64
+    /// whatever the frame sizes: a cap by frames alone lets huge frames run far past it.
+    pub max_bytes: u64,
+    /// The receiver drops a frame more than this many frames behind the newest it opened
+    /// in the same epoch (`OpenError::TooLate`), so a relay cannot hold speech back and
+    /// replay it in another order within the replay window.
+    pub max_lag: u64,
+    /// How often the initiator runs an in-call hybrid rekey (fresh X25519 + ML-KEM-768
+    /// mixed into new roots; post-compromise security). `None`: only on demand.
+    pub hybrid_interval: Option<Duration>,
 }
 
 impl Default for RekeyPolicy {
@@ -81,6 +92,9 @@ impl Default for RekeyPolicy {
             max_age: Duration::from_secs(300),
             grace: Duration::from_secs(2),
             max_epoch_skip: 8,
+            max_bytes: 1 << 36,
+            max_lag: 256,
+            hybrid_interval: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -89,13 +103,17 @@ impl RekeyPolicy {
     fn frame_limit(&self) -> u64 {
         self.max_frames.clamp(1, 1 << 32)
     }
+
+    fn byte_limit(&self) -> u64 {
+        self.max_bytes.clamp(1, 1 << 36)
+    }
 }
 
 /// Sliding-window replay filter over one key's counters.
 #[derive(Debug, Clone)]
 pub struct ReplayWindow {
     /// Highest counter accepted so far, if any.
-    top: Option<u64>,
+    pub(crate) top: Option<u64>,
     /// Bit i set: counter `top - i` was accepted.
     bits: [u64; (REPLAY_WINDOW / 64) as usize],
 }
@@ -215,6 +233,10 @@ pub enum OpenError {
     Replayed { epoch: u64, ctr: u64 },
     #[error("frame counter {ctr} is behind the replay window (epoch {epoch})")]
     TooOld { epoch: u64, ctr: u64 },
+    /// Authentic and unseen, but more than `max_lag` frames behind the newest: held back
+    /// and released late (a relay reordering speech); dropped.
+    #[error("frame counter {ctr} is too far behind the newest (epoch {epoch})")]
+    TooLate { epoch: u64, ctr: u64 },
     /// Tampered, truncated, or sealed under another key.
     #[error("frame failed authentication")]
     AuthFailed,
@@ -230,6 +252,7 @@ impl OpenError {
             Self::UnknownKid { .. } => "unknown_kid",
             Self::StaleEpoch { .. } => "stale_epoch",
             Self::Replayed { .. } | Self::TooOld { .. } => "replayed",
+            Self::TooLate { .. } => "too_late",
             Self::AuthFailed => "auth_failed",
             Self::Crypto => "crypto",
         }
@@ -252,6 +275,8 @@ pub struct RecvStats {
     pub unknown_kid: u64,
     pub stale_epoch: u64,
     pub replayed: u64,
+    /// Authentic but too far behind the newest (`RekeyPolicy::max_lag`).
+    pub too_late: u64,
     pub auth_failed: u64,
     /// Times the receiver followed the sender to a newer epoch.
     pub rekeys: u64,
@@ -259,7 +284,12 @@ pub struct RecvStats {
 
 impl RecvStats {
     pub fn rejected(&self) -> u64 {
-        self.malformed + self.unknown_kid + self.stale_epoch + self.replayed + self.auth_failed
+        self.malformed
+            + self.unknown_kid
+            + self.stale_epoch
+            + self.replayed
+            + self.too_late
+            + self.auth_failed
     }
 }
 
@@ -280,6 +310,20 @@ impl Epoch {
         Ok(Self {
             epoch: 0,
             key: SframeKey::derive(suite, dir.kid(0), &root)?,
+            base: Some(root),
+        })
+    }
+
+    /// Epoch `epoch` from a fresh root (a hybrid rekey), not from the ratchet.
+    fn rooted(
+        suite: CipherSuite,
+        dir: Direction,
+        epoch: u64,
+        root: Zeroizing<Vec<u8>>,
+    ) -> Result<Self, SframeError> {
+        Ok(Self {
+            epoch,
+            key: SframeKey::derive(suite, dir.kid(epoch), &root)?,
             base: Some(root),
         })
     }
@@ -310,6 +354,8 @@ pub struct FrameSealer {
     cur: Epoch,
     /// Next counter in the current epoch; never reused under one key.
     ctr: u64,
+    /// Plaintext bytes sealed in the current epoch.
+    bytes: u64,
     started: Option<Instant>,
     stats: SendStats,
 }
@@ -338,6 +384,7 @@ impl FrameSealer {
             policy,
             cur: Epoch::first(suite, dir, root)?,
             ctr: 0,
+            bytes: 0,
             started: None,
             stats: SendStats::default(),
         })
@@ -351,18 +398,58 @@ impl FrameSealer {
         self.suite
     }
 
+    /// The direction this sealer sends (A→B for the initiator).
+    pub fn direction(&self) -> Direction {
+        self.dir
+    }
+
+    pub fn policy(&self) -> RekeyPolicy {
+        self.policy
+    }
+
     pub fn stats(&self) -> SendStats {
         self.stats
     }
 
-    /// Starts the next epoch now (on demand). The old base key is zeroized.
+    /// Starts the next epoch now (on demand). The old base key is zeroized. Requests while
+    /// the current epoch has sealed nothing yet are coalesced into it: an epoch no frame
+    /// announced cannot be followed, so a burst of on-demand rekeys could otherwise push the
+    /// sender further ahead than the receiver ratchets (`max_epoch_skip`) and desynchronise
+    /// it for good.
     pub fn rekey(&mut self, now: Instant) -> Result<u64, SealError> {
+        if self.ctr == 0 && self.cur.epoch > 0 {
+            return Ok(self.cur.epoch);
+        }
+        self.next_epoch(now)
+    }
+
+    /// Jumps to `epoch` with a fresh root from a hybrid rekey (post-compromise: the new key
+    /// does not follow from the old one). The old base key is zeroized.
+    pub fn reroot(
+        &mut self,
+        now: Instant,
+        epoch: u64,
+        root: Zeroizing<Vec<u8>>,
+    ) -> Result<u64, SealError> {
+        if epoch <= self.cur.epoch || epoch > MAX_EPOCH {
+            return Err(SealError::EpochsExhausted);
+        }
+        self.cur = Epoch::rooted(self.suite, self.dir, epoch, root)?;
+        self.ctr = 0;
+        self.bytes = 0;
+        self.started = Some(now);
+        self.stats.rekeys += 1;
+        Ok(epoch)
+    }
+
+    fn next_epoch(&mut self, now: Instant) -> Result<u64, SealError> {
         if self.cur.epoch >= MAX_EPOCH {
             return Err(SealError::EpochsExhausted);
         }
         let next = self.cur.advance(self.suite, self.dir, 1)?;
         self.cur = next; // drops (and zeroizes) the old base key
         self.ctr = 0;
+        self.bytes = 0;
         self.started = Some(now);
         self.stats.rekeys += 1;
         Ok(self.cur.epoch)
@@ -391,13 +478,15 @@ impl FrameSealer {
     ) -> Result<u64, SealError> {
         let started = *self.started.get_or_insert(now);
         if self.ctr >= self.policy.frame_limit()
+            || self.bytes.saturating_add(plaintext.len() as u64) > self.policy.byte_limit()
             || now.saturating_duration_since(started) >= self.policy.max_age
         {
-            self.rekey(now)?;
+            self.next_epoch(now)?;
         }
         self.cur.key.seal_into(self.ctr, metadata, plaintext, out)?;
         // frame_limit <= 2^32 keeps this far from overflow.
         self.ctr += 1;
+        self.bytes += plaintext.len() as u64;
         self.stats.frames_sealed += 1;
         Ok(self.cur.epoch)
     }
@@ -414,6 +503,9 @@ impl FrameSealer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {
     pub epoch: u64,
+    /// The frame's authenticated counter in its epoch: (epoch, ctr) orders the peer's
+    /// frames, for the app's jitter buffer.
+    pub ctr: u64,
     /// This frame moved the receiver to a newer epoch (the peer rekeyed).
     pub switched_epoch: bool,
 }
@@ -434,6 +526,8 @@ pub struct FrameOpener {
     /// A derived-but-unconfirmed future epoch, so a burst of frames of a new epoch (or of
     /// forged ones) does not re-run the ratchet for each.
     pending: Option<Epoch>,
+    /// A hybrid rekey's root for the sender's announced epoch, until its first frame.
+    reroot: Option<(u64, Zeroizing<Vec<u8>>)>,
     stats: RecvStats,
 }
 
@@ -465,12 +559,19 @@ impl FrameOpener {
             },
             prev: None,
             pending: None,
+            reroot: None,
             stats: RecvStats::default(),
         })
     }
 
     pub fn epoch(&self) -> u64 {
         self.cur.keys.epoch
+    }
+
+    /// The peer will send epoch `epoch` under `root` (a hybrid rekey): its first
+    /// authentic frame there switches to it, however far ahead it is.
+    pub fn expect_reroot(&mut self, epoch: u64, root: Zeroizing<Vec<u8>>) {
+        self.reroot = Some((epoch, root));
     }
 
     pub fn stats(&self) -> RecvStats {
@@ -509,6 +610,7 @@ impl FrameOpener {
             Err(OpenError::UnknownKid { .. }) => s.unknown_kid += 1,
             Err(OpenError::StaleEpoch { .. }) => s.stale_epoch += 1,
             Err(OpenError::Replayed { .. } | OpenError::TooOld { .. }) => s.replayed += 1,
+            Err(OpenError::TooLate { .. }) => s.too_late += 1,
             Err(OpenError::AuthFailed | OpenError::Crypto) => s.auth_failed += 1,
         }
         res
@@ -543,8 +645,14 @@ impl FrameOpener {
         }
 
         if epoch == current {
+            if let Some(top) = self.cur.window.top {
+                if top.saturating_sub(h.ctr) > self.policy.max_lag {
+                    return Err(OpenError::TooLate { epoch, ctr: h.ctr });
+                }
+            }
             return open_with(&mut self.cur, h, hlen, metadata, frame, out).map(|()| Opened {
                 epoch,
+                ctr: h.ctr,
                 switched_epoch: false,
             });
         }
@@ -553,6 +661,7 @@ impl FrameOpener {
                 Some((p, _)) if p.keys.epoch == epoch => {
                     open_with(p, h, hlen, metadata, frame, out).map(|()| Opened {
                         epoch,
+                        ctr: h.ctr,
                         switched_epoch: false,
                     })
                 }
@@ -561,11 +670,20 @@ impl FrameOpener {
         }
         // A newer epoch: the peer rekeyed (maybe more than once, if frames were lost).
         let steps = epoch - current;
-        if steps > self.policy.max_epoch_skip {
+        let rerooted = self.reroot.as_ref().is_some_and(|(e, _)| *e == epoch);
+        if steps > self.policy.max_epoch_skip && !rerooted {
             return Err(OpenError::UnknownKid { kid: h.kid });
         }
         let candidate = match self.pending.take() {
             Some(p) if p.epoch == epoch => p,
+            _ if rerooted => {
+                let root = self
+                    .reroot
+                    .as_ref()
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_default();
+                Epoch::rooted(self.suite, self.dir, epoch, root).map_err(|_| OpenError::Crypto)?
+            }
             _ => self
                 .cur
                 .keys
@@ -583,11 +701,15 @@ impl FrameOpener {
         }
         // Authentic: switch. The old current becomes the previous (its base key goes),
         // the one before it is dropped.
+        if rerooted {
+            self.reroot = None;
+        }
         let mut old = std::mem::replace(&mut self.cur, next);
         old.keys.base = None;
         self.prev = Some((old, now + self.policy.grace));
         Ok(Opened {
             epoch,
+            ctr: h.ctr,
             switched_epoch: true,
         })
     }
@@ -750,6 +872,7 @@ mod tests {
             max_age: Duration::from_secs(60),
             grace: Duration::from_secs(2),
             max_epoch_skip: 4,
+            ..RekeyPolicy::default()
         };
         let (mut s, mut o) = pair(policy);
         let frames: Vec<_> = (0..25u32)
@@ -820,10 +943,80 @@ mod tests {
         // On-demand rekey, several times, with the first frames lost: the receiver follows.
         for _ in 0..3 {
             s.rekey(now).unwrap();
+            let _lost = s.seal(now, b"lost").unwrap();
         }
         let f = s.seal(now, b"after").unwrap();
         assert_eq!(o.open(now, &f).unwrap(), b"after");
         assert_eq!(o.epoch(), 3);
+        // A burst of requests with nothing sealed between them is one epoch, so the
+        // receiver (which ratchets at most max_epoch_skip ahead) can always follow.
+        for _ in 0..100 {
+            s.rekey(now).unwrap();
+        }
+        let f = s.seal(now, b"burst").unwrap();
+        assert_eq!(o.open(now, &f).unwrap(), b"burst");
+        assert_eq!(o.epoch(), 4);
+    }
+
+    #[test]
+    fn keys_are_capped_by_bytes_and_late_frames_are_dropped() {
+        let now = Instant::now();
+        let policy = RekeyPolicy {
+            max_bytes: 10_000,
+            max_lag: 4,
+            ..RekeyPolicy::default()
+        };
+        let (mut s, mut o) = pair(policy);
+        // 4 KB frames: the third would pass 10 KB under one key, so it starts epoch 1.
+        let frames: Vec<_> = (0..3).map(|_| s.seal(now, &[1u8; 4000]).unwrap()).collect();
+        assert_eq!(s.epoch(), 1);
+        for f in &frames {
+            o.open(now, f).unwrap();
+        }
+        // Counters are handed out authenticated; a frame held back past max_lag is late.
+        let (mut s, mut o) = pair(policy);
+        let f: Vec<_> = (0..8u8).map(|i| s.seal(now, &[i]).unwrap()).collect();
+        let mut out = Vec::new();
+        let opened = o.open_into(now, &f[7], &mut out).unwrap();
+        assert_eq!((opened.epoch, opened.ctr), (0, 7));
+        assert_eq!(o.open(now, &f[3]).unwrap(), [3]);
+        assert_eq!(
+            o.open(now, &f[2]),
+            Err(OpenError::TooLate { epoch: 0, ctr: 2 })
+        );
+        assert_eq!(o.stats().too_late, 1);
+    }
+
+    #[test]
+    fn a_rerooted_epoch_opens_only_with_the_new_root() {
+        let now = Instant::now();
+        let (mut s, mut o) = pair(RekeyPolicy::default());
+        // Someone who holds the old root (a key leaked at minute 1).
+        let (_, mut leaked) = pair(RekeyPolicy {
+            max_epoch_skip: 64,
+            ..RekeyPolicy::default()
+        });
+        let old = s.seal(now, b"old").unwrap();
+        assert_eq!(leaked.open(now, &old).unwrap(), b"old");
+        o.open(now, &old).unwrap();
+        let fresh = Zeroizing::new(vec![0x99u8; 32]);
+        let epoch = 1 + (1 << 20);
+        o.expect_reroot(epoch, fresh.clone());
+        s.reroot(now, epoch, fresh).unwrap();
+        let new = s.seal(now, b"new").unwrap();
+        assert!(
+            leaked.open(now, &new).is_err(),
+            "the old root does not open it"
+        );
+        let mut out = Vec::new();
+        let opened = o.open_into(now, &new, &mut out).unwrap();
+        assert_eq!((out.as_slice(), opened.epoch), (&b"new"[..], epoch));
+        // The ratchet goes on from the new root.
+        s.rekey(now).unwrap();
+        assert_eq!(
+            o.open(now, &s.seal(now, b"next").unwrap()).unwrap(),
+            b"next"
+        );
     }
 
     #[test]

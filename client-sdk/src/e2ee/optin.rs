@@ -28,16 +28,36 @@ pub struct CallOptions {
     pub suite: CipherSuite,
     /// When media keys roll over.
     pub rekey: RekeyPolicy,
+    /// What a peer identity that differs from `pinned_peer` does.
+    pub on_identity_change: IdentityPolicy,
+    /// Traffic-analysis padding of this side's sealed frames (`Call::set_padding` changes
+    /// it mid-call).
+    pub padding: crate::engine::Padding,
+}
+
+/// What a changed pinned identity does (see `CallOptions::pinned_peer`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum IdentityPolicy {
+    /// The handshake fails (`HandshakeError::PinnedIdentityChanged`): no keys are
+    /// installed, `join_e2ee` fails typed. The default.
+    #[default]
+    Block,
+    /// The call proceeds; the verdict `IdentityCheck::Changed` is kept as the call's state
+    /// (`Call::identity_check`) and told by `PeerIdentityChanged`.
+    Warn,
 }
 
 impl Default for CallOptions {
-    /// E2EE on, nothing pinned, AES_128_GCM_SHA256_128, default rekey schedule.
+    /// E2EE on, nothing pinned (a changed pin blocks), AES_128_GCM_SHA256_128, default
+    /// rekey schedule.
     fn default() -> Self {
         Self {
             e2ee: true,
             pinned_peer: None,
             suite: CipherSuite::default(),
             rekey: RekeyPolicy::default(),
+            on_identity_change: IdentityPolicy::Block,
+            padding: crate::engine::Padding::Off,
         }
     }
 }
@@ -66,6 +86,7 @@ impl UnavailableReason {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn from_code(c: u8) -> Option<Self> {
         match c {
             1 => Some(Self::UserNotEnabled),

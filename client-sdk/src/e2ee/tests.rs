@@ -15,13 +15,7 @@ fn identity() -> Arc<IdentityKey> {
 }
 
 fn config(role: Role, id: &Arc<IdentityKey>) -> HandshakeConfig {
-    HandshakeConfig {
-        role,
-        identity: id.clone(),
-        context: b"session-1".to_vec(),
-        claim: E2eeClaim::Allowed,
-        options: CallOptions::default(),
-    }
+    test_support::config(role, id, "session-1", E2eeClaim::Allowed)
 }
 
 fn proceed(cfg: HandshakeConfig) -> (Handshake, Option<Vec<u8>>) {
@@ -119,12 +113,12 @@ fn honest_handshake_gives_identical_codes_and_working_keys_both_ways() {
             Err(OpenError::UnknownKid { .. })
         ));
     }
-    // Message sizes fit the relay's signal limit with room to spare.
+    // Message sizes fit the relay's default signal limit (16 KiB) with room to spare.
     let (_, _, r) = honest();
     for m in [&r.commit, &r.hello, &r.reveal, &r.finished] {
         assert!(m.len() <= MAX_HANDSHAKE_MESSAGE);
     }
-    const { assert!(MAX_HANDSHAKE_MESSAGE < 4096) };
+    const { assert!(MAX_HANDSHAKE_MESSAGE < 16 * 1024) };
 }
 
 #[test]
@@ -143,8 +137,21 @@ fn every_call_has_a_fresh_code_and_pinning_reports_matches_and_changes() {
     let ib2 = identity();
     let mut a_cfg = config(Role::Initiator, &ia);
     a_cfg.options.pinned_peer = Some(r1.a.peer);
+    a_cfg.options.on_identity_change = IdentityPolicy::Warn;
     let r3 = run(a_cfg, config(Role::Responder, &ib2));
     assert_eq!(r3.a.identity_check, IdentityCheck::Changed);
+    // The default blocks: no keys for a changed pinned identity, typed.
+    let mut a_cfg = config(Role::Initiator, &ia);
+    a_cfg.options.pinned_peer = Some(r1.a.peer);
+    let (mut a, commit) = proceed(a_cfg);
+    let (mut b, _) = proceed(config(Role::Responder, &ib2));
+    let hello = send(b.on_signal(&commit.unwrap()).unwrap());
+    let reveal = send(a.on_signal(&hello).unwrap());
+    let (fin, _) = established(b.on_signal(&reveal).unwrap());
+    assert_eq!(
+        a.on_signal(&fin.unwrap()).unwrap_err(),
+        HandshakeError::PinnedIdentityChanged
+    );
 }
 
 #[test]
@@ -168,8 +175,10 @@ fn full_man_in_the_middle_gets_different_codes_and_changed_identities() {
     for round in 0..20 {
         let mut a_cfg = config(Role::Initiator, &ia);
         a_cfg.options.pinned_peer = Some(ib.identity());
+        a_cfg.options.on_identity_change = IdentityPolicy::Warn;
         let mut b_cfg = config(Role::Responder, &ib);
         b_cfg.options.pinned_peer = Some(ia.identity());
+        b_cfg.options.on_identity_change = IdentityPolicy::Warn;
         let m_as_b = config(Role::Responder, &im);
         let m_as_a = config(Role::Initiator, &im);
         let (a_side, b_side) = if round % 2 == 0 {
@@ -244,12 +253,12 @@ fn swapped_initiator_shares_fail_the_commitment_or_the_signature() {
     {
         // Forge helloA' = A's identity, M's share and nonce; commit to it.
         let mut forged_hello = [0u8; 99];
-        forged_hello[0] = 1;
+        forged_hello[0] = HANDSHAKE_VERSION;
         forged_hello[1..3].copy_from_slice(&commit[2..4]);
         forged_hello[3..35].copy_from_slice(&ia.public_key());
         forged_hello[35..99].copy_from_slice(&[0x42; 64]);
         let c = super::handshake::tests_support::commitment(&forged_hello);
-        commit[4..].copy_from_slice(&c);
+        commit[4..36].copy_from_slice(&c);
         hello_for_b = send(b.on_signal(&commit).unwrap());
         let mut reveal = send(a.on_signal(&hello_for_b).unwrap());
         reveal[2..2 + 98].copy_from_slice(&forged_hello[1..]);
@@ -366,27 +375,34 @@ fn dropped_reordered_and_replayed_messages_fail_cleanly() {
         HandshakeError::BadSignature
     );
 
-    // A handshake moved to another session (different context) fails.
-    let (mut a, commit) = proceed(config(Role::Initiator, &ia));
-    let mut b_cfg = config(Role::Responder, &ib);
-    b_cfg.context = b"session-2".to_vec();
-    let (mut b, _) = proceed(b_cfg);
-    let hello = send(b.on_signal(&commit.unwrap()).unwrap());
-    let reveal = send(a.on_signal(&hello).unwrap());
+    // Two sessions spliced by the relay: each side's token names its own session, so the
+    // first message already fails, typed.
+    let (_, commit) = proceed(config(Role::Initiator, &ia));
+    let (mut b, _) = proceed(test_support::config(
+        Role::Responder,
+        &ib,
+        "session-2",
+        E2eeClaim::Allowed,
+    ));
     assert_eq!(
-        b.on_signal(&reveal).unwrap_err(),
-        HandshakeError::BadSignature
+        b.on_signal(&commit.unwrap()).unwrap_err(),
+        HandshakeError::WrongSession
     );
 
-    // A Decline injected mid-handshake by the relay: fail closed (no keys), typed.
+    // A Decline injected mid-handshake by the relay, even with a real token that forbids
+    // E2EE: an attack, typed, never "unavailable".
     let (mut a, commit) = proceed(config(Role::Initiator, &ia));
     let (mut b, _) = proceed(config(Role::Responder, &ib));
     let hello = send(b.on_signal(&commit.unwrap()).unwrap());
     let _ = send(a.on_signal(&hello).unwrap());
-    match a.on_signal(&[1, 5, 1]).unwrap() {
-        Step::Unavailable(u) => assert_eq!(u.reason, UnavailableReason::PeerNotEnabled),
-        other => panic!("{other:?}"),
-    }
+    let forged = wire::decline_message(
+        UnavailableReason::ComplianceRecording,
+        &test_support::token("session-1", "bob", E2eeClaim::ComplianceRecording),
+    );
+    assert_eq!(
+        a.on_signal(&forged).unwrap_err(),
+        HandshakeError::UnprovenDecline
+    );
 }
 
 #[test]
@@ -402,11 +418,11 @@ fn malformed_messages_have_typed_errors() {
         Err(HandshakeError::Malformed(_))
     ));
     assert_eq!(
-        fresh().on_signal(&[2, 2, 0]).unwrap_err(),
-        HandshakeError::Version { got: 2 }
+        fresh().on_signal(&[3, 2, 0]).unwrap_err(),
+        HandshakeError::Version { got: 3 }
     );
     assert_eq!(
-        fresh().on_signal(&[1, 9]).unwrap_err(),
+        fresh().on_signal(&[HANDSHAKE_VERSION, 9]).unwrap_err(),
         HandshakeError::UnknownMessage(9)
     );
     assert!(matches!(
@@ -541,8 +557,9 @@ fn rekey_mid_call_with_frames_in_flight() {
     for f in &after[1..] {
         assert!(r.b.opener.open(t, f).is_ok());
     }
-    // Two more rekeys: epoch 0 is now older than the previous one: stale.
+    // Two more rekeys (a frame between them): epoch 0 is now older than the previous one.
     r.a.sealer.rekey(t).unwrap();
+    let _lost = r.a.sealer.seal(t, b"e2").unwrap();
     r.a.sealer.rekey(t).unwrap();
     let f = r.a.sealer.seal(t, b"e3").unwrap();
     assert_eq!(
@@ -581,10 +598,10 @@ fn opt_in_matrix() {
         for (b_on, b_claim, b_block) in settings {
             let mut a_cfg = config(Role::Initiator, &ia);
             a_cfg.options.e2ee = a_on;
-            a_cfg.claim = a_claim;
+            a_cfg.token = test_support::token("session-1", "alice", a_claim);
             let mut b_cfg = config(Role::Responder, &ib);
             b_cfg.options.e2ee = b_on;
-            b_cfg.claim = b_claim;
+            b_cfg.token = test_support::token("session-1", "bob", b_claim);
             let a_start = Handshake::start(a_cfg).unwrap();
             let b_start = Handshake::start(b_cfg).unwrap();
             match (a_start, b_start) {
@@ -618,9 +635,15 @@ fn opt_in_matrix() {
                         handshake: mut b, ..
                     } = b_start
                     {
-                        match b.on_signal(&decline).unwrap() {
-                            Step::Unavailable(u) => assert_eq!(u, E2eeUnavailable::peer(a_block)),
-                            other => panic!("{other:?}"),
+                        // Only a token that forbids E2EE proves a decline; a per-call
+                        // switch under an allowing token is indistinguishable from a
+                        // forgery, so the peer gets a typed handshake error.
+                        match (b.on_signal(&decline), R::from_claim(a_claim)) {
+                            (Ok(Step::Unavailable(u)), Some(r)) => {
+                                assert_eq!(u, E2eeUnavailable::peer(Some(r)))
+                            }
+                            (Err(HandshakeError::UnprovenDecline), None) => {}
+                            (other, _) => panic!("{other:?}"),
                         }
                     }
                 }
@@ -634,12 +657,13 @@ fn opt_in_matrix() {
                     },
                 ) => {
                     assert_eq!(unavailable, E2eeUnavailable::local(b_block.unwrap()));
-                    match a.on_signal(&decline).unwrap() {
-                        Step::Unavailable(u) => {
+                    match (a.on_signal(&decline), R::from_claim(b_claim)) {
+                        (Ok(Step::Unavailable(u)), Some(r)) => {
                             assert_eq!(u.reason, R::PeerNotEnabled);
-                            assert_eq!(u.peer_reason, b_block);
+                            assert_eq!(u.peer_reason, Some(r));
                         }
-                        other => panic!("{other:?}"),
+                        (Err(HandshakeError::UnprovenDecline), None) => {}
+                        (other, _) => panic!("{other:?}"),
                     }
                 }
                 _ => panic!("unexpected start combination"),
@@ -658,4 +682,140 @@ fn seam_types_are_send() {
     send::<FrameOpener>();
     send::<HandshakeConfig>();
     send::<E2eeUnavailable>();
+}
+
+/// Finding 3 of the E2EE review: the handshake context used to be the relay's word and no
+/// user id was bound. Now each side's signed token rides its first message, is verified
+/// against the issuer's keys and the session the app asked for, and enters the transcript.
+#[test]
+fn tokens_are_verified_and_bound_into_the_transcript() {
+    let (ia, ib) = (identity(), identity());
+    let r = run(config(Role::Initiator, &ia), config(Role::Responder, &ib));
+    assert_eq!(r.a.peer_user.as_ref().map(|u| u.as_str()), Some("bob"));
+    assert_eq!(r.b.peer_user.as_ref().map(|u| u.as_str()), Some("alice"));
+
+    // The relay swaps bob's token in Hello for carol's (valid, same session): alice
+    // accepts the token, but the transcripts differ, so the signatures fail.
+    let (mut a, commit) = proceed(config(Role::Initiator, &ia));
+    let (mut b, _) = proceed(config(Role::Responder, &ib));
+    let hello = send(b.on_signal(&commit.unwrap()).unwrap());
+    let carol = test_support::token("session-1", "carol", E2eeClaim::Allowed);
+    let mut swapped = hello[..wire::HELLO_LEN].to_vec();
+    wire::put_token(&mut swapped, &carol);
+    let reveal = send(a.on_signal(&swapped).unwrap());
+    assert_eq!(
+        b.on_signal(&reveal).unwrap_err(),
+        HandshakeError::BadSignature
+    );
+
+    // A token from another issuer does not verify.
+    let other = duet_proto::SigningKey::ed25519_from_seed("test-issuer", &[9u8; 32]).unwrap();
+    let claims = duet_proto::JoinToken::peek(&test_support::token(
+        "session-1",
+        "alice",
+        E2eeClaim::Allowed,
+    ))
+    .unwrap()
+    .claims;
+    let mut a_cfg = config(Role::Initiator, &ia);
+    a_cfg.token = duet_proto::JoinToken::mint(&other, &claims);
+    let (_, commit) = proceed(a_cfg);
+    let (mut b, _) = proceed(config(Role::Responder, &ib));
+    assert_eq!(
+        b.on_signal(&commit.unwrap()).unwrap_err(),
+        HandshakeError::PeerToken("bad_signature")
+    );
+
+    // Bob's own Commit-less token reflected at him as alice's.
+    let mut a_cfg = config(Role::Initiator, &ia);
+    a_cfg.token = test_support::token("session-1", "bob", E2eeClaim::Allowed);
+    let (_, commit) = proceed(a_cfg);
+    let (mut b, _) = proceed(config(Role::Responder, &ib));
+    assert_eq!(
+        b.on_signal(&commit.unwrap()).unwrap_err(),
+        HandshakeError::Reflected
+    );
+
+    // A token naming alice's identity key: anyone else's key in the handshake fails.
+    let mut claims = duet_proto::JoinToken::peek(&test_support::token(
+        "session-1",
+        "alice",
+        E2eeClaim::Allowed,
+    ))
+    .unwrap()
+    .claims;
+    claims.identity_key = Some(identity().public_key());
+    let mut a_cfg = config(Role::Initiator, &ia);
+    a_cfg.token = duet_proto::JoinToken::mint(&test_support::issuer(), &claims);
+    let (mut a, commit) = proceed(a_cfg);
+    let (mut b, _) = proceed(config(Role::Responder, &ib));
+    let hello = send(b.on_signal(&commit.unwrap()).unwrap());
+    let reveal = send(a.on_signal(&hello).unwrap());
+    assert_eq!(
+        b.on_signal(&reveal).unwrap_err(),
+        HandshakeError::IdentityNotInToken
+    );
+
+    // No issuer keys: no handshake at all.
+    let mut a_cfg = config(Role::Initiator, &ia);
+    a_cfg.token_keys = duet_proto::TokenKeyring::default();
+    assert!(matches!(
+        Handshake::start(a_cfg),
+        Err(HandshakeError::NoTokenKeys)
+    ));
+}
+
+/// Finding 2 of the E2EE review: a decline was accepted at any stage with a reason the
+/// relay chose. Now it counts only as the peer's first message and only with the peer's
+/// signed token forbidding E2EE.
+#[test]
+fn a_decline_counts_only_first_and_only_with_a_forbidding_token() {
+    let (ia, ib) = (identity(), identity());
+    let forbidding = test_support::token("session-1", "bob", E2eeClaim::ComplianceRecording);
+    let allowing = test_support::token("session-1", "bob", E2eeClaim::Allowed);
+    // First, with a forbidding token: typed "unavailable", the reason from the token.
+    let (mut a, _) = proceed(config(Role::Initiator, &ia));
+    match a
+        .on_signal(&wire::decline_message(
+            UnavailableReason::UserNotEnabled,
+            &forbidding,
+        ))
+        .unwrap()
+    {
+        Step::Unavailable(u) => {
+            assert_eq!(u.peer_reason, Some(UnavailableReason::ComplianceRecording))
+        }
+        other => panic!("{other:?}"),
+    }
+    // First, with an allowing token, or none, or a relay-minted one: an attack.
+    for token in [allowing.as_str(), "", "duet2.x.e30.AAAA"] {
+        let (mut a, _) = proceed(config(Role::Initiator, &ia));
+        assert_eq!(
+            a.on_signal(&wire::decline_message(
+                UnavailableReason::ComplianceRecording,
+                token
+            ))
+            .unwrap_err(),
+            HandshakeError::UnprovenDecline
+        );
+    }
+    // The relay's PeerE2eeUnavailable, same rules, and only before the first message.
+    let (mut a, _) = proceed(config(Role::Initiator, &ia));
+    assert_eq!(
+        a.on_peer_unavailable(&forbidding).unwrap().peer_reason,
+        Some(UnavailableReason::ComplianceRecording)
+    );
+    let (mut a, _) = proceed(config(Role::Initiator, &ia));
+    assert_eq!(
+        a.on_peer_unavailable(&allowing).unwrap_err(),
+        HandshakeError::UnprovenDecline
+    );
+    let (mut a, commit) = proceed(config(Role::Initiator, &ia));
+    let (mut b, _) = proceed(config(Role::Responder, &ib));
+    let hello = send(b.on_signal(&commit.unwrap()).unwrap());
+    let _ = send(a.on_signal(&hello).unwrap());
+    assert_eq!(
+        a.on_peer_unavailable(&forbidding).unwrap_err(),
+        HandshakeError::UnprovenDecline
+    );
 }

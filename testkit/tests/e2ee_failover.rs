@@ -1,0 +1,216 @@
+//! Failover without a new key agreement (the SDK side of the fleet issue): two relay nodes
+//! that trust one token issuer, tokens that list both, SDKs that know where each node is.
+//! When the node carrying an E2EE call dies (SIGKILL of a relay process) or tells its
+//! clients it is draining, both endpoints move to the next node of their tokens' list and
+//! the same call engine continues: same code, `Migrated`, `KeysConfirmed`, media sealed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use duet_proto::{MediaKind, NodeId, RelayMessage};
+use duet_sdk::{Call, Client, ConnectOptions, Event, SdkError};
+use duet_testkit::sdk::{e2ee_config, issuer_keys};
+use duet_testkit::{
+    claims_builder, sid, HostileRelay, RelayProcess, RelayUnderTest, Script, TestRelay, STEP,
+};
+
+const MARKER: &[u8; 18] = b"FAILOVER-PLAINTEXT";
+
+/// The files that make two nodes one fleet: the same certificate and the same issuer.
+fn share_identity(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for f in ["cert.pem", "key.pem", "token-signing-key", "token-key.pub"] {
+        std::fs::copy(from.join(f), to.join(f)).with_context(|| format!("copying {f}"))?;
+    }
+    Ok(())
+}
+
+fn node(id: &str) -> NodeId {
+    NodeId::new(id).expect("a node id")
+}
+
+/// Quick loss detection for a test: a silent node is dead after 1.5 s.
+fn fleet_options(cert: Vec<u8>, nodes: Vec<(NodeId, std::net::SocketAddr)>) -> ConnectOptions {
+    ConnectOptions {
+        nodes,
+        keep_alive: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(1500),
+        join_timeout: Duration::from_secs(2),
+        ..ConnectOptions::trusting(cert)
+    }
+}
+
+async fn join(
+    issuer: &impl RelayUnderTest,
+    dial: std::net::SocketAddr,
+    opts: ConnectOptions,
+    session: &str,
+    user: &str,
+) -> Result<Call, SdkError> {
+    let c = claims_builder(session, user, &format!("{user}-phone"))
+        .nodes(vec![node("n1"), node("n2")])
+        .build()
+        .expect("claims");
+    let mut cfg = e2ee_config(true);
+    cfg.token_keys = issuer_keys(issuer);
+    let client = Client::connect(dial, issuer.token_with(&c), opts).await?;
+    client.join_e2ee(sid(session), cfg).await
+}
+
+/// Alice first (slot A), bob half a second later.
+async fn pair(
+    issuer: &impl RelayUnderTest,
+    dial: std::net::SocketAddr,
+    opts: &ConnectOptions,
+    session: &str,
+) -> Result<(Call, Call)> {
+    let (a, b) = tokio::join!(join(issuer, dial, opts.clone(), session, "alice"), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        join(issuer, dial, opts.clone(), session, "bob").await
+    });
+    Ok((a.context("alice")?, b.context("bob")?))
+}
+
+async fn exchange(from: &Call, to: &Call, i: u8) -> Result<()> {
+    let mut f = MARKER.to_vec();
+    f.push(i);
+    tokio::time::timeout(STEP, async {
+        loop {
+            // Sends fail while the link moves; keep trying.
+            let _ = from.send_media(MediaKind::Audio, &f).await;
+            if let Ok(Ok(got)) =
+                tokio::time::timeout(Duration::from_millis(200), to.recv_media()).await
+            {
+                if got.data.as_ref() == f.as_slice() {
+                    return anyhow::Ok(());
+                }
+            }
+        }
+    })
+    .await
+    .context("the frame did not arrive")?
+}
+
+async fn wait_for(call: &Call, what: &str, f: impl Fn(&Event) -> bool) -> Result<Event> {
+    let deadline = tokio::time::Instant::now() + 2 * STEP;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, call.next_event())
+            .await
+            .with_context(|| format!("timed out waiting for {what}"))?
+            .context("events ended")?;
+        if f(&ev) {
+            return Ok(ev);
+        }
+    }
+}
+
+async fn assert_moved(a: &Call, b: &Call, code: &duet_sdk::SecurityCode) -> Result<()> {
+    for c in [a, b] {
+        let ev = wait_for(c, "Migrated", |e| matches!(e, Event::Migrated { .. })).await?;
+        assert_eq!(
+            ev,
+            Event::Migrated {
+                from: node("n1"),
+                to: node("n2")
+            }
+        );
+        wait_for(c, "KeysConfirmed", |e| *e == Event::KeysConfirmed).await?;
+        assert_eq!(c.security_code().as_ref(), Some(code), "never a new code");
+        assert_eq!(c.node(), Some(node("n2")));
+        assert!(c.is_e2ee());
+    }
+    exchange(a, b, 10).await?;
+    exchange(b, a, 11).await?;
+    Ok(())
+}
+
+/// The node carrying the call is SIGKILLed: no goodbye, only silence. Both SDKs notice
+/// (idle timeout), fail to resume on the dead node, and move to n2 with the same keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_the_call_continues_on_the_next_with_the_same_code() -> Result<()> {
+    duet_testkit::init_tracing();
+    let dirs = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut n1 = RelayProcess::builder()
+        .data_dir(dirs.0.path())
+        .args(["--node-id", "n1"])
+        .start()?;
+    share_identity(dirs.0.path(), dirs.1.path())?;
+    let n2 = RelayProcess::builder()
+        .data_dir(dirs.1.path())
+        .args(["--node-id", "n2"])
+        .start()?;
+    let opts = fleet_options(
+        n1.cert_pem(),
+        vec![(node("n1"), n1.quic_addr()), (node("n2"), n2.quic_addr())],
+    );
+    let (a, b) = pair(&n1, n1.quic_addr(), &opts, "failover-kill").await?;
+    let code = a.security_code().context("a code")?;
+    assert_eq!(b.security_code().as_ref(), Some(&code));
+    assert_eq!(a.node(), Some(node("n1")));
+    exchange(&a, &b, 0).await?;
+
+    n1.sigkill()?;
+    assert_moved(&a, &b, &code).await?;
+    Ok(())
+}
+
+/// The node says it is draining (here a front that injects the notice, as a draining relay
+/// sends it): both move to n2 at once, same code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_the_call_moves_to_the_next_with_the_same_code() -> Result<()> {
+    let n1 = TestRelay::start_with(|c| c.node_id = "n1".into()).await;
+    let from = n1.data_dir().to_owned();
+    let n2 = TestRelay::start_with(move |c| {
+        c.node_id = "n2".into();
+        share_identity(&from, &c.data_dir).expect("one fleet");
+    })
+    .await;
+    let front = HostileRelay::start(n1.quic_addr(), n1.data_dir(), Arc::new(Script::new()))?;
+    let opts = fleet_options(
+        n1.cert_pem(),
+        vec![(node("n1"), front.addr()), (node("n2"), n2.quic_addr())],
+    );
+    let (a, b) = pair(&n1, front.addr(), &opts, "failover-drain").await?;
+    let code = a.security_code().context("a code")?;
+    exchange(&a, &b, 0).await?;
+    for leg in 0..2 {
+        front.handle.inject(
+            leg,
+            RelayMessage::Draining {
+                deadline_ms: 10_000,
+            },
+        );
+    }
+    assert_moved(&a, &b, &code).await?;
+    assert!(!front.handle.saw_in_datagrams(&MARKER[..10]));
+    Ok(())
+}
+
+/// The only node restarts on the same ports (a crash and a supervisor restart): the SDKs
+/// notice (a stateless reset once the relay keeps its reset key, else the idle timeout),
+/// the restarted node has lost the session, and both join it afresh: the same engine
+/// continues, same code, keys confirmed end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_the_call_continues_on_it_with_the_same_code() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut n1 = RelayProcess::builder()
+        .data_dir(dir.path())
+        .args(["--node-id", "n1"])
+        .start()?;
+    let opts = fleet_options(n1.cert_pem(), vec![(node("n1"), n1.quic_addr())]);
+    let (a, b) = pair(&n1, n1.quic_addr(), &opts, "failover-restart").await?;
+    let code = a.security_code().context("a code")?;
+    exchange(&a, &b, 0).await?;
+
+    n1.sigkill()?;
+    n1.restart()?;
+    for c in [&a, &b] {
+        wait_for(c, "KeysConfirmed", |e| *e == Event::KeysConfirmed).await?;
+        assert_eq!(c.security_code().as_ref(), Some(&code));
+    }
+    exchange(&a, &b, 1).await?;
+    exchange(&b, &a, 2).await?;
+    Ok(())
+}
