@@ -10,7 +10,7 @@ use duet_policy::issue::mint_token;
 use duet_policy::{Actor, CallingE2ee, Change, GroupName, PolicyName, SqliteStore, Store};
 use duet_proto::{DeviceId, E2eeClaim, RefusalReason, UserId};
 use duet_sdk::{Call, Client, Event, SdkError};
-use duet_testkit::sdk::{a_then_b, e2ee_config};
+use duet_testkit::sdk::{a_then_b, e2ee_config, issuer_keys};
 use duet_testkit::sdk::{connect_options, expect_event, next_event};
 use duet_testkit::{sid, RelayUnderTest, TestRelay};
 
@@ -257,9 +257,11 @@ async fn a_required_policy_refuses_plain_joins_at_the_relay() -> Result<()> {
         let (token, _) = w.mint(&relay, "r2", user, "phone").expect("mint");
         let opts = connect_options(&relay);
         let addr = relay.quic_addr();
+        let mut cfg = e2ee_config(true);
+        cfg.token_keys = issuer_keys(&relay);
         async move {
             let client = Client::connect(addr, token, opts).await?;
-            client.join_e2ee(sid("r2"), e2ee_config(true)).await
+            client.join_e2ee(sid("r2"), cfg).await
         }
     };
     let (a, b) = a_then_b(&relay, join("rita"), join("sam")).await;
