@@ -499,7 +499,9 @@ pub fn run_policy_to(
             }
         }
         PolicyCommand::Credential(c) => run_credential(c, data_dir, out),
-        PolicyCommand::Serve(a) => serve(a, data_dir),
+        PolicyCommand::Serve(a) => serve_with(a, data_dir, |listener, app| async move {
+            axum::serve(listener, app).await
+        }),
     }
 }
 
@@ -569,7 +571,16 @@ fn check_credential_name(name: &str) -> Result<(), PolicyError> {
         .map_err(|e| PolicyError::Tenant(format!("name: {e}")))
 }
 
-fn serve(a: ServeArgs, data_dir: &Path) -> Result<(), PolicyError> {
+/// Runs `policy serve`: opens the store, reads the credentials and key, resolves the node
+/// set (and refreshes it from DNS every 5 s), binds, and hands the listener and the router
+/// to `serve_fn` until it returns or ctrl-c. `run_policy` serves with plain `axum::serve`;
+/// an embedder with bounded HTTP serving (the `duet-relay` binary: connection cap, header
+/// and request timeouts) passes its own.
+pub fn serve_with<F, Fut>(a: ServeArgs, data_dir: &Path, serve_fn: F) -> Result<(), PolicyError>
+where
+    F: FnOnce(tokio::net::TcpListener, axum::Router) -> Fut,
+    Fut: std::future::Future<Output = io::Result<()>>,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -642,12 +653,10 @@ fn serve(a: ServeArgs, data_dir: &Path) -> Result<(), PolicyError> {
             cfg.store.describe()
         );
         let app = crate::admin_api::router_with(cfg);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .map_err(PolicyError::Output)
+        tokio::select! {
+            r = serve_fn(listener, app) => r.map_err(PolicyError::Output),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
     })
 }
 

@@ -41,7 +41,7 @@ pub mod fastpath;
 pub mod forward;
 mod handle;
 pub mod healthcheck;
-mod http;
+pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod ops;

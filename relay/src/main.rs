@@ -166,6 +166,20 @@ fn run(matches: &ArgMatches) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve(_) => unreachable!("handled above"),
         Cmd::Token(TokenCmd::Mint(args)) => mint(args),
+        // The policy API server runs within the relay's HTTP bounds (connection cap,
+        // header and request timeouts), like the relay's own listeners.
+        Cmd::Policy {
+            cmd: duet_policy::cli::PolicyCommand::Serve(a),
+        } => Ok(duet_policy::cli::serve_with(
+            a,
+            &Config::default().data_dir,
+            |listener, router| async move {
+                let (_keep, stop) = tokio::sync::watch::channel(false);
+                duet_relay::http::serve("policy", listener, router, Config::default().http, stop)
+                    .await;
+                Ok(())
+            },
+        )?),
         Cmd::Policy { cmd } => Ok(duet_policy::cli::run_policy(
             cmd,
             &Config::default().data_dir,
