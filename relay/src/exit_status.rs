@@ -25,7 +25,7 @@ pub fn for_chain<'a>(mut chain: impl Iterator<Item = &'a (dyn std::error::Error 
 }
 
 /// True for a bad config file or flag, an invalid field, or a file the configuration names
-/// (token key, certificate, key, admin credential) that cannot be read or parsed.
+/// (token key, certificate, key) that cannot be read or parsed.
 pub fn is_config_error(e: &(dyn std::error::Error + 'static)) -> bool {
     if e.is::<ConfigError>() {
         return true;
@@ -36,7 +36,7 @@ pub fn is_config_error(e: &(dyn std::error::Error + 'static)) -> bool {
         return match r {
             RelayError::Config(_) => true,
             RelayError::Tls(t) => tls_is_config(t),
-            RelayError::PolicyStore(_) | RelayError::Bind { .. } => false,
+            RelayError::Bind { .. } => false,
         };
     }
     e.downcast_ref::<TlsError>().is_some_and(tls_is_config)

@@ -22,7 +22,6 @@ pub struct RelayHandle {
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) quic_addr: SocketAddr,
     pub(crate) fast_path_addr: Option<SocketAddr>,
-    pub(crate) admin_addr: Option<SocketAddr>,
     pub(crate) ops_addr: SocketAddr,
     pub(crate) store: Arc<CertStore>,
     pub(crate) keys: Vec<VerifyingKey>,
@@ -44,11 +43,6 @@ impl RelayHandle {
     /// The bound ops HTTP address.
     pub fn ops_addr(&self) -> SocketAddr {
         self.ops_addr
-    }
-
-    /// The admin HTTP API's address, when `admin_listen` is set.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
     }
 
     /// PEM of the certificate chain in use (for clients to trust a self-signed one).
@@ -190,15 +184,6 @@ impl RelayHandle {
                 self.ops_addr()
             ));
         }
-        if let Some(admin) = self.admin_addr() {
-            line(format_args!(
-                "  admin api   http://{admin}/v1/ (bearer credential from admin_token_file)"
-            ));
-        }
-        line(format_args!(
-            "  policy      {}",
-            c.policy_store_path().display()
-        ));
         out
     }
 

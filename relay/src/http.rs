@@ -68,7 +68,7 @@ fn lock(t: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
 
 /// Serves `router` on `listener` within `limits` until `stop` turns true. `what` names the
 /// listener in logs.
-pub(crate) async fn serve(
+pub async fn serve(
     what: &'static str,
     listener: TcpListener,
     router: Router,

@@ -18,10 +18,10 @@
 //! - `config` (file + flags, key files), `tls` (rustls, certificates, key-exchange
 //!   counting), `metrics` + `ops` (Prometheus, health, readiness), `http` (every HTTP
 //!   listener's bounds: connection cap, header and request timeouts, body size), `process_metrics`
-//!   (`process_*` from /proc), `policy` (the administrator's E2EE policy store), `handle`
-//!   (the running relay); for the binary: `notify` (systemd), `healthcheck` (`/healthz`
-//!   client), `ops_cli` (`drain`, `undrain`, `status` against a running relay), `probe`
-//!   (the data-plane probe), `exit_status` (78 for a bad configuration).
+//!   (`process_*` from /proc), `handle` (the running relay); for the binary: `notify`
+//!   (systemd), `healthcheck` (`/healthz` client), `ops_cli` (`drain`, `undrain`, `status`
+//!   against a running relay), `probe` (the data-plane probe), `exit_status` (78 for a bad
+//!   configuration).
 //!
 //! One datagram through the relay, at most three files per transport:
 //! - QUIC: `quic/media.rs` (read, hand-off) -> `forward.rs` (`forward_step`: header, budget,
@@ -41,12 +41,11 @@ pub mod fastpath;
 pub mod forward;
 mod handle;
 pub mod healthcheck;
-mod http;
+pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod ops;
 pub mod ops_cli;
-pub mod policy;
 pub mod probe;
 mod process_metrics;
 pub mod quic;
@@ -72,8 +71,6 @@ use crate::tls::{CertPaths, CertStore};
 pub enum RelayError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("policy store: {0}")]
-    PolicyStore(#[from] policy::StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot bind {what} on {addr}: {source}")]
@@ -177,41 +174,13 @@ impl Relay {
             config.http.clone(),
             driver.shutdown.subscribe(),
         )));
-        let admin_addr = match (config.admin_listen, config.admin_token()?) {
-            (Some(addr), Some(token)) => {
-                let store = policy::PolicyStore::open(config.policy_store_path())?;
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| RelayError::Bind {
-                        what: "admin HTTP",
-                        addr,
-                        source,
-                    })?;
-                let bound = listener.local_addr().map_err(|source| RelayError::Bind {
-                    what: "admin HTTP",
-                    addr,
-                    source,
-                })?;
-                let router = policy::router(store, token);
-                tasks.push(tokio::spawn(http::serve(
-                    "admin",
-                    listener,
-                    router,
-                    config.http.clone(),
-                    driver.shutdown.subscribe(),
-                )));
-                Some(bound)
-            }
-            _ => None,
-        };
-        tracing::info!(%quic_addr, ?fast_path_addr, %ops_addr, ?admin_addr, node = %node, "relay listening");
+        tracing::info!(%quic_addr, ?fast_path_addr, %ops_addr, node = %node, "relay listening");
         Ok(RelayHandle {
             driver,
             endpoint,
             quic_addr,
             fast_path_addr,
             ops_addr,
-            admin_addr,
             store,
             keys,
             node,

@@ -42,12 +42,12 @@ enum Cmd {
     /// Administrator E2EE policy: policies, grants, effective policy (store: ./duet-data/policy)
     Policy {
         #[command(subcommand)]
-        cmd: duet_relay::policy::PolicyCommand,
+        cmd: duet_policy::cli::PolicyCommand,
     },
     /// Per-user E2EE settings: own switch, compliance recording, groups
     User {
         #[command(subcommand)]
-        cmd: duet_relay::policy::UserCommand,
+        cmd: duet_policy::cli::UserCommand,
     },
     /// Exit 0 if a relay's /healthz answers 2xx in time, 1 otherwise (for a container HEALTHCHECK)
     Healthcheck(HealthcheckArgs),
@@ -108,9 +108,14 @@ struct MintArgs {
     /// Key id written into the token [default: default]
     #[arg(long, value_name = "ID")]
     key_id: Option<String>,
-    /// Policy store to evaluate (default: <data dir>/policy)
-    #[arg(long, value_name = "PATH")]
-    store: Option<PathBuf>,
+    /// Policy store to evaluate: a directory, a .db file or a postgres:// DSN
+    /// (default: <data dir>/policy)
+    #[arg(long, value_name = "LOCATOR")]
+    store: Option<String>,
+    /// Place the session by rendezvous hashing over this node set (static:<a,b,c>,
+    /// dns-srv:<name>[@ip:port], dns-a:<name>[@ip:port]) when no --node is given
+    #[arg(long, value_name = "SOURCE")]
+    nodes_from: Option<String>,
     /// TOML config file (for its data_dir and token_keys)
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -161,11 +166,25 @@ fn run(matches: &ArgMatches) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve(_) => unreachable!("handled above"),
         Cmd::Token(TokenCmd::Mint(args)) => mint(args),
-        Cmd::Policy { cmd } => Ok(duet_relay::policy::run_policy(
+        // The policy API server runs within the relay's HTTP bounds (connection cap,
+        // header and request timeouts), like the relay's own listeners.
+        Cmd::Policy {
+            cmd: duet_policy::cli::PolicyCommand::Serve(a),
+        } => Ok(duet_policy::cli::serve_with(
+            a,
+            &Config::default().data_dir,
+            |listener, router| async move {
+                let (_keep, stop) = tokio::sync::watch::channel(false);
+                duet_relay::http::serve("policy", listener, router, Config::default().http, stop)
+                    .await;
+                Ok(())
+            },
+        )?),
+        Cmd::Policy { cmd } => Ok(duet_policy::cli::run_policy(
             cmd,
             &Config::default().data_dir,
         )?),
-        Cmd::User { cmd } => Ok(duet_relay::policy::run_user(
+        Cmd::User { cmd } => Ok(duet_policy::cli::run_user(
             cmd,
             &Config::default().data_dir,
         )?),
@@ -261,16 +280,24 @@ fn mint(args: MintArgs) -> anyhow::Result<()> {
     let Some(claim) = args.e2ee else {
         // The normal path: the claim is what the administrator's policy, the user's own
         // switch and compliance recording say right now.
-        let store_path = args.store.unwrap_or_else(|| cfg.policy_store_path());
-        let store = duet_relay::policy::PolicyStore::open(&store_path)?;
-        let (token, eff) = duet_relay::policy::mint_token(
-            &store,
+        let store_loc = args.store.unwrap_or_else(|| {
+            duet_policy::cli::default_store_path(&cfg.data_dir)
+                .display()
+                .to_string()
+        });
+        let store = duet_policy::store::open(&store_loc)?;
+        let nodes = match (&args.nodes_from, args.nodes.is_empty()) {
+            (Some(src), true) => duet_policy::cli::resolve_nodes(src, &args.session)?,
+            _ => args.nodes,
+        };
+        let (token, eff) = duet_policy::issue::mint_token(
+            &*store,
             &key,
             args.session,
             args.user,
             args.device,
             args.ttl,
-            args.nodes,
+            nodes,
         )?;
         eprintln!(
             "e2ee claim {}: policy {} ({})",

@@ -1,19 +1,21 @@
 //! From the administrator's policy to the relay's answer: a token minted under each case
-//! of the model (`duet_relay::policy::mint_token`, as an app backend or `duet-relay token
+//! of the model (`duet_policy::issue::mint_token`, as an app backend or `duet-relay token
 //! mint` does) and what a real relay on loopback says to its join, including telling the
 //! waiting peer that E2EE is unavailable (and only why).
 
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use duet_policy::issue::mint_token;
+use duet_policy::{Actor, CallingE2ee, Change, GroupName, PolicyName, SqliteStore, Store};
 use duet_proto::{DeviceId, E2eeClaim, RefusalReason, UserId};
-use duet_relay::policy::{mint_token, CallingE2ee, Change, GroupName, PolicyName, PolicyStore};
 use duet_sdk::{Call, Client, Event, SdkError};
+use duet_testkit::sdk::{a_then_b, e2ee_config, issuer_keys};
 use duet_testkit::sdk::{connect_options, expect_event, next_event};
 use duet_testkit::{sid, RelayUnderTest, TestRelay};
 
 struct World {
-    store: PolicyStore,
+    store: SqliteStore,
     _dir: tempfile::TempDir,
 }
 
@@ -21,13 +23,13 @@ impl World {
     fn new() -> Result<Self> {
         let dir = tempfile::tempdir()?;
         Ok(Self {
-            store: PolicyStore::open(dir.path().join("policy"))?,
+            store: SqliteStore::open(dir.path().join("policy.db"))?,
             _dir: dir,
         })
     }
 
     fn change(&self, c: Change) -> Result<()> {
-        self.store.apply("test", &c)?;
+        self.store.apply(&Actor::new("test", "test"), &c)?;
         Ok(())
     }
 
@@ -224,5 +226,48 @@ async fn the_switch_follows_the_user_to_a_second_device() -> Result<()> {
         let r = case(&w, &relay, &format!("d2-{i}"), "bob", device).await?;
         assert_eq!(r.err(), Some(RefusalReason::UserNotEnabled), "{device}");
     }
+    Ok(())
+}
+
+/// `required`, end to end: the store's policy becomes `Required` in the minted token
+/// whatever the user's switch; the real relay refuses that token's plain join
+/// (`E2eeRequired`), and two users under it make an end-to-end encrypted call.
+#[tokio::test]
+async fn a_required_policy_refuses_plain_joins_at_the_relay() -> Result<()> {
+    let relay = TestRelay::start().await;
+    let w = World::new()?;
+    w.set("Secure", CallingE2ee::Required)?;
+    w.grant("rita", Some("Secure"))?;
+    w.grant("sam", Some("Secure"))?;
+    let (token, claim) = w.mint(&relay, "r1", "rita", "phone")?;
+    assert_eq!(
+        claim,
+        E2eeClaim::Required,
+        "her switch is off: still required"
+    );
+
+    let client = Client::connect(relay.quic_addr(), token, connect_options(&relay)).await?;
+    match client.join(sid("r1")).await {
+        Err(SdkError::Refused(r)) => assert_eq!(r, RefusalReason::E2eeRequired),
+        Ok(_) => bail!("a plain join under `required` was accepted"),
+        Err(e) => bail!("expected the E2eeRequired refusal, got {e}"),
+    }
+
+    let join = |user: &'static str| {
+        let (token, _) = w.mint(&relay, "r2", user, "phone").expect("mint");
+        let opts = connect_options(&relay);
+        let addr = relay.quic_addr();
+        let mut cfg = e2ee_config(true);
+        cfg.token_keys = issuer_keys(&relay);
+        async move {
+            let client = Client::connect(addr, token, opts).await?;
+            client.join_e2ee(sid("r2"), cfg).await
+        }
+    };
+    let (a, b) = a_then_b(&relay, join("rita"), join("sam")).await;
+    let (a, b) = (a?, b?);
+    assert!(a.is_e2ee() && b.is_e2ee());
+    assert_eq!(a.security_code(), b.security_code(), "one key agreement");
+    let _ = (a.leave().await, b.leave().await);
     Ok(())
 }

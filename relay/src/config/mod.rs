@@ -83,19 +83,10 @@ pub struct Config {
     /// Ops HTTP listen address: /metrics, /healthz, /readyz [default: 127.0.0.1:9090]
     #[arg(long, required = false, value_name = "ADDR")]
     pub ops_listen: SocketAddr,
-    /// Admin HTTP API (E2EE policy) listen address; off unless set.
-    #[arg(long, value_name = "ADDR")]
-    pub admin_listen: Option<SocketAddr>,
-    /// File holding the admin API's bearer credential; required with admin_listen.
-    #[arg(long, value_name = "FILE")]
-    pub admin_token_file: Option<PathBuf>,
     /// File holding the bearer credential of the ops listener's drain endpoints
     /// (`/admin/drain`, `/admin/undrain`, `/admin/status`); they are off unless set.
     #[arg(long, value_name = "FILE")]
     pub ops_token_file: Option<PathBuf>,
-    /// Policy store the admin API serves [default: <data_dir>/policy]
-    #[arg(long, value_name = "DIR")]
-    pub policy_store: Option<PathBuf>,
     /// TLS certificate chain (PEM). Without it a self-signed one is generated in data_dir.
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -140,10 +131,7 @@ impl Default for Config {
             node_id: "local".to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
-            admin_listen: None,
-            admin_token_file: None,
             ops_token_file: None,
-            policy_store: None,
             tls_cert: None,
             tls_key: None,
             stateless_reset_key_file: None,
@@ -211,18 +199,6 @@ impl Config {
     }
 
     /// Checks every field; the error names the first bad one.
-    /// Where the E2EE policy store lives.
-    pub fn policy_store_path(&self) -> PathBuf {
-        self.policy_store
-            .clone()
-            .unwrap_or_else(|| crate::policy::default_store_path(&self.data_dir))
-    }
-
-    /// Reads the admin API credential, if the admin API is on.
-    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
-        read_credential("admin_token_file", self.admin_token_file.as_deref())
-    }
-
     /// Reads the drain endpoints' credential, if they are on.
     pub fn ops_token(&self) -> Result<Option<String>, ConfigError> {
         read_credential("ops_token_file", self.ops_token_file.as_deref())
@@ -232,12 +208,6 @@ impl Config {
         self.node()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
-        }
-        if self.admin_listen.is_some() && self.admin_token_file.is_none() {
-            return Err(invalid(
-                "admin_token_file",
-                "is required when admin_listen is set (the admin API is never open)",
-            ));
         }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => return Err(invalid("tls_key", "is required when tls_cert is set")),

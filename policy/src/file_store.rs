@@ -1,5 +1,7 @@
-//! The embedded policy store: one directory holding the state file, its audit log and a
-//! lock file.
+//! The file store of earlier versions: one directory holding `policy.json` (the whole
+//! state), `audit.jsonl` and a lock file. Kept as the import/export format (`policy
+//! import` reads a `policy.json`, `policy export` writes one) and as the reference the
+//! scale benchmark measures the databases against; the stores in use are in `store`.
 //!
 //! ```text
 //! <store>/policy.json    the whole PolicyState, pretty JSON, replaced atomically
@@ -7,121 +9,43 @@
 //! <store>/.lock          advisory lock (flock) serialising writers
 //! ```
 //!
-//! Owns: durability (no lost or torn write on a crash mid-command), serialising concurrent
-//! writers (two `duet-relay policy` commands at once, the admin API and a command, threads
-//! of one process), and the audit log. Does not own the rules (`model`) or who may call it
-//! (`cli`, `admin_api`).
-//!
-//! ## Why an atomically replaced file under an advisory lock, not an embedded database
-//!
-//! The state is small (policies, a few group grants, the users an administrator touched),
-//! written a few times a day and read once per minted token. What it needs is:
-//! - **no lost update with two writers**: every change is read-modify-write under an
-//!   exclusive `flock` on `.lock`, held across read, apply, audit append and replace, so a
-//!   second writer (thread or process) waits and then reads the first one's result;
-//! - **no torn or lost write on a crash**: the new state is written to a temp file in the
-//!   same directory, fsynced, renamed over `policy.json` (atomic on POSIX), and the
-//!   directory is fsynced so the rename itself is durable. A crash leaves either the old
-//!   or the new file, never a mix; a leftover temp file is never read, and the next writer
-//!   deletes it (under the lock, so it cannot be a live writer's);
-//! - **something an operator can read, back up and diff**: a JSON file and a JSON-lines
-//!   log, copied with `cp`, inspected with `jq`.
-//!
-//! An embedded database (redb, sled, SQLite) would give the first two as well, but adds a
-//! binary format, a dependency with its own upgrade story, and page-level machinery for
-//! a state that fits in one read. The file also lets the relay's data directory stay a
-//! plain directory. Readers take a shared lock so they never see a state whose audit line
-//! is not yet written.
-//!
-//! ## Audit log
-//!
-//! Each change appends `{"when", "unix_ms", "actor", "revision", "operation", "before",
-//! "after"}` as one line, fsynced, **before** the new state replaces the old one, under
-//! the same lock. So every committed change has its audit line. A crash between the two
-//! leaves a line whose `revision` is above the state's `revision`: a change that was
-//! logged but did not happen (the next change reuses that revision number, which is how
-//! to spot it). A torn last line (crash mid-append) is terminated before the next append
-//! and skipped by [`PolicyStore::audit`]. No-op changes are neither logged nor written.
-//!
-//! Locking uses `flock(2)`, which Linux and the BSDs provide; on other systems the store
-//! returns [`StoreError::Unsupported`]. `flock` does not work over some network file
-//! systems: keep the store on a local disk.
+//! Every change reads, rewrites and fsyncs the whole file under one exclusive `flock`, and
+//! every read parses it whole: fine for a few thousand users, ~100 ms per mint and a few
+//! changes per second at 100,000 (benches/RESULTS.md), which is why the databases replaced
+//! it. Writes are crash-safe (temp file, fsync, rename, fsync the directory); the audit
+//! line is appended before the state is replaced, so a crash (or a failed write) between
+//! the two leaves a line for a change that did not happen: the SQL stores write the audit
+//! record in the change's transaction instead.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use crate::model::{Change, PolicyState};
+use crate::store::{Actor, AuditRecord, StoreError};
+use crate::PolicyError;
 
-use super::model::{Change, PolicyState};
-use super::PolicyError;
-
-const STATE_FILE: &str = "policy.json";
+pub(crate) const STATE_FILE: &str = "policy.json";
 const AUDIT_FILE: &str = "audit.jsonl";
 const LOCK_FILE: &str = ".lock";
 const TMP_PREFIX: &str = "policy.json.tmp-";
-const MAX_ACTOR_LEN: usize = 128;
-
-/// Errors of the store itself (as opposed to refused changes, which are `ModelError`s).
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot {op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error(
-        "policy store file {} is corrupt ({detail}); it was left untouched: restore it from \
-         a backup or fix it by hand",
-        path.display()
-    )]
-    Corrupt { path: PathBuf, detail: String },
-    #[error("cannot lock policy store {}: {source}", path.display())]
-    Lock {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("the policy store needs flock(2), which this operating system does not provide")]
-    Unsupported,
-}
-
-impl StoreError {
-    fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-        move |source| StoreError::Io {
-            op,
-            path: path.to_owned(),
-            source,
-        }
-    }
-}
-
-/// One line of the audit log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    /// UTC, RFC 3339 with milliseconds.
-    pub when: String,
-    pub unix_ms: u64,
-    /// Who made the change: `cli:<login>` or `api:<name>`.
-    pub actor: String,
-    /// The state's revision after this change.
-    pub revision: u64,
-    pub operation: Change,
-    /// The touched part of the state before and after (see `PolicyState::subject`).
-    pub before: serde_json::Value,
-    pub after: serde_json::Value,
-}
 
 /// What [`PolicyStore::apply`] did.
 #[derive(Debug, Clone)]
-pub struct Applied {
+pub struct FileApplied {
     /// False for a no-op (nothing written, nothing logged).
     pub changed: bool,
     /// The state after the change.
     pub state: PolicyState,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Handle on a store directory. Cheap to clone; holds no open file or lock between calls,
@@ -146,7 +70,7 @@ impl PolicyStore {
             use std::os::unix::fs::DirBuilderExt;
             b.mode(0o700);
         }
-        b.create(&dir).map_err(StoreError::io("create", &dir))?;
+        b.create(&dir).map_err(io_err("create", &dir))?;
         Ok(Self { dir })
     }
 
@@ -170,27 +94,30 @@ impl PolicyStore {
 
     /// Applies one change: lock, read, apply, append the audit line, replace the state,
     /// unlock. A refused change (`ModelError`) leaves the store untouched.
-    pub fn apply(&self, actor: &str, change: &Change) -> Result<Applied, PolicyError> {
+    pub fn apply(&self, actor: &str, change: &Change) -> Result<FileApplied, PolicyError> {
         let _lock = self.lock(true)?;
         self.remove_stale_temp_files();
         let mut state = self.read_state()?;
-        let before = state.subject(change);
-        let changed = state.apply(change)?;
-        if changed {
+        let outcome = state.apply_outcome(change)?;
+        let changed = outcome.is_some();
+        if let Some(o) = outcome {
             let (unix_ms, when) = now();
+            let who = Actor::new(actor, "local-cli");
             let record = AuditRecord {
+                revision: o.revision,
                 when,
                 unix_ms,
-                actor: clean_actor(actor),
-                revision: state.revision,
-                operation: change.clone(),
-                before,
-                after: state.subject(change),
+                actor: who.who,
+                credential: who.credential,
+                op: change.op().to_owned(),
+                operation: serde_json::to_value(change).unwrap_or_default(),
+                before: o.before,
+                after: o.after,
             };
             self.append_audit(&record)?;
             self.write_state(&state)?;
         }
-        Ok(Applied { changed, state })
+        Ok(FileApplied { changed, state })
     }
 
     /// Every audit record, oldest first. Lines that do not parse (a torn last line after a
@@ -201,7 +128,7 @@ impl PolicyStore {
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(StoreError::io("read", &path)(e)),
+            Err(e) => return Err(io_err("read", &path)(e)),
         };
         Ok(text
             .lines()
@@ -221,17 +148,16 @@ impl PolicyStore {
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PolicyState::default()),
-            Err(e) => return Err(StoreError::io("read", &path)(e)),
+            Err(e) => return Err(io_err("read", &path)(e)),
         };
-        let state: PolicyState =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
-        state
-            .validate()
-            .map_err(|detail| StoreError::Corrupt { path, detail })?;
-        Ok(state)
+        parse_state(&bytes, &path)
+    }
+
+    /// Writes `state` as this directory's `policy.json` (atomically, as every change).
+    pub fn save(&self, state: &PolicyState) -> Result<(), StoreError> {
+        let _lock = self.lock(true)?;
+        self.remove_stale_temp_files();
+        self.write_state(state)
     }
 
     fn write_state(&self, state: &PolicyState) -> Result<(), StoreError> {
@@ -248,13 +174,13 @@ impl PolicyStore {
                 source: io::Error::other(e),
             })?;
             json.push(b'\n');
-            let mut f = create_private(&tmp).map_err(StoreError::io("create", &tmp))?;
-            f.write_all(&json).map_err(StoreError::io("write", &tmp))?;
+            let mut f = create_private(&tmp).map_err(io_err("create", &tmp))?;
+            f.write_all(&json).map_err(io_err("write", &tmp))?;
             // The data must be on disk before the rename makes it the state, or a crash
             // could leave a renamed but empty file.
-            f.sync_all().map_err(StoreError::io("fsync", &tmp))?;
+            f.sync_all().map_err(io_err("fsync", &tmp))?;
             drop(f);
-            fs::rename(&tmp, &path).map_err(StoreError::io("rename into place", &path))?;
+            fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
             // The rename is only durable once the directory entry is.
             sync_dir(&self.dir)
         })();
@@ -272,16 +198,16 @@ impl PolicyStore {
             .append(true)
             .create(true)
             .open(&path)
-            .map_err(StoreError::io("open", &path))?;
+            .map_err(io_err("open", &path))?;
         let mut line = Vec::with_capacity(512);
         // A crash mid-append can leave a last line without its newline; start on a fresh
         // line so that torn line cannot swallow this record.
-        let len = f.metadata().map_err(StoreError::io("stat", &path))?.len();
+        let len = f.metadata().map_err(io_err("stat", &path))?.len();
         if len > 0 {
             let mut last = [0u8; 1];
             f.seek(SeekFrom::Start(len - 1))
                 .and_then(|_| f.read_exact(&mut last))
-                .map_err(StoreError::io("read", &path))?;
+                .map_err(io_err("read", &path))?;
             if last[0] != b'\n' {
                 line.push(b'\n');
             }
@@ -293,9 +219,8 @@ impl PolicyStore {
         })?;
         line.push(b'\n');
         // One write of the whole line: O_APPEND puts it at the end.
-        f.write_all(&line)
-            .map_err(StoreError::io("append to", &path))?;
-        f.sync_data().map_err(StoreError::io("fsync", &path))?;
+        f.write_all(&line).map_err(io_err("append to", &path))?;
+        f.sync_data().map_err(io_err("fsync", &path))?;
         if !existed {
             sync_dir(&self.dir)?;
         }
@@ -370,25 +295,24 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     {
         File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(StoreError::io("fsync directory", dir))?;
+            .map_err(io_err("fsync directory", dir))?;
     }
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
 }
 
-/// Actors come from environment variables and HTTP headers: keep them one short line.
-fn clean_actor(actor: &str) -> String {
-    let s: String = actor
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_ACTOR_LEN)
-        .collect();
-    if s.is_empty() {
-        "unknown".into()
-    } else {
-        s
-    }
+/// Parses and validates a `policy.json` (the import format).
+pub fn parse_state(bytes: &[u8], path: &Path) -> Result<PolicyState, StoreError> {
+    let state: PolicyState = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        location: path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    state.validate().map_err(|detail| StoreError::Corrupt {
+        location: path.display().to_string(),
+        detail,
+    })?;
+    Ok(state)
 }
 
 /// Current time as (unix milliseconds, RFC 3339 UTC string).
@@ -425,8 +349,8 @@ pub(crate) fn rfc3339(unix_ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::model::{CallingE2ee, PolicyName, GLOBAL};
     use super::*;
+    use crate::model::{CallingE2ee, PolicyName, GLOBAL};
     use duet_proto::{E2eeClaim, UserId};
 
     fn set_global(c: CallingE2ee) -> Change {
@@ -475,7 +399,7 @@ mod tests {
         );
         let log = reopened.audit().unwrap();
         assert_eq!(log.len(), 2);
-        assert_eq!(log[0].operation.op(), "set_policy");
+        assert_eq!(log[0].op, "set_policy");
         assert_eq!(log[0].before["calling_e2ee"], "disabled");
         assert_eq!(log[0].after["calling_e2ee"], "disabled-user-override");
         assert_eq!(log[1].before["claim"], "user_not_enabled");

@@ -1,11 +1,14 @@
 //! The admin HTTP API over a real loopback socket: the same model as the commands, the
-//! admin credential, typed error bodies with their status codes, and the API and the
-//! commands sharing one store.
+//! credentials and their roles, typed error bodies with their status codes (404, 405 and
+//! 413 too), batch endpoints, and the token endpoint for backends.
 
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
-use duet_relay::policy::{router, PolicyStore};
+use std::sync::Arc;
+
+use duet_policy::store::secret_sha256;
+use duet_policy::{router, Actor, AuditQuery, Credential, Role, SqliteStore, Store};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,12 +18,12 @@ const TOKEN: &str = "s3cret-admin-token-for-tests";
 struct Api {
     addr: SocketAddr,
     _dir: tempfile::TempDir,
-    store: PolicyStore,
+    store: Arc<dyn Store>,
 }
 
 async fn start() -> Result<Api> {
     let dir = tempfile::tempdir()?;
-    let store = PolicyStore::open(dir.path().join("policy"))?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("policy.db"))?);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = router(store.clone(), TOKEN.to_owned());
@@ -221,9 +224,14 @@ async fn the_whole_model_through_the_api() -> Result<()> {
     assert_eq!(st, 200);
     let recs = v["records"].as_array().context("records")?;
     assert_eq!(recs.len(), 2);
-    assert_eq!(recs[1]["operation"]["op"], "remove_policy");
-    assert_eq!(recs[1]["actor"], "api:portal-jane");
-    assert_eq!(api.store.audit()?.len() as u64, api.store.load()?.revision);
+    assert_eq!(recs[0]["operation"]["op"], "remove_policy");
+    assert_eq!(recs[0]["actor"], "api:portal-jane");
+    assert_eq!(recs[0]["credential"], "admin");
+    let all = api.store.audit(&AuditQuery {
+        limit: 1000,
+        ..Default::default()
+    })?;
+    assert_eq!(all.len() as u64, api.store.revision()?);
     Ok(())
 }
 
@@ -275,7 +283,7 @@ async fn credential_and_error_bodies() -> Result<()> {
     let (st, v) = api.get("/v1/users/bad%20user/effective").await?;
     assert_eq!((st, code(&v)), (400, "invalid_user"));
     assert_eq!(
-        api.store.load()?.revision,
+        api.store.revision()?,
         0,
         "no refused request changed anything"
     );
@@ -284,7 +292,10 @@ async fn credential_and_error_bodies() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let app = router(PolicyStore::open(dir.path())?, String::new());
+    let app = router(
+        Arc::new(SqliteStore::open(dir.path().join("p.db"))?),
+        String::new(),
+    );
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -293,79 +304,245 @@ async fn credential_and_error_bodies() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn api_and_commands_share_the_store() -> Result<()> {
-    let api = start().await?;
-    api.put(
-        "/v1/policies/Pilot",
-        json!({"calling_e2ee": "disabled-user-override"}),
-    )
-    .await?;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_duet-relay"))
-        .args([
-            "policy", "grant", "--user", "dan", "--policy", "Pilot", "--store",
-        ])
-        .arg(api.store.dir())
-        .env_remove("RUST_BACKTRACE")
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (_, v) = api.get("/v1/users/dan/effective").await?;
-    assert_eq!(v["policy"], "Pilot");
-    assert_eq!(v["source"]["kind"], "direct");
+async fn serve(cfg: duet_policy::ApiConfig) -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = duet_policy::admin_api::router_with(cfg);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
+
+fn add_cred(store: &dyn Store, name: &str, role: Role, secret: &str) -> Result<()> {
+    store.put_credential(
+        &Actor::new("test", "test"),
+        &Credential {
+            name: name.into(),
+            role,
+            created_ms: 0,
+        },
+        &secret_sha256(secret),
+    )?;
     Ok(())
 }
 
-/// `duet-relay serve` with `admin_listen` serves the same API, behind the credential read
-/// from `admin_token_file`, on the policy store that `token mint` reads.
+/// Named credentials: read-only reads, admin changes, issuer only mints; every change's
+/// audit record names the credential. Wrong methods and too large bodies get the JSON
+/// error body (they used to be axum's plain-text defaults: issue 16, finding 6).
 #[tokio::test]
-async fn the_relay_serves_the_admin_api_when_configured() -> Result<()> {
+async fn roles_and_json_errors_for_every_status() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let token_file = dir.path().join("admin-token");
-    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
-    let relay = duet_relay::Relay::start(duet_relay::config::Config {
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".parse()?,
-        ops_listen: "127.0.0.1:0".parse()?,
-        admin_listen: Some("127.0.0.1:0".parse()?),
-        admin_token_file: Some(token_file),
-        ..Default::default()
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("p.db"))?);
+    add_cred(&*store, "auditor", Role::ReadOnly, "ro-secret-0123456789")?;
+    add_cred(&*store, "portal", Role::Admin, "admin-secret-0123456789")?;
+    add_cred(&*store, "backend", Role::Issuer, "issuer-secret-0123456789")?;
+    let addr = serve(duet_policy::ApiConfig {
+        store: store.clone(),
+        admin_token: None,
+        signing_key: Some(Arc::new(duet_proto::SigningKey::ed25519_from_seed(
+            "k", &[9u8; 32],
+        )?)),
+        nodes: Arc::new(duet_policy::NodeSet::from_static(["r0", "r1", "r2", "r3"])?),
+        max_ttl: std::time::Duration::from_secs(3600),
     })
     .await?;
-    let addr = relay.admin_addr().context("admin API is on")?;
-    let (status, _) = http(addr, "GET", "/v1/policies", None, None).await?;
-    assert_eq!(status, 401);
-    let (status, _) = http(
+    let ro = Some("ro-secret-0123456789");
+    let admin = Some("admin-secret-0123456789");
+    let issuer = Some("issuer-secret-0123456789");
+    let on = Some(json!({"on": true}));
+
+    let (st, _) = http(addr, "GET", "/v1/policies", ro, None).await?;
+    assert_eq!(st, 200);
+    let (st, v) = http(addr, "PUT", "/v1/users/ann/e2ee", ro, on.clone()).await?;
+    assert_eq!((st, code(&v)), (403, "forbidden"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("read-only"),
+        "{v}"
+    );
+    let (st, v) = http(addr, "GET", "/v1/policies", issuer, None).await?;
+    assert_eq!((st, code(&v)), (403, "forbidden"));
+    let (st, v) = http(addr, "PUT", "/v1/users/ann/e2ee", admin, on.clone()).await?;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = http(
+        addr,
+        "GET",
+        "/v1/policies",
+        Some("nope-nope-nope-nope"),
+        None,
+    )
+    .await?;
+    assert_eq!((st, code(&v)), (401, "unauthorized"));
+
+    let recs = store.audit(&AuditQuery::default())?;
+    let change = recs
+        .iter()
+        .find(|r| r.op == "set_user_e2ee")
+        .context("audited")?;
+    assert_eq!(change.credential, "portal");
+
+    // 405 and 413 in the JSON error format.
+    let (st, v) = http(addr, "POST", "/v1/policies", admin, Some(json!({}))).await?;
+    assert_eq!((st, code(&v)), (405, "method_not_allowed"));
+    let huge: Vec<String> = (0..1_100_000).map(|i| format!("user-{i:08}")).collect();
+    let (st, v) = http(
         addr,
         "PUT",
-        "/v1/users/carol/e2ee",
+        "/v1/groups/g/members",
+        admin,
+        Some(json!({"users": huge})),
+    )
+    .await?;
+    assert_eq!((st, code(&v)), (413, "payload_too_large"));
+    Ok(())
+}
+
+/// `POST /v1/tokens`: a backend's credential gets a signed token, the decision (with the
+/// peer's claim and what the call will be) and the placement (primary + 2 fallbacks).
+#[tokio::test]
+async fn the_token_endpoint_answers_token_decision_and_placement() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("p.db"))?);
+    add_cred(&*store, "backend", Role::Issuer, "issuer-secret-0123456789")?;
+    let key = duet_proto::SigningKey::ed25519_from_seed("k", &[9u8; 32])?;
+    let ring = duet_proto::TokenKeyring::new(vec![key.verifying_key()]);
+    let addr = serve(duet_policy::ApiConfig {
+        store: store.clone(),
+        admin_token: Some(TOKEN.into()),
+        signing_key: Some(Arc::new(key)),
+        nodes: Arc::new(duet_policy::NodeSet::from_static(["r0", "r1", "r2", "r3"])?),
+        max_ttl: std::time::Duration::from_secs(3600),
+    })
+    .await?;
+    let issuer = Some("issuer-secret-0123456789");
+    http(
+        addr,
+        "PUT",
+        "/v1/policies/Secure",
+        Some(TOKEN),
+        Some(json!({"calling_e2ee": "required"})),
+    )
+    .await?;
+    let (st, v) = http(
+        addr,
+        "PUT",
+        "/v1/policies/Secure/users",
+        Some(TOKEN),
+        Some(json!({"users": ["rita", "sam"]})),
+    )
+    .await?;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["result"]["changed"], 2);
+
+    let body = json!({"user": "rita", "device": "phone", "session": "call-1", "peer": "sam", "ttl_secs": 120});
+    let (st, v) = http(addr, "POST", "/v1/tokens", issuer, Some(body)).await?;
+    assert_eq!(st, 200, "{v}");
+    let claims = ring.verify(
+        v["token"].as_str().context("token")?,
+        &duet_proto::VerifyOptions::at(duet_proto::clock::unix_now()),
+    )?;
+    assert_eq!(claims.e2ee, duet_proto::E2eeClaim::Required);
+    assert_eq!(v["decision"]["claim"], "required");
+    assert_eq!(v["decision"]["call"], "e2ee");
+    let nodes: Vec<String> = claims.nodes.iter().map(|n| n.to_string()).collect();
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(v["placement"]["primary"], nodes[0].as_str());
+    assert_eq!(v["placement"]["nodes"], json!(nodes));
+    assert_eq!(
+        nodes,
+        duet_proto::placement::candidates("call-1", &["r0", "r1", "r2", "r3"], 3)
+    );
+
+    // A peer who cannot do E2EE: the call under `required` does not happen.
+    let body =
+        json!({"user": "rita", "device": "phone", "session": "call-2", "peer": "plain-pete"});
+    let (_, v) = http(addr, "POST", "/v1/tokens", issuer, Some(body)).await?;
+    assert_eq!(v["decision"]["peer_claim"], "policy_disabled");
+    assert_eq!(v["decision"]["call"], "refused");
+
+    // Bad input names the field.
+    for (body, field) in [
+        (
+            json!({"user": "bad user", "device": "d", "session": "s"}),
+            "user",
+        ),
+        (
+            json!({"user": "u", "device": "d", "session": "s", "ttl_secs": 999999}),
+            "ttl_secs",
+        ),
+        (
+            json!({"user": "u", "device": "d d", "session": "s"}),
+            "device",
+        ),
+    ] {
+        let (st, v) = http(addr, "POST", "/v1/tokens", issuer, Some(body)).await?;
+        assert_eq!(st, 400, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(field),
+            "{v}"
+        );
+    }
+    let (st, v) = http(
+        addr,
+        "POST",
+        "/v1/tokens",
+        issuer,
+        Some(json!({"user": "u"})),
+    )
+    .await?;
+    assert_eq!((st, code(&v)), (400, "bad_request"));
+    Ok(())
+}
+
+/// A read-only store (a snapshot, read-only media) still answers reads and the token
+/// endpoint; changes get 503 `store_read_only` in the JSON error format. The old file
+/// store opened its lock file read-write even to read, so a read-only store stopped
+/// minting too (issue 16, finding 6).
+#[tokio::test]
+async fn a_read_only_store_still_reads_and_mints_over_http() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("p.db");
+    {
+        let rw = SqliteStore::open(&path)?;
+        add_cred(&rw, "backend", Role::Issuer, "issuer-secret-0123456789")?;
+    }
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_read_only(&path)?);
+    let addr = serve(duet_policy::ApiConfig {
+        store,
+        admin_token: Some(TOKEN.into()),
+        signing_key: Some(Arc::new(duet_proto::SigningKey::ed25519_from_seed(
+            "k", &[9u8; 32],
+        )?)),
+        nodes: Arc::new(duet_policy::NodeSet::none()),
+        max_ttl: std::time::Duration::from_secs(3600),
+    })
+    .await?;
+    let (st, _) = http(addr, "GET", "/v1/users/ann/effective", Some(TOKEN), None).await?;
+    assert_eq!(st, 200);
+    let body = json!({"user": "ann", "device": "d", "session": "s"});
+    let (st, v) = http(
+        addr,
+        "POST",
+        "/v1/tokens",
+        Some("issuer-secret-0123456789"),
+        Some(body),
+    )
+    .await?;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = http(
+        addr,
+        "PUT",
+        "/v1/users/ann/e2ee",
         Some(TOKEN),
         Some(json!({"on": true})),
     )
     .await?;
-    assert_eq!(status, 200);
-    let store = PolicyStore::open(relay.config().policy_store_path())?;
-    let carol = duet_proto::UserId::new("carol")?;
-    assert!(duet_relay::policy::effective_for(&store, &carol)?.user_switch);
-    relay.shutdown().await;
+    assert_eq!((st, code(&v)), (503, "store_read_only"));
     Ok(())
-}
-
-#[tokio::test]
-async fn admin_listen_without_a_credential_is_refused_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let err = duet_relay::Relay::start(duet_relay::config::Config {
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ops_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..Default::default()
-    })
-    .await
-    .err()
-    .expect("refused");
-    assert!(err.to_string().contains("admin_token_file"), "{err}");
 }

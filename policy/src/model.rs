@@ -23,6 +23,7 @@
 //! - The claim: compliance recording beats everything, then a `disabled` setting, then the
 //!   user's own switch.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
@@ -30,11 +31,20 @@ use std::str::FromStr;
 use duet_proto::{E2eeClaim, IdError, UserId};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::engine;
+
 /// The name of the policy every user has unless assigned another.
 pub const GLOBAL: &str = "Global";
 
 /// Longest policy or group name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
+
+/// Most groups one user may be in: memberships come from a directory sync, and a bound
+/// keeps one user's evaluation (and one bad sync) from growing without limit.
+pub const MAX_GROUPS_PER_USER: usize = 1000;
+
+/// Most users one batch change (`GrantUsers`, `SetGroupMembers`) may name.
+pub const MAX_BATCH_USERS: usize = 1_000_000;
 
 /// Version of the serialized state; bumped only on an incompatible change.
 pub const STATE_FORMAT: u32 = 1;
@@ -88,6 +98,17 @@ pub enum ModelError {
     RankZero,
     #[error("a group grant needs --rank (1 is the highest priority)")]
     RankRequired,
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("import: the state is invalid: {0}")]
+    InvalidImport(String),
+    #[error(
+        "groups: user {user:?} would be in {count} groups; at most {MAX_GROUPS_PER_USER} are \
+         allowed"
+    )]
+    TooManyGroups { user: String, count: usize },
+    #[error("{field}: {count} users in one change; at most {MAX_BATCH_USERS} are allowed")]
+    BatchTooLarge { field: &'static str, count: usize },
 }
 
 fn holders_text(users: &[String], groups: &[String]) -> String {
@@ -131,6 +152,10 @@ impl ModelError {
             Self::PolicyInUse { .. } => "policy_in_use",
             Self::RankTaken { .. } => "rank_taken",
             Self::RankZero | Self::RankRequired => "invalid_rank",
+            Self::TooManyGroups { .. } => "too_many_groups",
+            Self::Internal(_) => "internal",
+            Self::InvalidImport(_) => "invalid_import",
+            Self::BatchTooLarge { .. } => "batch_too_large",
         }
     }
 }
@@ -249,13 +274,17 @@ pub fn user_id(s: &str) -> Result<UserId, ModelError> {
 }
 
 /// The `calling-e2ee` setting of a policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum CallingE2ee {
     /// Nobody under this policy can turn E2EE on.
     Disabled,
     /// Off by default; each user may turn it on for themselves.
     DisabledUserOverride,
+    /// Every call of a user under this policy is end-to-end encrypted or does not happen:
+    /// tokens say `required`, the relay refuses their plain joins, and no SDK falls back.
+    Required,
 }
 
 impl CallingE2ee {
@@ -263,6 +292,7 @@ impl CallingE2ee {
         match self {
             Self::Disabled => "disabled",
             Self::DisabledUserOverride => "disabled-user-override",
+            Self::Required => "required",
         }
     }
 }
@@ -291,7 +321,7 @@ pub struct UserRecord {
 }
 
 impl UserRecord {
-    fn is_default(&self) -> bool {
+    pub fn is_default(&self) -> bool {
         *self == Self::default()
     }
 }
@@ -361,6 +391,9 @@ pub fn claim(setting: CallingE2ee, user_switch: bool, compliance_recording: bool
         E2eeClaim::ComplianceRecording
     } else if setting == CallingE2ee::Disabled {
         E2eeClaim::PolicyDisabled
+    } else if setting == CallingE2ee::Required {
+        // Not the user's choice: the switch does not matter.
+        E2eeClaim::Required
     } else if !user_switch {
         E2eeClaim::UserNotEnabled
     } else {
@@ -407,6 +440,18 @@ pub enum Change {
         user: UserId,
         groups: BTreeSet<GroupName>,
     },
+    /// Batch assignment: grants every listed user `policy` (`None`/Global: inheritance),
+    /// in one transaction and one audit record.
+    GrantUsers {
+        users: Vec<UserId>,
+        policy: Option<PolicyName>,
+    },
+    /// Group membership sync from a directory: afterwards exactly `users` are members of
+    /// `group` (others leave it, the listed ones join).
+    SetGroupMembers {
+        group: GroupName,
+        users: Vec<UserId>,
+    },
 }
 
 impl Change {
@@ -420,6 +465,8 @@ impl Change {
             Self::SetUserE2ee { .. } => "set_user_e2ee",
             Self::SetComplianceRecording { .. } => "set_compliance_recording",
             Self::SetUserGroups { .. } => "set_user_groups",
+            Self::GrantUsers { .. } => "grant_users",
+            Self::SetGroupMembers { .. } => "set_group_members",
         }
     }
 }
@@ -540,14 +587,109 @@ impl PolicyState {
 
     /// A policy and who holds it.
     pub fn view(&self, name: &PolicyName) -> Result<PolicyView, ModelError> {
-        let calling_e2ee = self.policy(name)?;
-        let users = self
+        let mut s = Cow::Borrowed(self);
+        engine::view(&mut s, name).map_err(model_only)
+    }
+
+    /// Every policy, Global first, then by name.
+    pub fn list(&self) -> Vec<PolicyView> {
+        let mut s = Cow::Borrowed(self);
+        engine::list(&mut s).unwrap_or_default()
+    }
+
+    /// The policy that applies to `user`, why, and the resulting claim.
+    pub fn effective(&self, user: &UserId) -> Effective {
+        let mut s = Cow::Borrowed(self);
+        // The in-memory transaction never fails.
+        match engine::effective(&mut s, user) {
+            Ok(e) => e,
+            Err(_) => Effective {
+                user: user.clone(),
+                policy: PolicyName::global(),
+                source: Source::GlobalDefault,
+                setting: CallingE2ee::Disabled,
+                user_switch: false,
+                compliance_recording: false,
+                claim: E2eeClaim::PolicyDisabled,
+            },
+        }
+    }
+
+    /// Applies one change. Returns whether anything changed (a no-op neither bumps the
+    /// revision nor is written). On error the state is untouched.
+    pub fn apply(&mut self, change: &Change) -> Result<bool, ModelError> {
+        self.apply_outcome(change).map(|o| o.is_some())
+    }
+
+    pub(crate) fn apply_outcome(
+        &mut self,
+        change: &Change,
+    ) -> Result<Option<engine::Outcome>, ModelError> {
+        // The rules run on a copy-on-write view, so a change refused half-way leaves
+        // `self` as it was.
+        let mut next = Cow::Borrowed(&*self);
+        let out = engine::apply(&mut next, change).map_err(model_only)?;
+        if out.is_some() {
+            let next = next.into_owned();
+            *self = next;
+        }
+        Ok(out)
+    }
+
+    /// The part of the state a change touches, for the audit log's before/after: the
+    /// policy with its holders, the group's grant, or the user's record with the claim it
+    /// yields (so the log shows a change of what tokens will say).
+    pub fn subject(&self, change: &Change) -> serde_json::Value {
+        let mut s = Cow::Borrowed(self);
+        engine::subject(&mut s, change).unwrap_or_default()
+    }
+}
+
+/// The in-memory state's transaction is infallible; its only errors are the rules'.
+fn model_only(e: crate::PolicyError) -> ModelError {
+    match e {
+        crate::PolicyError::Model(m) => m,
+        // Unreachable for PolicyState (its Tx never fails); map to something safe.
+        other => ModelError::Internal(other.to_string()),
+    }
+}
+
+type TxR<T> = Result<T, crate::store::StoreError>;
+
+// Reads borrow the state; the first write of a change clones it (so a refused change
+// leaves the original as it was).
+impl engine::Tx for Cow<'_, PolicyState> {
+    fn revision(&mut self) -> TxR<u64> {
+        Ok(self.revision)
+    }
+    fn set_revision(&mut self, rev: u64) -> TxR<()> {
+        self.to_mut().revision = rev;
+        Ok(())
+    }
+    fn policy(&mut self, name: &PolicyName) -> TxR<Option<CallingE2ee>> {
+        Ok(self.policies.get(name).copied())
+    }
+    fn policies(&mut self) -> TxR<Vec<(PolicyName, CallingE2ee)>> {
+        Ok(self.policies.iter().map(|(n, c)| (n.clone(), *c)).collect())
+    }
+    fn put_policy(&mut self, name: &PolicyName, setting: CallingE2ee) -> TxR<()> {
+        self.to_mut().policies.insert(name.clone(), setting);
+        Ok(())
+    }
+    fn delete_policy(&mut self, name: &PolicyName) -> TxR<()> {
+        self.to_mut().policies.remove(name);
+        Ok(())
+    }
+    fn policy_users(&mut self, name: &PolicyName) -> TxR<Vec<UserId>> {
+        Ok(self
             .users
             .iter()
             .filter(|(_, r)| r.policy.as_ref() == Some(name))
             .map(|(u, _)| u.clone())
-            .collect();
-        let mut groups: Vec<GroupGrantView> = self
+            .collect())
+    }
+    fn policy_grants(&mut self, name: &PolicyName) -> TxR<Vec<GroupGrantView>> {
+        Ok(self
             .groups
             .iter()
             .filter(|(_, g)| &g.policy == name)
@@ -555,199 +697,78 @@ impl PolicyState {
                 group: group.clone(),
                 rank: g.rank,
             })
-            .collect();
-        groups.sort_by_key(|g| g.rank);
-        Ok(PolicyView {
-            name: name.clone(),
-            calling_e2ee,
-            global: name.is_global(),
+            .collect())
+    }
+    fn user(&mut self, user: &UserId) -> TxR<Option<UserRecord>> {
+        Ok(self.users.get(user).cloned())
+    }
+    fn put_user(&mut self, user: &UserId, _old: Option<&UserRecord>, rec: &UserRecord) -> TxR<()> {
+        self.to_mut().users.insert(user.clone(), rec.clone());
+        Ok(())
+    }
+    fn delete_user(&mut self, user: &UserId) -> TxR<()> {
+        self.to_mut().users.remove(user);
+        Ok(())
+    }
+    fn grant(&mut self, group: &GroupName) -> TxR<Option<GroupGrant>> {
+        Ok(self.groups.get(group).cloned())
+    }
+    fn group_with_rank(&mut self, rank: u32) -> TxR<Option<GroupName>> {
+        Ok(self
+            .groups
+            .iter()
+            .find(|(_, g)| g.rank == rank)
+            .map(|(n, _)| n.clone()))
+    }
+    fn put_grant(&mut self, group: &GroupName, grant: &GroupGrant) -> TxR<()> {
+        self.to_mut().groups.insert(group.clone(), grant.clone());
+        Ok(())
+    }
+    fn delete_grant(&mut self, group: &GroupName) -> TxR<()> {
+        self.to_mut().groups.remove(group);
+        Ok(())
+    }
+    fn group_members(&mut self, group: &GroupName) -> TxR<Vec<UserId>> {
+        Ok(self
+            .users
+            .iter()
+            .filter(|(_, r)| r.groups.contains(group))
+            .map(|(u, _)| u.clone())
+            .collect())
+    }
+    fn best_grant(
+        &mut self,
+        _user: &UserId,
+        rec: &UserRecord,
+    ) -> TxR<Option<(GroupName, GroupGrant)>> {
+        Ok(rec
+            .groups
+            .iter()
+            .filter_map(|g| self.groups.get(g).map(|grant| (g.clone(), grant.clone())))
+            .min_by_key(|(_, grant)| grant.rank))
+    }
+}
+
+impl PolicyState {
+    /// Builds a state from its parts (import, tests); [`PolicyState::validate`] checks it.
+    pub fn from_parts(
+        revision: u64,
+        policies: BTreeMap<PolicyName, CallingE2ee>,
+        users: BTreeMap<UserId, UserRecord>,
+        groups: BTreeMap<GroupName, GroupGrant>,
+    ) -> Self {
+        Self {
+            format: STATE_FORMAT,
+            revision,
+            policies,
             users,
             groups,
-        })
-    }
-
-    /// Every policy, Global first, then by name.
-    pub fn list(&self) -> Vec<PolicyView> {
-        let mut names: Vec<&PolicyName> = self.policies.keys().collect();
-        names.sort_by_key(|n| (!n.is_global(), n.as_str()));
-        names
-            .into_iter()
-            .map(|n| self.view(n).expect("listed policy exists"))
-            .collect()
-    }
-
-    /// The policy that applies to `user`, why, and the resulting claim.
-    pub fn effective(&self, user: &UserId) -> Effective {
-        let rec = self.users.get(user);
-        let direct = rec.and_then(|r| r.policy.clone());
-        let (policy, source) = if let Some(p) = direct {
-            (p, Source::Direct)
-        } else if let Some((group, grant)) = rec.and_then(|r| {
-            r.groups
-                .iter()
-                .filter_map(|g| self.groups.get(g).map(|grant| (g, grant)))
-                .min_by_key(|(_, grant)| grant.rank)
-        }) {
-            (
-                grant.policy.clone(),
-                Source::Group {
-                    group: group.clone(),
-                    rank: grant.rank,
-                },
-            )
-        } else {
-            (PolicyName::global(), Source::GlobalDefault)
-        };
-        // Assignments always name existing policies (apply keeps it so); fall back to the
-        // safest setting rather than panic if a hand-edited file broke that.
-        let setting = self
-            .policies
-            .get(&policy)
-            .copied()
-            .unwrap_or(CallingE2ee::Disabled);
-        let user_switch = rec.is_some_and(|r| r.e2ee);
-        let compliance_recording = rec.is_some_and(|r| r.compliance_recording);
-        Effective {
-            user: user.clone(),
-            policy,
-            source,
-            setting,
-            user_switch,
-            compliance_recording,
-            claim: claim(setting, user_switch, compliance_recording),
         }
     }
 
-    fn update_user(&mut self, user: &UserId, f: impl FnOnce(&mut UserRecord)) {
-        let mut rec = self.user(user);
-        f(&mut rec);
-        // Default records are dropped so the store holds only users something was set for.
-        if rec.is_default() {
-            self.users.remove(user);
-        } else {
-            self.users.insert(user.clone(), rec);
-        }
-    }
-
-    /// Applies one change. Returns whether anything changed (a no-op neither bumps the
-    /// revision nor is written). On error the state is untouched.
-    pub fn apply(&mut self, change: &Change) -> Result<bool, ModelError> {
-        let before = self.clone();
-        match change {
-            Change::SetPolicy { name, calling_e2ee } => {
-                self.policies.insert(name.clone(), *calling_e2ee);
-            }
-            Change::RemovePolicy { name, unassign } => {
-                if name.is_global() {
-                    return Err(ModelError::GlobalIsPermanent);
-                }
-                let view = self.view(name)?;
-                if !unassign && (!view.users.is_empty() || !view.groups.is_empty()) {
-                    return Err(ModelError::PolicyInUse {
-                        name: name.to_string(),
-                        users: view.users.iter().map(|u| u.to_string()).collect(),
-                        groups: view.groups.iter().map(|g| g.group.to_string()).collect(),
-                    });
-                }
-                for user in &view.users {
-                    self.update_user(user, |r| r.policy = None);
-                }
-                self.groups.retain(|_, g| &g.policy != name);
-                self.policies.remove(name);
-            }
-            Change::GrantUser { user, policy } => {
-                let policy = match policy {
-                    Some(p) if !p.is_global() => {
-                        self.policy(p)?;
-                        Some(p.clone())
-                    }
-                    // Global is what inheritance ends in; a direct "Global" would be the
-                    // same as none, so it is stored as none.
-                    _ => None,
-                };
-                self.update_user(user, |r| r.policy = policy);
-            }
-            Change::GrantGroup {
-                group,
-                policy,
-                rank,
-            } => match policy {
-                None => {
-                    self.groups.remove(group);
-                }
-                Some(p) => {
-                    self.policy(p)?;
-                    let rank = rank.ok_or(ModelError::RankRequired)?;
-                    if rank == 0 {
-                        return Err(ModelError::RankZero);
-                    }
-                    if let Some((other, _)) = self
-                        .groups
-                        .iter()
-                        .find(|(g, grant)| grant.rank == rank && *g != group)
-                    {
-                        return Err(ModelError::RankTaken {
-                            rank,
-                            group: other.to_string(),
-                        });
-                    }
-                    self.groups.insert(
-                        group.clone(),
-                        GroupGrant {
-                            policy: p.clone(),
-                            rank,
-                        },
-                    );
-                }
-            },
-            Change::SetUserE2ee { user, on } => self.update_user(user, |r| r.e2ee = *on),
-            Change::SetComplianceRecording { user, on } => {
-                self.update_user(user, |r| r.compliance_recording = *on)
-            }
-            Change::SetUserGroups { user, groups } => {
-                self.update_user(user, |r| r.groups = groups.clone())
-            }
-        }
-        let changed = *self != before;
-        if changed {
-            self.revision += 1;
-        }
-        Ok(changed)
-    }
-
-    /// The part of the state a change touches, for the audit log's before/after: the
-    /// policy with its holders, the group's grant, or the user's record with the claim it
-    /// yields (so the log shows a change of what tokens will say).
-    pub fn subject(&self, change: &Change) -> serde_json::Value {
-        use serde_json::json;
-        match change {
-            Change::SetPolicy { name, .. } | Change::RemovePolicy { name, .. } => {
-                match self.view(name) {
-                    Ok(v) => serde_json::to_value(v).unwrap_or_default(),
-                    Err(_) => serde_json::Value::Null,
-                }
-            }
-            Change::GrantGroup { group, .. } => match self.groups.get(group) {
-                Some(g) => json!({ "group": group, "policy": g.policy, "rank": g.rank }),
-                None => json!({ "group": group, "policy": null }),
-            },
-            Change::GrantUser { user, .. }
-            | Change::SetUserE2ee { user, .. }
-            | Change::SetComplianceRecording { user, .. }
-            | Change::SetUserGroups { user, .. } => {
-                let rec = self.user(user);
-                let eff = self.effective(user);
-                json!({
-                    "user": user,
-                    "policy": rec.policy,
-                    "e2ee": rec.e2ee,
-                    "compliance_recording": rec.compliance_recording,
-                    "groups": rec.groups,
-                    "effective_policy": eff.policy,
-                    "claim": eff.claim,
-                })
-            }
-        }
+    /// Policies and their settings.
+    pub fn policies(&self) -> impl Iterator<Item = (&PolicyName, &CallingE2ee)> {
+        self.policies.iter()
     }
 }
 
