@@ -11,6 +11,7 @@
 //! | [`netns`] | [`netns::NetnsLink`]: a network namespace on a veth link (a relay on its own host) | the relay process ([`process`]) |
 //! | [`raw`] | [`Raw`]: a hand-driven QUIC client (control frames and datagrams by hand) | the SDK's client (`duet_sdk`) |
 //! | [`flood`] | QUIC Initials from a socket that never answers, and what they drew (amplification, handshake floods) | the relay's admission rules |
+//! | [`dns`] | [`dns::FleetDns`]: a real DNS server (hickory-server) answering SRV and A records for a fleet, as a headless Service | the resolver (the minter's) |
 //! | [`fleet`] | [`fleet::Fleet`]: several relay processes as one fleet (node ids, one token key, one certificate, drain credential) | placement, failover |
 //! | [`impair`] | [`impair::Impairer`]: a user-space hostile network (loss, jitter, duplication, outage, MTU) between clients and a relay | the protocols crossing it |
 //! | [`hostile`] | [`HostileRelay`]: a relay front holding the relay's certificate that tampers with, injects, drops and splices what it forwards ([`Tamper`]), and logs every datagram | the SDK's and relay's behaviour |
@@ -20,6 +21,7 @@
 //! Every wait is bounded by [`STEP`] (generous: a loaded 2-core box), and every address is
 //! loopback with an OS-chosen port.
 
+pub mod dns;
 pub mod fleet;
 pub mod flood;
 pub mod hostile;
@@ -33,7 +35,7 @@ pub mod sdk;
 pub mod tokens;
 
 pub use hostile::{Dir, Handle, Honest, HostileRelay, Script, Tamper};
-pub use metrics::{http_get, metric, metric_sum, scrape, wait_metric};
+pub use metrics::{http_get, http_post, metric, metric_sum, scrape, wait_metric};
 pub use process::{relay_binary, relay_command, RelayProcess};
 pub use raw::{client_endpoint, Raw};
 pub use relay::{test_config, RelayUnderTest, TestRelay};

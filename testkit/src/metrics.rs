@@ -1,4 +1,4 @@
-//! A relay's ops endpoints over real HTTP: [`http_get`] any path, [`scrape`] `/metrics`, and
+//! A relay's ops endpoints over real HTTP: [`http_get`] any path, [`http_post`] to the admin API, [`scrape`] `/metrics`, and
 //! read series from Prometheus text ([`metric`] one series exactly, [`metric_sum`] every
 //! series of a name whose labels match).
 //!
@@ -14,9 +14,34 @@ use crate::STEP;
 
 /// GET `path` on `addr` (HTTP/1.1, connection closed after): (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// POST a JSON `body` to `path` on `addr` with a bearer credential: (status, body).
+pub async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    bearer: &str,
+    body: &str,
+) -> Result<(u16, String)> {
+    request(
+        addr,
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
+}
+
+async fn request(addr: SocketAddr, req: String) -> Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(STEP, s.read_to_end(&mut buf)).await??;
     let text = String::from_utf8_lossy(&buf).into_owned();
