@@ -27,8 +27,10 @@ pub enum Event {
     PeerReconnecting,
     /// The peer is back; the call carries on (on an E2EE call, after key confirmation).
     PeerResumed,
-    /// The peer cannot use E2EE for this call, and its signed token proves it. Not an
-    /// invitation to fall back: an app that offers a plain call asks its user first.
+    /// The relay says the peer's join was refused because its token forbids E2EE. The
+    /// relay's word: during `join_e2ee` the handshake accepts it only with the peer's signed
+    /// token (else `HandshakeError::UnprovenDecline`). Never an invitation to fall back: an
+    /// app that offers a plain call asks its user first.
     PeerE2eeUnavailable(E2eeClaim),
     /// The relay dropped one of this endpoint's messages.
     Dropped(RefusalReason),
