@@ -57,6 +57,11 @@ pub enum Event {
     /// After a resume or a move to another node, both sides proved they still hold the
     /// call's keys; media is delivered again. Same keys, same code.
     KeysConfirmed,
+    /// After a resume or a move, the peer has not proved it holds the keys for
+    /// `engine::CONFIRM_WARN`: media stays held (whoever answers there may be an impostor,
+    /// or the peer is still away). The SDK keeps asking; `KeysConfirmed` follows if it
+    /// proves it.
+    KeysUnconfirmed,
     /// The call moved to another relay node of the token's list (the old one died or is
     /// draining). Same keys, same code; media is delivered once `KeysConfirmed`.
     Migrated {
@@ -90,6 +95,7 @@ impl Event {
             Self::E2eeEstablished { .. }
                 | Self::PeerIdentityChanged { .. }
                 | Self::KeysConfirmed
+                | Self::KeysUnconfirmed
                 | Self::Migrated { .. }
                 | Self::PeerLeft(_)
                 | Self::SessionEnded(_)
