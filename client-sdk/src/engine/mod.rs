@@ -4,8 +4,9 @@
 //! Owns the E2EE state (sealer, opener, epochs, replay windows, the code and the peer's
 //! identity), fragmenting and reassembly, frames held before the keys or while a key
 //! confirmation is pending, the key confirmation itself ([`confirm`]), in-call hybrid
-//! rekeys (`hybrid`), padding ([`padding`]) and the event queue ([`events`]). Does not own sockets, tasks or clocks: the driver (`Call`) passes bytes
-//! and `now` in (`handle_*`) and takes bytes, frames, events and deadlines out (`poll_*`).
+//! rekeys (`hybrid`), padding ([`padding`]) and the event queue ([`events`]). Does not
+//! own sockets, tasks or clocks: the driver (`Call`) passes bytes and `now` in
+//! (`handle_*`) and takes bytes, frames, events and deadlines out (`poll_*`).
 //!
 //! Because the engine outlives any one connection, a resume on the same node or a move to
 //! another node attaches a new connection to the *same* engine: same keys, epochs,
