@@ -187,6 +187,36 @@ impl std::str::FromStr for TurnUser {
     }
 }
 
+/// How the generator trusts an external relay and mints its tokens; shared by `run` and `udp`.
+#[derive(Debug, Args)]
+pub struct RelayAccessArgs {
+    /// PEM of the relay's certificate or CA
+    #[arg(long, value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// TLS server name the relay's certificate carries
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// Token signing key file: the hex Ed25519 seed, as `duet-relay` writes it in
+    /// <data dir>/token-signing-key
+    #[arg(long, value_name = "FILE")]
+    pub token_key_file: Option<PathBuf>,
+    /// Id of that token key
+    #[arg(long, default_value = "default")]
+    pub token_key_id: String,
+}
+
+impl RelayAccessArgs {
+    /// Whether any of the access flags was given.
+    pub fn any(&self) -> bool {
+        self.cert.is_some() || self.token_key_file.is_some()
+    }
+
+    /// Whether both the certificate and the key file were given.
+    pub fn complete(&self) -> bool {
+        self.cert.is_some() && self.token_key_file.is_some()
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct UdpArgs {
     /// Pairs (2 endpoints each, one UDP socket per endpoint)
@@ -218,19 +248,9 @@ pub struct UdpArgs {
     /// TURN long-term credential (turn target), e.g. a static user of coturn's --user
     #[arg(long, value_name = "USER:PASSWORD")]
     pub turn_user: Option<TurnUser>,
-    /// PEM of the relay's certificate (fastpath and quic)
-    #[arg(long, value_name = "PEM")]
-    pub cert: Option<PathBuf>,
-    /// TLS server name the relay's certificate carries
-    #[arg(long, default_value = "localhost")]
-    pub server_name: String,
-    /// Token signing key file: the hex Ed25519 seed, as `duet-relay` writes it in
-    /// <data dir>/token-signing-key (fastpath and quic)
-    #[arg(long, value_name = "FILE")]
-    pub token_key_file: Option<PathBuf>,
-    /// Id of that token key
-    #[arg(long, default_value = "default")]
-    pub token_key_id: String,
+    /// Trust in the relay and its token key (fastpath and quic targets)
+    #[command(flatten)]
+    pub access: RelayAccessArgs,
     /// Read this forwarder's utime+stime (and RSS) from /proc before and after the run
     #[arg(long, value_name = "PID")]
     pub relay_pid: Option<u32>,
@@ -279,19 +299,9 @@ pub struct RunArgs {
     /// the session id; NODE goes in the token's node claim). None: an embedded relay
     #[arg(long = "relay", value_name = "[NODE=]ADDR")]
     pub relays: Vec<RelaySpec>,
-    /// PEM of the relays' certificate or CA (required with --relay)
-    #[arg(long, value_name = "PEM")]
-    pub cert: Option<PathBuf>,
-    /// TLS server name the relays' certificate carries
-    #[arg(long, default_value = "localhost")]
-    pub server_name: String,
-    /// Token signing key file: the hex Ed25519 seed, as `duet-relay` writes it in
-    /// <data dir>/token-signing-key (required with --relay)
-    #[arg(long, value_name = "FILE")]
-    pub token_key_file: Option<PathBuf>,
-    /// Id of that token key
-    #[arg(long, default_value = "default")]
-    pub token_key_id: String,
+    /// Trust in the relays and their token key (required with --relay)
+    #[command(flatten)]
+    pub access: RelayAccessArgs,
     /// Measure this relay process's CPU and RSS from /proc/PID (repeatable; with as many
     /// --relay-metrics, paired by position as the same relay)
     #[arg(long = "relay-pid", value_name = "PID")]
@@ -299,6 +309,14 @@ pub struct RunArgs {
     /// Scrape this relay ops endpoint's /metrics (HOST:PORT, repeatable)
     #[arg(long = "relay-metrics", value_name = "ADDR")]
     pub relay_metrics: Vec<SocketAddr>,
+    /// Chaos mid-run, at TIME after the first call starts (repeatable): kill:PID (SIGKILL a
+    /// relay), term:PID (SIGTERM: its own drain), drain:HOST:PORT (POST /admin/drain on its
+    /// ops listener). The report's `chaos` says what each did, `media_gap` what calls felt.
+    #[arg(long = "chaos", value_name = "ACTION@TIME")]
+    pub chaos: Vec<crate::chaos::ChaosSpec>,
+    /// Bearer token for drain:HOST:PORT (the relay's `ops_token_file`)
+    #[arg(long, value_name = "FILE")]
+    pub ops_token_file: Option<PathBuf>,
     /// Plain transport only, no media encryption (isolates the relay's own cost)
     #[arg(long)]
     pub no_e2ee: bool,
@@ -314,6 +332,14 @@ pub struct RunArgs {
     /// Per endpoint: QUIC handshake and Join must finish within this
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub join_timeout: Duration,
+    /// Per endpoint: a relay that answers nothing this long is taken for dead, and the call
+    /// fails over to its token's next node (with node ids) [default: the SDK's]
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Per endpoint: QUIC keep-alive interval (keep it a few times below --idle-timeout)
+    /// [default: the SDK's]
+    #[arg(long, value_parser = parse_duration)]
+    pub keep_alive: Option<Duration>,
     /// Worker threads of the client runtime (default: CPUs)
     #[arg(long)]
     pub client_threads: Option<usize>,

@@ -17,7 +17,9 @@
 //! | [`resources`] | /proc and /metrics readers (parsers pure) | yes |
 //! | [`target`] | relay addresses, tokens, the embedded relay | yes |
 //! | [`progress`] | live progress on stderr | yes |
+//! | [`chaos`] | `--chaos`: kill, SIGTERM or drain a relay mid-run | yes |
 //! | [`runner`] | the run's timeline, the calls, their bounds | yes |
+//! | [`relay_watch`] | each relay's CPU, RSS and sessions during a run, and its report part | yes |
 //! | [`udp`] | `udp` subcommand engine: endpoint sockets, pacing, batched send/receive | yes |
 //! | [`udpnet`] | `udp` endpoint addresses and sockets: one per endpoint, or shared (IP_PKTINFO) | yes |
 //! | [`udpgen`] | `udp` measured window over `--threads` workers (pacer + receiver each), merged | yes |
@@ -25,6 +27,7 @@
 //! | [`turnctl`] | TURN allocations, permissions and channels per endpoint (turn-client-proto) | yes |
 //! | [`udpbench`] | `udp` subcommand: baseline/fastpath/quic/turn set-up, its report and `RESULT` line | yes |
 
+pub mod chaos;
 pub mod cli;
 pub mod fpctl;
 pub mod hist;
@@ -32,6 +35,7 @@ pub mod merge;
 pub mod probe;
 pub mod profile;
 pub mod progress;
+pub mod relay_watch;
 pub mod report;
 pub mod resources;
 pub mod rng;

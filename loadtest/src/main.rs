@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use duet_loadtest::cli::{Cli, Cmd, MergeArgs, RunArgs, Transport, UdpArgs};
 use duet_loadtest::report::{Report, StopReason};
@@ -64,10 +64,10 @@ fn default_run_id() -> String {
 
 fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
     let external = !a.relays.is_empty();
-    if external && (a.cert.is_none() || a.token_key_file.is_none()) {
+    if external && !a.access.complete() {
         usage_error("with --relay, --cert and --token-key-file are required (to trust the relays and mint their tokens)");
     }
-    if !external && (a.cert.is_some() || a.token_key_file.is_some()) {
+    if !external && a.access.any() {
         usage_error("--cert and --token-key-file apply to --relay targets only; without --relay an embedded relay is used");
     }
     if let Some(id) = &a.run_id {
@@ -110,6 +110,15 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
         .build()
         .context("starting the client runtime")?;
 
+    let ops_token = match &a.ops_token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("--ops-token-file {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
     let opts = RunOptions {
         calls: a.calls,
         profile: a.profile,
@@ -121,6 +130,8 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
         grace: a.grace,
         drain: a.drain,
         join_timeout: a.join_timeout,
+        idle_timeout: a.idle_timeout,
+        keep_alive: a.keep_alive,
         progress: a.progress,
         client_threads,
         transport: match a.transport {
@@ -129,6 +140,8 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
         },
         relay_pids: a.relay_pids.clone(),
         relay_metrics: a.relay_metrics.clone(),
+        chaos: a.chaos.clone(),
+        ops_token,
     };
     let outcome = rt.block_on(async {
         let target = match &embedded {
@@ -143,19 +156,17 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
                 }
             }
             None => {
-                let (Some(cert), Some(key_file)) = (&a.cert, &a.token_key_file) else {
-                    bail!("--cert and --token-key-file are required with --relay");
-                };
+                let access = target::RelayAccess::load(&a.access)?;
                 RunTarget {
                     nodes: target::resolve(&a.relays).await?,
-                    cert_pem: target::read_cert(cert)?,
-                    key: target::read_token_key(&a.token_key_id, key_file)?,
-                    server_name: a.server_name.clone(),
+                    cert_pem: access.cert_pem,
+                    key: access.key,
+                    server_name: access.server_name,
                     embedded: None,
                 }
             }
         };
-        Ok(run(opts, target).await?)
+        anyhow::Ok(run(opts, target).await?)
     });
     // Stop the clients first so the relay sees orderly closes, then the relay.
     rt.shutdown_timeout(std::time::Duration::from_secs(2));

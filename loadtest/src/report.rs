@@ -81,6 +81,9 @@ pub struct CallsReport {
     pub attempted: u64,
     pub established: u64,
     pub failed: u64,
+    /// Established calls that moved to another relay node (failover or drain) and went on.
+    #[serde(default)]
+    pub migrated: u64,
     /// Failed calls by the first error of either endpoint: a refusal code (`session_full`,
     /// `node_full`, ...) or an error kind (`timeout`, `connection`, `tls`, ...).
     pub failed_by_reason: BTreeMap<String, u64>,
@@ -314,6 +317,13 @@ pub struct Report {
     pub calls: CallsReport,
     /// Join time per endpoint: QUIC + TLS handshake and Join → Joined.
     pub join: HistSummary,
+    /// Per receiving endpoint, its longest silence between two frames while its peer was
+    /// sending: what a relay failure, a drain or a stall cost each call.
+    #[serde(default = "HistSummary::empty")]
+    pub media_gap: HistSummary,
+    /// The `--chaos` actions done during the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chaos: Vec<crate::chaos::ChaosEvent>,
     pub media: MediaReport,
     pub transport: TransportReport,
     pub generator: GeneratorReport,
@@ -366,6 +376,7 @@ impl Report {
         a.attempted += b.attempted;
         a.established += b.established;
         a.failed += b.failed;
+        a.migrated += b.migrated;
         // Generators ran side by side, so concurrency adds up (an upper bound if they did not
         // overlap in time).
         a.peak_concurrent += b.peak_concurrent;
@@ -374,6 +385,8 @@ impl Report {
         add_maps(&mut a.per_node, &b.per_node);
         add_maps(&mut a.by_transport, &b.by_transport);
         self.join = merge_summaries(&self.join, &other.join)?;
+        self.media_gap = merge_summaries(&self.media_gap, &other.media_gap)?;
+        self.chaos.extend(other.chaos.iter().cloned());
         let theirs = [&other.media.audio, &other.media.video, &other.media.screen];
         for (mine, theirs) in self.media.kinds_mut().into_iter().zip(theirs) {
             mine.merge(theirs)?;

@@ -18,20 +18,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use duet_proto::{DeviceId, MediaKind, SessionId, SigningKey, UserId};
+use duet_proto::{DeviceId, MediaKind, NodeId, SessionId, SigningKey, UserId};
 use duet_relay::RelayHandle;
 use duet_sdk::{Call, Client, ConnectOptions, E2eeConfig, Event, IdentityKey, SdkError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::chaos::{self, ChaosSpec};
 use crate::hist::HistError;
 use crate::probe::{now_us, Probe};
 use crate::profile::{CallShape, FrameGen, Profile};
 use crate::progress::{rates, Progress, ProgressMode};
+use crate::relay_watch::{relay_watches, RelayWatch};
 use crate::report::{
     GeneratorReport, RelayReport, Report, ReportError, RunConfig, StopReason, SCHEMA_VERSION,
 };
-use crate::resources::{self, RelayMetricsView, RELAY_THREAD_PREFIX};
+use crate::resources;
 use crate::stats::{Collector, StreamTracker, Totals};
 use crate::target::{mint, Node};
 use duet_proto::placement;
@@ -61,11 +63,16 @@ pub struct RunOptions {
     pub grace: Duration,
     pub drain: Duration,
     pub join_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub keep_alive: Option<Duration>,
     pub progress: ProgressMode,
     pub client_threads: usize,
     pub transport: String,
     pub relay_pids: Vec<u32>,
     pub relay_metrics: Vec<SocketAddr>,
+    pub chaos: Vec<ChaosSpec>,
+    /// Bearer token for `drain:` chaos actions.
+    pub ops_token: Option<String>,
 }
 
 /// Where the calls go.
@@ -89,6 +96,8 @@ struct Ctx {
     opts: RunOptions,
     nodes: Vec<Node>,
     node_names: Vec<String>,
+    /// Nodes with an id, for the SDK's failover (empty: no node ids, no failover).
+    address_book: Vec<(NodeId, SocketAddr)>,
     cert_pem: Vec<u8>,
     key: SigningKey,
     server_name: String,
@@ -100,7 +109,10 @@ struct Ctx {
 
 impl Ctx {
     fn connect_options(&self) -> ConnectOptions {
+        let sdk = ConnectOptions::default();
         ConnectOptions {
+            idle_timeout: self.opts.idle_timeout.unwrap_or(sdk.idle_timeout),
+            keep_alive: self.opts.keep_alive.unwrap_or(sdk.keep_alive),
             server_name: self.server_name.clone(),
             join_timeout: self.opts.join_timeout,
             fast_path: if self.opts.transport == "fast-path" {
@@ -108,6 +120,7 @@ impl Ctx {
             } else {
                 duet_sdk::FastPathMode::Off
             },
+            nodes: self.address_book.clone(),
             ..ConnectOptions::trusting(self.cert_pem.clone())
         }
     }
@@ -145,7 +158,7 @@ struct SideState {
 
 async fn endpoint(
     ctx: &Ctx,
-    node: &Node,
+    (node, candidates): (&Node, &[NodeId]),
     session: &SessionId,
     side: &str,
     call_no: u64,
@@ -155,14 +168,7 @@ async fn endpoint(
     let (Ok(user), Ok(device)) = (user, device) else {
         return Err(SdkError::Protocol("run id makes an invalid user id".into()));
     };
-    let token = mint(
-        &ctx.key,
-        session,
-        &user,
-        &device,
-        node.claim.as_ref(),
-        ctx.token_ttl,
-    );
+    let token = mint(&ctx.key, session, &user, &device, candidates, ctx.token_ttl);
     let t = Instant::now();
     let client = Client::connect(node.addr, token, ctx.connect_options()).await?;
     // With E2EE the join time includes the key agreement with the peer (both endpoints
@@ -195,10 +201,18 @@ async fn call_task(i: u64, ctx: Arc<Ctx>) {
         col.call_failed("bad_session_id");
         return;
     };
-    let node = &ctx.nodes[placement::place(session.as_str(), &ctx.node_names).unwrap_or(0)];
+    // The token lists the nodes in rendezvous order (primary first, then where both
+    // endpoints move if it fails), as the fleet's minter does.
+    let ranked = placement::rank(session.as_str(), &ctx.node_names);
+    let node = &ctx.nodes[ranked.first().copied().unwrap_or(0)];
+    let candidates: Vec<NodeId> = ranked
+        .iter()
+        .filter_map(|&n| ctx.nodes[n].claim.clone())
+        .take(duet_proto::token::MAX_NODES)
+        .collect();
     let (a, b) = tokio::join!(
-        endpoint(&ctx, node, &session, "a", i),
-        endpoint(&ctx, node, &session, "b", i)
+        endpoint(&ctx, (node, &candidates), &session, "a", i),
+        endpoint(&ctx, (node, &candidates), &session, "b", i)
     );
     for (_, us) in [&a, &b].into_iter().flatten() {
         col.record_join(i, *us);
@@ -215,13 +229,14 @@ async fn call_task(i: u64, ctx: Arc<Ctx>) {
     };
     col.call_established(&node.name);
     let dropped: Mutex<Option<String>> = Mutex::new(None);
+    let migrated = AtomicBool::new(false);
     let sides = [SideState::default(), SideState::default()];
     let calls = [&a, &b];
     let shape = ctx.opts.profile.shape(ctx.opts.seed, i);
     let kinds = shape.kinds();
     let start = Instant::now();
     let side = |s: usize| {
-        let (ctx, dropped, sides, calls) = (&ctx, &dropped, &sides, &calls);
+        let (ctx, dropped, sides, calls, migrated) = (&ctx, &dropped, &sides, &calls, &migrated);
         async move {
             let call = calls[s];
             let senders = async {
@@ -247,7 +262,7 @@ async fn call_task(i: u64, ctx: Arc<Ctx>) {
             tokio::join!(
                 senders,
                 receiver(ctx, call, i, &sides[1 - s]),
-                events(ctx, call, dropped)
+                events(ctx, call, dropped, migrated)
             );
         }
     };
@@ -259,6 +274,9 @@ async fn call_task(i: u64, ctx: Arc<Ctx>) {
     let reason = dropped.lock().ok().and_then(|mut d| d.take());
     if let Some(r) = reason {
         col.call_dropped(&r);
+    }
+    if migrated.load(Relaxed) {
+        col.call_migrated();
     }
     tokio::join!(leave(a), leave(b));
     col.call_ended();
@@ -339,6 +357,8 @@ async fn sender(
 async fn receiver(ctx: &Ctx, call: &Call, i: u64, peer: &SideState) {
     let mut trackers: [StreamTracker; 3] = Default::default();
     let mut received = 0u64;
+    // The longest silence between two frames while the peer was still sending.
+    let (mut last_at, mut max_gap): (Option<Instant>, Option<Duration>) = (None, None);
     let mut drain_until: Option<Instant> = None;
     let hard_stop = ctx.stop_at + ctx.opts.drain;
     loop {
@@ -364,6 +384,13 @@ async fn receiver(ctx: &Ctx, call: &Call, i: u64, peer: &SideState) {
             Ok(Ok(f)) => f,
         };
         let recv_us = now_us();
+        let now = Instant::now();
+        if now < ctx.stop_at {
+            if let Some(last) = last_at {
+                max_gap = Some(max_gap.map_or(now - last, |g| g.max(now - last)));
+            }
+            last_at = Some(now);
+        }
         match Probe::decode(&frame.data) {
             Ok(p) if p.call == i as u32 && p.kind == frame.kind => {
                 let o = trackers[p.kind.index()].observe(p.seq, p.sent_us, recv_us);
@@ -375,9 +402,19 @@ async fn receiver(ctx: &Ctx, call: &Call, i: u64, peer: &SideState) {
             Err(_) => ctx.col.bad_probe(),
         }
     }
+    // A stream that went silent and never came back: its silence lasted to the end of sending.
+    if let Some(last) = last_at {
+        let tail = Instant::now()
+            .min(ctx.stop_at)
+            .saturating_duration_since(last);
+        max_gap = Some(max_gap.map_or(tail, |g| g.max(tail)));
+    }
+    if let Some(g) = max_gap {
+        ctx.col.record_gap(i, g.as_micros() as u64);
+    }
 }
 
-async fn events(ctx: &Ctx, call: &Call, dropped: &Mutex<Option<String>>) {
+async fn events(ctx: &Ctx, call: &Call, dropped: &Mutex<Option<String>>, migrated: &AtomicBool) {
     let mut phase = ctx.phase.clone();
     loop {
         let ev = tokio::select! {
@@ -395,180 +432,10 @@ async fn events(ctx: &Ctx, call: &Call, dropped: &Mutex<Option<String>>) {
                 return;
             }
             Some(Event::PeerLeft(r)) => note_drop(dropped, format!("peer_left_{r}")),
+            Some(Event::Migrated { .. }) => migrated.store(true, Relaxed),
             Some(_) => {}
         }
     }
-}
-
-/// What is known about one relay's resources, sampled once a second.
-struct RelayWatch {
-    name: String,
-    source: Source,
-    cpu_start: Option<f64>,
-    cpu_last: Option<f64>,
-    rss_start: Option<u64>,
-    rss_peak: Option<u64>,
-    sessions_peak: Option<u64>,
-    view: RelayMetricsView,
-    note: String,
-}
-
-enum Source {
-    Embedded(Arc<RelayHandle>),
-    Pid(u32),
-    Metrics(SocketAddr),
-    /// The same relay seen both ways: CPU and RSS from /proc, the rest from /metrics.
-    PidMetrics(u32, SocketAddr),
-}
-
-impl RelayWatch {
-    fn new(name: String, source: Source, note: &str) -> Self {
-        Self {
-            name,
-            source,
-            cpu_start: None,
-            cpu_last: None,
-            rss_start: None,
-            rss_peak: None,
-            sessions_peak: None,
-            view: RelayMetricsView::default(),
-            note: note.to_owned(),
-        }
-    }
-
-    async fn sample(&mut self, live_sessions: u64) {
-        let (cpu, rss, sessions) = match &self.source {
-            Source::Embedded(h) => {
-                self.view = RelayMetricsView::from_text(&h.metrics_text());
-                (
-                    resources::threads_cpu_seconds(None, RELAY_THREAD_PREFIX),
-                    resources::process_rss_bytes(None),
-                    Some(h.session_count() as u64),
-                )
-            }
-            Source::Pid(pid) => (
-                resources::process_cpu_seconds(Some(*pid)),
-                resources::process_rss_bytes(Some(*pid)),
-                // The relay's own count is not visible here; the calls this generator holds
-                // open are (exact when it is the relay's only load).
-                Some(live_sessions),
-            ),
-            Source::Metrics(addr) => {
-                self.scrape(*addr).await;
-                (
-                    self.view.process_cpu_seconds,
-                    self.view.process_rss_bytes,
-                    self.view.sessions,
-                )
-            }
-            Source::PidMetrics(pid, addr) => {
-                let addr = *addr;
-                let pid = *pid;
-                self.scrape(addr).await;
-                (
-                    resources::process_cpu_seconds(Some(pid)),
-                    resources::process_rss_bytes(Some(pid)),
-                    self.view.sessions.or(Some(live_sessions)),
-                )
-            }
-        };
-        if let Some(c) = cpu {
-            self.cpu_start.get_or_insert(c);
-            self.cpu_last = Some(c);
-        }
-        if let Some(r) = rss {
-            self.rss_start.get_or_insert(r);
-            self.rss_peak = Some(self.rss_peak.map_or(r, |p| p.max(r)));
-        }
-        if let Some(s) = sessions {
-            self.sessions_peak = Some(self.sessions_peak.map_or(s, |p| p.max(s)));
-        }
-    }
-
-    async fn scrape(&mut self, addr: SocketAddr) {
-        match resources::fetch_metrics(addr, Duration::from_millis(500)).await {
-            Ok(text) => self.view = RelayMetricsView::from_text(&text),
-            Err(e) => {
-                if !self.note.contains("unreachable") {
-                    self.note.push_str(&format!(" /metrics unreachable: {e}."));
-                }
-            }
-        }
-    }
-
-    fn report(&self) -> RelayReport {
-        let (source, scope) = match &self.source {
-            Source::Embedded(_) => ("embedded", "generator_process"),
-            Source::Pid(_) => ("proc", "relay_process"),
-            Source::Metrics(_) => ("metrics", "relay_process"),
-            Source::PidMetrics(..) => ("proc+metrics", "relay_process"),
-        };
-        let mut r = RelayReport {
-            name: self.name.clone(),
-            source: source.into(),
-            cpu_seconds: match (self.cpu_start, self.cpu_last) {
-                (Some(a), Some(b)) => Some(crate::hist::round3(b - a)),
-                _ => None,
-            },
-            rss_start_bytes: self.rss_start,
-            rss_peak_bytes: self.rss_peak,
-            memory_scope: self.rss_start.map(|_| scope.to_owned()),
-            sessions_peak: self.sessions_peak,
-            forwarded_packets: self.view.forwarded_packets,
-            forwarded_bytes: self.view.forwarded_bytes,
-            media_dropped: self.view.media_dropped.clone(),
-            refusals: self.view.refusals.clone(),
-            note: self.note.trim().to_owned(),
-            ..RelayReport::default()
-        };
-        r.derive();
-        r
-    }
-}
-
-fn relay_watches(opts: &RunOptions, target: &RunTarget) -> Vec<RelayWatch> {
-    let mut w = Vec::new();
-    if let Some(h) = &target.embedded {
-        w.push(RelayWatch::new(
-            "embedded".into(),
-            Source::Embedded(h.clone()),
-            "Embedded relay: cpu_seconds counts only the relay runtime's threads (named \
-             duet-relay*), exact. RSS cannot be split by thread, so rss_* and \
-             memory_per_session_bytes cover the whole generator process (relay and both \
-             clients of every call); for the relay's own memory run it as a separate process \
-             and pass --relay-pid.",
-        ));
-    }
-    // As many pids as metrics addresses: paired by position (the same relay seen both
-    // ways), which gives CPU per forwarded packet.
-    if !opts.relay_pids.is_empty() && opts.relay_pids.len() == opts.relay_metrics.len() {
-        for (pid, addr) in opts.relay_pids.iter().zip(&opts.relay_metrics) {
-            w.push(RelayWatch::new(
-                format!("pid:{pid}"),
-                Source::PidMetrics(*pid, *addr),
-                "CPU and RSS of the relay process alone from /proc/<pid>; sessions, forwarded \
-                 packets and drops from its /metrics.",
-            ));
-        }
-        return w;
-    }
-    for pid in &opts.relay_pids {
-        w.push(RelayWatch::new(
-            format!("pid:{pid}"),
-            Source::Pid(*pid),
-            "From /proc/<pid>: CPU and RSS of the relay process alone; sessions_peak is the \
-             calls this generator held open at once.",
-        ));
-    }
-    for addr in &opts.relay_metrics {
-        w.push(RelayWatch::new(
-            format!("metrics:{addr}"),
-            Source::Metrics(*addr),
-            "From the relay's /metrics. cpu and rss are present only if the relay exports \
-             process_cpu_seconds_total / process_resident_memory_bytes.",
-        ));
-    }
-    w
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
@@ -615,6 +482,11 @@ pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let ctx = Arc::new(Ctx {
         node_names: target.nodes.iter().map(|n| n.name.clone()).collect(),
+        address_book: target
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.claim.clone()?, n.addr)))
+            .collect(),
         nodes: target.nodes.clone(),
         cert_pem: target.cert_pem.clone(),
         key: target.key.clone(),
@@ -666,6 +538,9 @@ pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError
             watches
         })
     };
+
+    // Chaos: each action once, at its time after the first call starts.
+    let chaos = tokio::spawn(chaos::run(opts.chaos.clone(), t0, opts.ops_token.clone()));
 
     // Launcher: starts calls on the ramp and reaps them; aborts them all on Phase::Abort.
     let launcher = {
@@ -743,6 +618,11 @@ pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError
         stop_reason = StopReason::Interrupted;
     }
     let _ = mon_stop_tx.send(true);
+    // Actions still waiting for their time when the run ended are not done (and not listed).
+    if !chaos.is_finished() {
+        chaos.abort();
+    }
+    let chaos = chaos.await.unwrap_or_default();
     let mut watches = monitor.await.unwrap_or_default();
     let live = col.active.load(Relaxed);
     for w in &mut watches {
@@ -809,6 +689,8 @@ pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError
         },
         calls: snap.calls,
         join: snap.join,
+        media_gap: snap.media_gap,
+        chaos,
         media: snap.media,
         transport: snap.transport,
         generator: GeneratorReport {

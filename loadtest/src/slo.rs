@@ -14,6 +14,7 @@
 //! | `jitter`, `jitter_p99` | `us` `ms` `s` | mean / p99 of the transit-time difference (RFC 3550 D) |
 //! | `misrouted` | none | frames delivered to another call's endpoint |
 //! | `join_p50` `join_p99` `join_max` | `us` `ms` `s` | endpoint join time |
+//! | `gap_p50` `gap_p99` `gap_max` | `us` `ms` `s` | per receiver, its longest media silence (e.g. across a `--chaos` kill) |
 //! | `fail_rate` | `%` | failed calls / attempted calls |
 //! | `failed` `established` `dropped` | none | call counts |
 //! | `mem_per_session` | `B` `KiB` `MiB` `KB` `MB` | largest memory per session over the relays measured |
@@ -53,7 +54,7 @@ pub enum SloError {
 }
 
 const KNOWN: &str = "loss, p50, p90, p99, p999, max, mean, jitter, jitter_p99, misrouted, \
-join_p50, join_p99, join_max, fail_rate, failed, established, dropped, mem_per_session, send_lag_p99";
+join_p50, join_p99, join_max, gap_p50, gap_p99, gap_max, fail_rate, failed, established, dropped, mem_per_session, send_lag_p99";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -136,6 +137,7 @@ fn metric_dim(name: &str) -> Option<(Dim, bool)> {
         }
         "misrouted" => (Dim::Count, true),
         "join_p50" | "join_p99" | "join_max" | "send_lag_p99" => (Dim::TimeMs, false),
+        "gap_p50" | "gap_p99" | "gap_max" => (Dim::TimeMs, false),
         "fail_rate" => (Dim::Ratio, false),
         "failed" | "established" | "dropped" => (Dim::Count, false),
         "mem_per_session" => (Dim::Bytes, false),
@@ -268,11 +270,11 @@ fn time(h: &HistSummary, metric: &str) -> Option<f64> {
         return None;
     }
     Some(match metric {
-        "p50" | "join_p50" => h.p50_ms,
+        "p50" | "join_p50" | "gap_p50" => h.p50_ms,
         "p90" => h.p90_ms,
-        "p99" | "join_p99" | "jitter_p99" | "send_lag_p99" => h.p99_ms,
+        "p99" | "join_p99" | "jitter_p99" | "send_lag_p99" | "gap_p99" => h.p99_ms,
         "p999" => h.p999_ms,
-        "max" | "join_max" => h.max_ms,
+        "max" | "join_max" | "gap_max" => h.max_ms,
         _ => h.mean_ms,
     })
 }
@@ -293,6 +295,7 @@ impl Clause {
         let c = &r.calls;
         match self.metric.as_str() {
             "join_p50" | "join_p99" | "join_max" => time(&r.join, &self.metric),
+            "gap_p50" | "gap_p99" | "gap_max" => time(&r.media_gap, &self.metric),
             "send_lag_p99" => time(&r.generator.send_lag, &self.metric),
             "fail_rate" => {
                 (c.attempted > 0).then(|| (c.attempted - c.established) as f64 / c.attempted as f64)

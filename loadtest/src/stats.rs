@@ -83,6 +83,7 @@ struct Shard {
     jitter: [Hist; 3],
     join: Hist,
     send_lag: Hist,
+    gap: Hist,
 }
 
 /// Histogram shards: enough to keep two to eight cores from queueing on one lock.
@@ -98,6 +99,7 @@ pub struct Collector {
     pub active: AtomicU64,
     pub peak_active: AtomicU64,
     pub finished: AtomicU64,
+    migrated: AtomicU64,
     failures: Mutex<BTreeMap<String, u64>>,
     dropped: Mutex<BTreeMap<String, u64>>,
     per_node: Mutex<BTreeMap<String, u64>>,
@@ -147,6 +149,7 @@ impl Collector {
             active: AtomicU64::new(0),
             peak_active: AtomicU64::new(0),
             finished: AtomicU64::new(0),
+            migrated: AtomicU64::new(0),
             failures: Mutex::default(),
             dropped: Mutex::default(),
             per_node: Mutex::default(),
@@ -164,6 +167,11 @@ impl Collector {
         // A poisoned shard only means another task panicked mid-record; the counts stay usable.
         let m = &self.shards[call as usize % SHARDS];
         m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One receiving endpoint's longest silence between two frames while media was sent.
+    pub fn record_gap(&self, call: u64, us: u64) {
+        self.shard(call).gap.record(us);
     }
 
     pub fn record_join(&self, call: u64, us: u64) {
@@ -184,6 +192,11 @@ impl Collector {
 
     pub fn call_dropped(&self, reason: &str) {
         bump(&self.dropped, reason);
+    }
+
+    /// A call that moved to another relay node (its endpoints saw `Event::Migrated`).
+    pub fn call_migrated(&self) {
+        self.migrated.fetch_add(1, Relaxed);
     }
 
     pub fn call_ended(&self) {
@@ -259,12 +272,14 @@ impl Collector {
         t
     }
 
-    /// Merged histograms: (latency per kind, jitter per kind, join, send lag).
-    fn merged(&self) -> Result<([Hist; 3], [Hist; 3], Hist, Hist), HistError> {
+    /// Merged histograms: (latency per kind, jitter per kind, join, send lag, media gap).
+    #[allow(clippy::type_complexity)]
+    fn merged(&self) -> Result<([Hist; 3], [Hist; 3], Hist, Hist, Hist), HistError> {
         let mut lat: [Hist; 3] = Default::default();
         let mut jit: [Hist; 3] = Default::default();
         let mut join = Hist::new();
         let mut lag = Hist::new();
+        let mut gap = Hist::new();
         for m in &self.shards {
             let s = m.lock().unwrap_or_else(|p| p.into_inner());
             for i in 0..3 {
@@ -273,13 +288,14 @@ impl Collector {
             }
             join.add(&s.join)?;
             lag.add(&s.send_lag)?;
+            gap.add(&s.gap)?;
         }
-        Ok((lat, jit, join, lag))
+        Ok((lat, jit, join, lag, gap))
     }
 
     /// Everything measured so far, in report form.
     pub fn snapshot(&self, planned: u64) -> Result<Snapshot, HistError> {
-        let (lat, jit, join, lag) = self.merged()?;
+        let (lat, jit, join, lag, gap) = self.merged()?;
         let k = |kind: MediaKind| {
             let i = kind.index();
             kind_report(self.kinds[i].load(), &lat[i], &jit[i])
@@ -297,6 +313,7 @@ impl Collector {
             attempted: self.attempted.load(Relaxed),
             established: self.established.load(Relaxed),
             failed: self.failed.load(Relaxed),
+            migrated: self.migrated.load(Relaxed),
             failed_by_reason: map(&self.failures),
             dropped_by_reason: map(&self.dropped),
             peak_concurrent: self.peak_active.load(Relaxed),
@@ -318,6 +335,7 @@ impl Collector {
             transport,
             join: join.summary()?,
             send_lag: lag.summary()?,
+            media_gap: gap.summary()?,
         })
     }
 }
@@ -329,6 +347,7 @@ pub struct Snapshot {
     pub transport: TransportReport,
     pub join: crate::hist::HistSummary,
     pub send_lag: crate::hist::HistSummary,
+    pub media_gap: crate::hist::HistSummary,
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ pub enum TargetError {
     EmbeddedKey(#[from] duet_relay::ConfigError),
     #[error("token key: {0}")]
     Key(#[from] duet_proto::TokenError),
-    #[error("with --relay, {0} is required")]
+    #[error("{0} is required to reach an external relay")]
     Missing(&'static str),
     #[error("cannot start the embedded relay: {0}")]
     Embedded(String),
@@ -156,6 +156,29 @@ pub fn read_token_key(id: &str, path: &Path) -> Result<SigningKey, TargetError> 
     Ok(SigningKey::ed25519_from_hex(id, &text)?)
 }
 
+/// What the generator needs to reach an external relay: trust in its certificate, the name
+/// that certificate carries, and the key that mints its tokens.
+pub struct RelayAccess {
+    pub cert_pem: Vec<u8>,
+    pub key: SigningKey,
+    pub server_name: String,
+}
+
+impl RelayAccess {
+    pub fn load(a: &crate::cli::RelayAccessArgs) -> Result<Self, TargetError> {
+        let cert = a.cert.as_deref().ok_or(TargetError::Missing("--cert"))?;
+        let key_file = a
+            .token_key_file
+            .as_deref()
+            .ok_or(TargetError::Missing("--token-key-file"))?;
+        Ok(Self {
+            cert_pem: read_cert(cert)?,
+            key: read_token_key(&a.token_key_id, key_file)?,
+            server_name: a.server_name.clone(),
+        })
+    }
+}
+
 pub fn read_cert(path: &Path) -> Result<Vec<u8>, TargetError> {
     std::fs::read(path).map_err(|source| TargetError::Read {
         what: "certificate",
@@ -164,18 +187,19 @@ pub fn read_cert(path: &Path) -> Result<Vec<u8>, TargetError> {
     })
 }
 
-/// Mints the join token of one endpoint: E2EE allowed, placed on `node` when it has a claim.
+/// Mints the join token of one endpoint: E2EE allowed, placed on `nodes` (primary first,
+/// then the fallbacks both endpoints move to; empty: any node).
 pub fn mint(
     key: &SigningKey,
     session: &SessionId,
     user: &UserId,
     device: &DeviceId,
-    node: Option<&NodeId>,
+    nodes: &[NodeId],
     ttl: Duration,
 ) -> String {
     let claims = JoinClaims::builder(session.clone(), user.clone(), device.clone())
         .ttl(ttl.max(Duration::from_secs(1)))
-        .nodes(node.cloned().into_iter().collect())
+        .nodes(nodes.to_vec())
         .e2ee(E2eeClaim::Allowed)
         .build();
     match claims {

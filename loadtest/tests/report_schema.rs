@@ -14,6 +14,13 @@ fn full_report() -> Report {
     // A failing SLO, so every slo field is present.
     let spec: SloSpec = "p99<1ms,loss<0.1%".parse().unwrap();
     r.slo = Some(spec.evaluate(&r));
+    // A chaos action that failed, so every chaos field is present.
+    r.chaos = vec![duet_loadtest::chaos::ChaosEvent {
+        spec: "drain:127.0.0.1:1@1s".into(),
+        at_s: 1.0,
+        ok: false,
+        error: "connection refused".into(),
+    }];
     r
 }
 
@@ -83,7 +90,7 @@ const MAPS: &[&str] = &[
     "media_dropped",
     "refusals",
 ];
-const HISTS: &[&str] = &["join", "latency", "jitter", "send_lag"];
+const HISTS: &[&str] = &["join", "latency", "jitter", "send_lag", "media_gap"];
 
 /// Every field path of `v`, normalized like REPORT.md writes them.
 fn paths(v: &Value, prefix: &str, out: &mut BTreeSet<String>) {

@@ -44,7 +44,10 @@ pub fn is_config_error(e: &(dyn std::error::Error + 'static)) -> bool {
 
 fn tls_is_config(e: &TlsError) -> bool {
     match e {
-        TlsError::Config(_) | TlsError::Read { .. } | TlsError::Pem { .. } => true,
+        TlsError::Config(_)
+        | TlsError::Read { .. }
+        | TlsError::Pem { .. }
+        | TlsError::Validity { .. } => true,
         TlsError::Generate(_) | TlsError::Rustls(_) | TlsError::Quic(_) => false,
     }
 }

@@ -105,6 +105,22 @@ impl RelayHandle {
         self.driver.is_draining()
     }
 
+    /// [`RelayHandle::drain`] with its own deadline, ending the sessions left once no more
+    /// than `min_sessions` remain (what `POST /admin/drain` does). False when already
+    /// draining.
+    pub fn drain_with(&self, deadline: Duration, min_sessions: usize) -> bool {
+        self.driver.drain_with(deadline, min_sessions)
+    }
+
+    /// Back to serving (readiness true, joins taken); false when not draining.
+    pub fn undrain(&self) -> bool {
+        self.driver.undrain()
+    }
+
+    pub fn drain_status(&self) -> crate::session::DrainStatus {
+        self.driver.drain_status()
+    }
+
     /// Waits until a drain has emptied the relay (sessions ended, or the deadline passed and
     /// they were ended). Returns at once if not draining and empty.
     pub async fn drained(&self) {
@@ -168,6 +184,12 @@ impl RelayHandle {
             "  ops http    http://{}/metrics /healthz /readyz",
             self.ops_addr()
         ));
+        if c.ops_token_file.is_some() {
+            line(format_args!(
+                "  drain api   http://{}/admin/drain /admin/undrain /admin/status (bearer credential from ops_token_file)",
+                self.ops_addr()
+            ));
+        }
         if let Some(admin) = self.admin_addr() {
             line(format_args!(
                 "  admin api   http://{admin}/v1/ (bearer credential from admin_token_file)"

@@ -16,10 +16,12 @@
 //! - `fastpath`: the raw-UDP fast path: channel table, batched socket, workers, the service,
 //!   and the plane the core allocates channels and mints offers through.
 //! - `config` (file + flags, key files), `tls` (rustls, certificates, key-exchange
-//!   counting), `metrics` + `ops` (Prometheus, health, readiness), `process_metrics`
+//!   counting), `metrics` + `ops` (Prometheus, health, readiness), `http` (every HTTP
+//!   listener's bounds: connection cap, header and request timeouts, body size), `process_metrics`
 //!   (`process_*` from /proc), `policy` (the administrator's E2EE policy store), `handle`
 //!   (the running relay); for the binary: `notify` (systemd), `healthcheck` (`/healthz`
-//!   client), `exit_status` (78 for a bad configuration).
+//!   client), `ops_cli` (`drain`, `undrain`, `status` against a running relay), `probe`
+//!   (the data-plane probe), `exit_status` (78 for a bad configuration).
 //!
 //! One datagram through the relay, at most three files per transport:
 //! - QUIC: `quic/media.rs` (read, hand-off) -> `forward.rs` (`forward_step`: header, budget,
@@ -39,10 +41,13 @@ pub mod fastpath;
 pub mod forward;
 mod handle;
 pub mod healthcheck;
+mod http;
 pub mod metrics;
 pub mod notify;
-mod ops;
+pub mod ops;
+pub mod ops_cli;
 pub mod policy;
+pub mod probe;
 mod process_metrics;
 pub mod quic;
 pub mod session;
@@ -51,7 +56,9 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use config::{Config, ConfigError, FastPathConfig, LimitsConfig, TokenKeyConfig};
+pub use config::{
+    AdmissionConfig, Config, ConfigError, FastPathConfig, HttpConfig, LimitsConfig, TokenKeyConfig,
+};
 pub use handle::RelayHandle;
 pub use tls::TlsError;
 
@@ -99,11 +106,14 @@ impl Relay {
         let store = Arc::new(CertStore::load(paths, provider.clone())?);
         let tls_cfg = tls::server_config(provider, store.clone())?;
         let server_cfg = quic::quinn_server_config(tls_cfg)?;
+        let reset_key = config.stateless_reset_key()?;
         let endpoint =
-            quic::bind_endpoint(server_cfg, config.listen).map_err(|source| RelayError::Bind {
-                what: "QUIC",
-                addr: config.listen,
-                source,
+            quic::bind_endpoint(server_cfg, config.listen, &reset_key).map_err(|source| {
+                RelayError::Bind {
+                    what: "QUIC",
+                    addr: config.listen,
+                    source,
+                }
             })?;
         let quic_addr = endpoint.local_addr().map_err(|source| RelayError::Bind {
             what: "QUIC",
@@ -158,18 +168,15 @@ impl Relay {
         let router = ops::router(ops::OpsState {
             driver: driver.clone(),
             endpoint: endpoint.clone(),
+            token: config.ops_token()?.map(Arc::from),
         });
-        let mut stop = driver.shutdown.subscribe();
-        tasks.push(tokio::spawn(async move {
-            let served = axum::serve(ops_listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "ops HTTP server failed");
-            }
-        }));
+        tasks.push(tokio::spawn(http::serve(
+            "ops",
+            ops_listener,
+            router,
+            config.http.clone(),
+            driver.shutdown.subscribe(),
+        )));
         let admin_addr = match (config.admin_listen, config.admin_token()?) {
             (Some(addr), Some(token)) => {
                 let store = policy::PolicyStore::open(config.policy_store_path())?;
@@ -186,17 +193,13 @@ impl Relay {
                     source,
                 })?;
                 let router = policy::router(store, token);
-                let mut stop = driver.shutdown.subscribe();
-                tasks.push(tokio::spawn(async move {
-                    let served = axum::serve(listener, router)
-                        .with_graceful_shutdown(async move {
-                            let _ = stop.changed().await;
-                        })
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "admin HTTP server failed");
-                    }
-                }));
+                tasks.push(tokio::spawn(http::serve(
+                    "admin",
+                    listener,
+                    router,
+                    config.http.clone(),
+                    driver.shutdown.subscribe(),
+                )));
                 Some(bound)
             }
             _ => None,

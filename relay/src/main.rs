@@ -3,7 +3,8 @@
 //! `serve` runs a node (SIGTERM / ctrl-c drains, then exits; SIGHUP reloads the TLS
 //! certificate; systemd `Type=notify` hears READY=1 and STOPPING=1), `token mint` prints a
 //! join token signed with the configured (or embedded default) key, `healthcheck` asks a
-//! local relay's `/healthz`. Everything else lives in the library.
+//! local relay's `/healthz`, `drain`/`undrain`/`status` (library `ops_cli`) and `probe`
+//! (library `probe`) talk to a running relay. Everything else lives in the library.
 //!
 //! Exit status: 0 ok, 78 (`EX_CONFIG`) for a bad configuration or command line, so a
 //! supervisor does not restart in a loop, 1 for any other failure.
@@ -50,6 +51,11 @@ enum Cmd {
     },
     /// Exit 0 if a relay's /healthz answers 2xx in time, 1 otherwise (for a container HEALTHCHECK)
     Healthcheck(HealthcheckArgs),
+    #[command(flatten)]
+    Ops(duet_relay::ops_cli::OpsCommand),
+    /// Synthetic check of a relay's data plane: two endpoints, media both ways over QUIC
+    /// and the fast path; exit 0 with the round-trip times, 1 on failure (not a liveness probe)
+    Probe(duet_relay::probe::ProbeArgs),
 }
 
 #[derive(Args)]
@@ -166,6 +172,8 @@ fn run(matches: &ArgMatches) -> anyhow::Result<()> {
         Cmd::Healthcheck(a) => Ok(duet_relay::healthcheck::check(
             a.ops, "/healthz", a.timeout,
         )?),
+        Cmd::Ops(cmd) => Ok(duet_relay::ops_cli::run(cmd)?),
+        Cmd::Probe(args) => Ok(duet_relay::probe::run(args)?),
     }
 }
 

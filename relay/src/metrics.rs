@@ -28,6 +28,7 @@ pub const CONTROL_ERRORS: &[&str] = &[
     "not_joined",
     "stream_error",
     "second_stream",
+    "before_join_limit",
 ];
 
 /// Why a `Signal` was not forwarded, counted in `duet_signals_dropped_total{reason}`.
@@ -181,6 +182,12 @@ impl RelayMetrics {
         for r in SIGNAL_DROPS {
             m.signal_dropped(r).increment(0);
         }
+        for r in duet_proto::EndReason::ALL {
+            m.session_ended(r.as_str()).increment(0);
+        }
+        for r in duet_proto::PeerLeftReason::ALL {
+            m.session_ended(r.as_str()).increment(0);
+        }
         m.draining.set(0.0);
         Arc::new(m)
     }
@@ -196,6 +203,12 @@ impl RelayMetrics {
     pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
         self.recorder
             .register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    /// Any gauge of this relay, by name (for modules with their own series).
+    pub fn gauge(&self, name: &'static str) -> Gauge {
+        self.recorder
+            .register_gauge(&Key::from_static_name(name), &METADATA)
     }
 
     pub fn refusal(&self, r: RefusalReason) -> Counter {

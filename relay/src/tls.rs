@@ -33,6 +33,10 @@ pub enum TlsError {
     },
     #[error("{path}: {reason}")]
     Pem { path: PathBuf, reason: String },
+    /// The leaf certificate is expired or not valid yet: refused at start and on reload,
+    /// since clients would refuse it anyway.
+    #[error("{path}: certificate {reason}")]
+    Validity { path: PathBuf, reason: String },
     #[error("cannot generate a self-signed certificate: {0}")]
     Generate(String),
     #[error(transparent)]
@@ -119,8 +123,38 @@ pub fn load_certified_key(
             path: paths.key.clone(),
             reason: "no PRIVATE KEY block".into(),
         })?;
+    check_validity(&chain[0], duet_proto::clock::unix_now()).map_err(|reason| {
+        TlsError::Validity {
+            path: paths.cert.clone(),
+            reason,
+        }
+    })?;
     let ck = CertifiedKey::from_der(chain, key, provider)?;
     Ok((ck, cert_pem))
+}
+
+/// Whether `leaf` is valid at `now_unix` (seconds); the error says why not.
+pub fn check_validity(leaf: &CertificateDer<'_>, now_unix: u64) -> Result<(), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| format!("cannot be parsed: {e}"))?;
+    let v = cert.validity();
+    let (from, until) = (v.not_before.timestamp(), v.not_after.timestamp());
+    let now = i64::try_from(now_unix).unwrap_or(i64::MAX);
+    if now < from {
+        return Err(format!(
+            "is not valid yet (not before {}, {}s from now)",
+            v.not_before,
+            from - now
+        ));
+    }
+    if now > until {
+        return Err(format!(
+            "expired (not after {}, {}s ago)",
+            v.not_after,
+            now - until
+        ));
+    }
+    Ok(())
 }
 
 /// The server certificate, swappable at run time.
@@ -292,6 +326,52 @@ mod tests {
         store.reload().unwrap();
         let sc = server_config(provider, store).unwrap();
         assert_eq!(sc.alpn_protocols, vec![b"duet/1".to_vec()]);
+    }
+
+    /// A certificate valid from `from` to `until` (unix seconds) and its key, as PEM files.
+    fn cert_files(dir: &Path, from: i64, until: i64) -> CertPaths {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(1970, 1, 1) + time_offset(from);
+        params.not_after = rcgen::date_time_ymd(1970, 1, 1) + time_offset(until);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let paths = CertPaths {
+            cert: dir.join("c.pem"),
+            key: dir.join("k.pem"),
+            self_signed: false,
+        };
+        std::fs::write(&paths.cert, cert.pem()).unwrap();
+        std::fs::write(&paths.key, key.serialize_pem()).unwrap();
+        paths
+    }
+
+    fn time_offset(secs: i64) -> std::time::Duration {
+        std::time::Duration::from_secs(secs.unsigned_abs())
+    }
+
+    /// Catches the old behaviour: an expired (or not yet valid) certificate loaded, at
+    /// start and on reload, and was served.
+    #[test]
+    fn expired_and_future_certificates_are_refused_and_reload_keeps_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = RelayMetrics::new();
+        let provider = Arc::new(provider(&metrics));
+        let now = duet_proto::clock::unix_now() as i64;
+        let expired = cert_files(dir.path(), now - 7200, now - 3600);
+        let e = CertStore::load(expired, provider.clone()).unwrap_err();
+        assert!(matches!(e, TlsError::Validity { .. }), "{e}");
+        assert!(e.to_string().contains("expired"), "{e}");
+        let future = cert_files(dir.path(), now + 3600, now + 7200);
+        let e = CertStore::load(future, provider.clone()).unwrap_err();
+        assert!(e.to_string().contains("not valid yet"), "{e}");
+
+        let good = cert_files(dir.path(), now - 60, now + 3600);
+        let store = CertStore::load(good, provider.clone()).unwrap();
+        let before = store.cert_pem();
+        cert_files(dir.path(), now - 7200, now - 3600);
+        let e = store.reload().unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
+        assert_eq!(store.cert_pem(), before, "the old certificate stays");
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //! | [`relay`] | [`TestRelay`] (an in-process relay on loopback, short test limits), the [`RelayUnderTest`] trait (addresses, certificate, signing key, tokens) | the relay itself |
 //! | [`tokens`] | join claims with E2EE allowed ([`claims`], [`claims_builder`]), [`sid`] | token formats (`duet_proto`) |
 //! | [`process`] | [`RelayProcess`]: the real `duet-relay` binary as a child (banner, signals, restart on the same ports); finding or building the binary | the binary's CLI |
+//! | [`netns`] | [`netns::NetnsLink`]: a network namespace on a veth link (a relay on its own host) | the relay process ([`process`]) |
 //! | [`raw`] | [`Raw`]: a hand-driven QUIC client (control frames and datagrams by hand) | the SDK's client (`duet_sdk`) |
+//! | [`flood`] | QUIC Initials from a socket that never answers, and what they drew (amplification, handshake floods) | the relay's admission rules |
+//! | [`fleet`] | [`fleet::Fleet`]: several relay processes as one fleet (node ids, one token key, one certificate, drain credential) | placement, failover |
+//! | [`impair`] | [`impair::Impairer`]: a user-space hostile network (loss, jitter, duplication, outage, MTU) between clients and a relay | the protocols crossing it |
 //! | [`hostile`] | [`HostileRelay`]: a relay front holding the relay's certificate that tampers with, injects, drops and splices what it forwards ([`Tamper`]), and logs every datagram | the SDK's and relay's behaviour |
 //! | [`metrics`] | `/metrics` and other ops endpoints over HTTP, reading one series | metric names (the relay's) |
 //! | [`sdk`] | SDK clients against a test relay: join, E2EE join, events, "media still flows" | the SDK's behaviour |
@@ -16,8 +20,12 @@
 //! Every wait is bounded by [`STEP`] (generous: a loaded 2-core box), and every address is
 //! loopback with an OS-chosen port.
 
+pub mod fleet;
+pub mod flood;
 pub mod hostile;
+pub mod impair;
 pub mod metrics;
+pub mod netns;
 pub mod process;
 pub mod raw;
 pub mod relay;

@@ -17,7 +17,7 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
@@ -104,6 +104,25 @@ pub struct RelayProcessBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     data_dir: Option<PathBuf>,
+    nofile: Option<u64>,
+    place: Place,
+}
+
+/// Where the child runs: which network namespace (none: this one) and which address it
+/// listens on (default loopback).
+#[derive(Debug, Clone)]
+struct Place {
+    netns: Option<String>,
+    ip: IpAddr,
+}
+
+impl Default for Place {
+    fn default() -> Self {
+        Self {
+            netns: None,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
 }
 
 impl RelayProcessBuilder {
@@ -131,6 +150,23 @@ impl RelayProcessBuilder {
         self
     }
 
+    /// The child's file-descriptor limit (`RLIMIT_NOFILE`, soft and hard), as a tight
+    /// `LimitNOFILE=` would set it.
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
+    /// Runs the relay inside network namespace `name` (`ip netns exec`), listening on `ip`
+    /// (an address of that namespace, e.g. [`crate::netns::NetnsLink::inner_ip`]).
+    pub fn in_netns(mut self, name: &str, ip: IpAddr) -> Self {
+        self.place = Place {
+            netns: Some(name.to_owned()),
+            ip,
+        };
+        self
+    }
+
     /// Starts `duet-relay serve` and waits for its banner.
     pub fn start(self) -> Result<RelayProcess> {
         let (temp, data_dir) = match self.data_dir {
@@ -147,6 +183,8 @@ impl RelayProcessBuilder {
             data_dir,
             args: self.args,
             envs: self.envs,
+            nofile: self.nofile,
+            place: self.place,
             listen: None,
             banner: String::new(),
             stdout: Arc::default(),
@@ -164,6 +202,8 @@ pub struct RelayProcess {
     data_dir: PathBuf,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    nofile: Option<u64>,
+    place: Place,
     /// Set once started: restarts listen here again.
     listen: Option<BannerAddrs>,
     banner: String,
@@ -182,12 +222,20 @@ impl RelayProcess {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let any = SocketAddr::new(self.place.ip, 0);
         let (quic, ops, fast_path) = match self.listen {
             Some(a) => (a.quic, a.ops, a.fast_path),
             None => (any, any, None),
         };
-        let mut cmd = relay_command();
+        let mut cmd = match &self.place.netns {
+            // `ip netns exec` execs the relay, so the child's pid is the relay's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(relay_binary());
+                c
+            }
+            None => relay_command(),
+        };
         cmd.arg("serve")
             .arg("--listen")
             .arg(quic.to_string())
@@ -204,6 +252,23 @@ impl RelayProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(limit) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = cmd.spawn().context("spawning duet-relay serve")?;
         let (lines_tx, lines) = mpsc::channel();
         let out = child.stdout.take().context("no stdout pipe")?;
@@ -317,6 +382,11 @@ impl RelayProcess {
     /// Sends SIGTERM (the relay drains, then exits); does not wait.
     pub fn sigterm(&self) -> Result<()> {
         self.signal(libc::SIGTERM)
+    }
+
+    /// Sends SIGHUP (the relay reloads its TLS certificate); does not wait.
+    pub fn sighup(&self) -> Result<()> {
+        self.signal(libc::SIGHUP)
     }
 
     /// SIGKILL (a crash) and reaps the child; its ports are free when this returns.

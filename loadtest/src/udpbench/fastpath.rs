@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use duet_proto::fastpath::{FastPathHeader, PacketType};
 
-use super::joins::{client_runtime, ids, join_all, relay_access, run_id, token_ttl};
+use super::joins::{client_runtime, ids, join_all, run_id, token_ttl};
 use super::{bind_net, finish_raw, kind_for, relay_sample, Measured, SetupReport};
 use crate::cli::UdpArgs;
 use crate::fpctl::{self, Control};
@@ -20,7 +20,7 @@ use crate::udpgen::Endpoints;
 use crate::udpnet::Addressing;
 
 pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
-    let access = relay_access(a)?;
+    let access = target::RelayAccess::load(&a.access)?;
     let run_id = run_id(a);
     let rt = client_runtime(1)?;
     let (_, rss0) = relay_sample(a.relay_pid);
@@ -46,7 +46,7 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
             .collect::<anyhow::Result<Vec<_>>>()
     })?);
     let key = access.key.clone();
-    let server_name = a.server_name.clone();
+    let server_name = access.server_name.clone();
     let (pairs, failures) = rt.block_on(join_all(a.pairs, move |p, side| {
         let e = 2 * p as usize + usize::from(side == "b");
         let ep = quic_eps[if quic_eps.len() == 1 { 0 } else { e }].clone();
@@ -54,7 +54,7 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
         let id = ids(&run_id, p, side);
         async move {
             let (session, user, device) = id?;
-            let token = target::mint(&key, &session, &user, &device, None, ttl);
+            let token = target::mint(&key, &session, &user, &device, &[], ttl);
             Control::join(
                 &ep,
                 relay,

@@ -1,34 +1,18 @@
-//! What the fastpath and quic targets share: access to the relay (its certificate and the
-//! token key), the ids and tokens of each pair's two endpoints, bounded concurrent joins,
-//! and the runtime the control clients live on.
+//! What the fastpath and quic targets share: the ids and tokens of each pair's two
+//! endpoints, bounded concurrent joins, and the runtime the control clients live on.
+//! (Access to the relay, its certificate and token key, is `target::RelayAccess`.)
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use duet_proto::{DeviceId, SessionId, SigningKey, UserId};
+use duet_proto::{DeviceId, SessionId, UserId};
 
 use super::random_base;
 use crate::cli::UdpArgs;
+use crate::resources;
 use crate::udp::STOP;
-use crate::{resources, target};
-
-/// Relay access for the fastpath and quic targets.
-pub(super) struct RelayAccess {
-    pub cert_pem: Vec<u8>,
-    pub key: SigningKey,
-}
-
-pub(super) fn relay_access(a: &UdpArgs) -> anyhow::Result<RelayAccess> {
-    let (Some(cert), Some(key_file)) = (&a.cert, &a.token_key_file) else {
-        anyhow::bail!("--cert and --token-key-file are required for this target");
-    };
-    Ok(RelayAccess {
-        cert_pem: target::read_cert(cert)?,
-        key: target::read_token_key(&a.token_key_id, key_file)?,
-    })
-}
 
 pub(super) fn ids(
     run_id: &str,

@@ -192,13 +192,13 @@ pub fn validate(a: &UdpArgs) -> Result<(), String> {
     if a.duration.is_zero() || a.duration > Duration::from_secs(600) {
         return Err("--duration must be above 0 and at most 10m".into());
     }
-    let relay_access = a.cert.is_some() || a.token_key_file.is_some();
+    let relay_access = a.access.any();
     match k {
         UdpTargetKind::Baseline | UdpTargetKind::Turn if relay_access => {
             Err("--cert and --token-key-file apply to the fastpath and quic targets only".into())
         }
         UdpTargetKind::FastPath | UdpTargetKind::Quic
-            if a.cert.is_none() || a.token_key_file.is_none() =>
+            if !a.access.complete() =>
         {
             Err(format!(
                 "--target {}: --cert and --token-key-file are required (to trust the relay and mint tokens)",

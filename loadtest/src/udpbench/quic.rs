@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::joins::{client_runtime, ids, join_all, relay_access, run_id, token_ttl};
+use super::joins::{client_runtime, ids, join_all, run_id, token_ttl};
 use super::{hold, kind_for, relay_sample, Measured, SetupReport};
 use crate::cli::UdpArgs;
 use crate::target;
@@ -16,7 +16,7 @@ use crate::udp::{self, RecvStats};
 
 pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
     use duet_sdk::{Call, Client, ConnectOptions};
-    let access = relay_access(a)?;
+    let access = target::RelayAccess::load(&a.access)?;
     let run_id = run_id(a);
     let rt = client_runtime(2)?;
     let (_, rss0) = relay_sample(a.relay_pid);
@@ -25,7 +25,7 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
     let ttl = token_ttl(a);
     let size = a.size as usize;
     let opts = ConnectOptions {
-        server_name: a.server_name.clone(),
+        server_name: access.server_name.clone(),
         join_timeout: Duration::from_secs(10),
         ..ConnectOptions::trusting(access.cert_pem.clone())
     };
@@ -35,7 +35,7 @@ pub(super) fn run(a: &UdpArgs) -> anyhow::Result<Measured> {
         let id = ids(&run_id, p, side);
         async move {
             let (session, user, device) = id?;
-            let token = target::mint(&key, &session, &user, &device, None, ttl);
+            let token = target::mint(&key, &session, &user, &device, &[], ttl);
             let c = Client::connect(relay, token, opts).await?;
             Ok(c.join(session).await?)
         }

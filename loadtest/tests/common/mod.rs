@@ -73,6 +73,7 @@ pub fn report_with(lat: &[u64], join: &[u64], sent: u64, run_id: &str) -> Report
             attempted: 10,
             established: 9,
             failed: 1,
+            migrated: 0,
             failed_by_reason: BTreeMap::from([("session_full".to_owned(), 1)]),
             dropped_by_reason: BTreeMap::new(),
             peak_concurrent: 9,
@@ -80,6 +81,8 @@ pub fn report_with(lat: &[u64], join: &[u64], sent: u64, run_id: &str) -> Report
             by_transport: BTreeMap::from([("quic".to_owned(), 9)]),
         },
         join: hist_of(join).summary().unwrap(),
+        media_gap: hist_of(&[20_000, 25_000, 900_000]).summary().unwrap(),
+        chaos: Vec::new(),
         media: MediaReport {
             audio,
             video: empty.clone(),

@@ -6,7 +6,7 @@
 //! `forward`).
 //!
 //! Files: this one (the top-level schema, loading, validation), `sections` (the `[limits]`
-//! and `[fast_path]` tables), `keys` (token key files: the trusted public keys, the default
+//! and `[fast_path]` tables), `admission` (the `[admission]` table), `http` (`[http]`, bounds of the HTTP listeners), `keys` (token key files: the trusted public keys, the default
 //! key pair, the signing key `token mint` uses), `files` (private files, the data
 //! directory, the duration value parser).
 //!
@@ -15,8 +15,11 @@
 //! refused) and `clap::Args`; no flag has a clap default, so `update_from_arg_matches` only
 //! overwrites the fields whose flags were actually given.
 
+mod admission;
 mod files;
+mod http;
 mod keys;
+mod reset_key;
 mod sections;
 
 use std::net::SocketAddr;
@@ -27,10 +30,13 @@ use clap::{ArgMatches, FromArgMatches};
 use duet_proto::NodeId;
 use serde::{Deserialize, Serialize};
 
+pub use admission::AdmissionConfig;
 pub use files::{ensure_dir, parse_duration, write_private};
+pub use http::HttpConfig;
 pub use keys::{
     TokenKeyConfig, DEFAULT_SIGNING_KEY_FILE, DEFAULT_TOKEN_KEY_ID, DEFAULT_VERIFYING_KEY_FILE,
 };
+pub use reset_key::RESET_KEY_FILE;
 pub use sections::{FastPathConfig, LimitsConfig, MAX_FAST_PATH_WORKERS};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +89,10 @@ pub struct Config {
     /// File holding the admin API's bearer credential; required with admin_listen.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// File holding the bearer credential of the ops listener's drain endpoints
+    /// (`/admin/drain`, `/admin/undrain`, `/admin/status`); they are off unless set.
+    #[arg(long, value_name = "FILE")]
+    pub ops_token_file: Option<PathBuf>,
     /// Policy store the admin API serves [default: <data_dir>/policy]
     #[arg(long, value_name = "DIR")]
     pub policy_store: Option<PathBuf>,
@@ -92,6 +102,10 @@ pub struct Config {
     /// TLS private key (PEM); required with tls_cert.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// QUIC stateless-reset key (hex, >= 32 bytes), e.g. shared by relays behind one
+    /// address [default: <data_dir>/stateless-reset-key, generated on first start]
+    #[arg(long, value_name = "FILE")]
+    pub stateless_reset_key_file: Option<PathBuf>,
     /// Trusted token keys, `ID=FILE` (hex secret). Without any, a key `default` is
     /// generated in data_dir/token-key.
     #[arg(long = "token-key", value_name = "ID=FILE")]
@@ -113,6 +127,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[command(flatten)]
     pub fast_path: FastPathConfig,
+    #[command(flatten)]
+    pub admission: AdmissionConfig,
+    #[command(flatten)]
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -124,9 +142,11 @@ impl Default for Config {
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             admin_listen: None,
             admin_token_file: None,
+            ops_token_file: None,
             policy_store: None,
             tls_cert: None,
             tls_key: None,
+            stateless_reset_key_file: None,
             token_keys: Vec::new(),
             token_clock_skew_secs: 60,
             token_max_lifetime_secs: duet_proto::token::DEFAULT_MAX_LIFETIME_SECS,
@@ -134,6 +154,8 @@ impl Default for Config {
             drain_deadline_ms: 30_000,
             limits: LimitsConfig::default(),
             fast_path: FastPathConfig::default(),
+            admission: AdmissionConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -198,23 +220,12 @@ impl Config {
 
     /// Reads the admin API credential, if the admin API is on.
     pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
-        let Some(path) = &self.admin_token_file else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            invalid(
-                "admin_token_file",
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-        let token = text.trim().to_owned();
-        if token.len() < 16 {
-            return Err(invalid(
-                "admin_token_file",
-                "must hold a credential of at least 16 characters",
-            ));
-        }
-        Ok(Some(token))
+        read_credential("admin_token_file", self.admin_token_file.as_deref())
+    }
+
+    /// Reads the drain endpoints' credential, if they are on.
+    pub fn ops_token(&self) -> Result<Option<String>, ConfigError> {
+        read_credential("ops_token_file", self.ops_token_file.as_deref())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -247,8 +258,30 @@ impl Config {
             ));
         }
         self.limits.validate()?;
+        self.admission.validate()?;
+        self.http.validate()?;
         self.fast_path.validate()
     }
+}
+
+/// A bearer credential from `path` (trimmed, at least 16 characters).
+pub fn read_credential(
+    field: &'static str,
+    path: Option<&Path>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
+    let token = text.trim().to_owned();
+    if token.len() < 16 {
+        return Err(invalid(
+            field,
+            "must hold a credential of at least 16 characters",
+        ));
+    }
+    Ok(Some(token))
 }
 
 #[cfg(test)]

@@ -15,20 +15,25 @@ use quinn::VarInt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout_at;
 
+use super::admission::Permit;
 use super::driver::{Driver, Link, Outgoing};
 use super::media::media_loop;
 use crate::session::ConnId;
 
 const CONTROL_QUEUE: usize = 256;
 
-pub(crate) async fn run_connection(driver: Arc<Driver>, incoming: quinn::Incoming) {
+/// `permit` holds the attempt's place among the handshakes in flight until the handshake
+/// is over, whichever way.
+pub(crate) async fn run_connection(driver: Arc<Driver>, incoming: quinn::Incoming, permit: Permit) {
     let accepted_at = Instant::now();
     let deadline = tokio::time::Instant::from_std(accepted_at + driver.cfg.limits.join_timeout());
     let m = driver.metrics.clone();
     let Ok(connecting) = incoming.accept() else {
         return;
     };
-    let Ok(Ok(conn)) = timeout_at(deadline, connecting).await else {
+    let handshake = timeout_at(deadline, connecting).await;
+    drop(permit);
+    let Ok(Ok(conn)) = handshake else {
         return;
     };
     m.connections.increment(1.0);

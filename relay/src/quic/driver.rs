@@ -19,11 +19,14 @@ use quinn::VarInt;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use super::admission::Admission;
 use super::bridge::Bridge;
 use crate::config::{Config, ConfigError};
 use crate::fastpath::FastPathService;
 use crate::metrics::RelayMetrics;
-use crate::session::{Action, CloseReason, ConnId, CoreConfig, MediaActivity, SessionCore};
+use crate::session::{
+    Action, CloseReason, ConnId, CoreConfig, DrainStatus, MediaActivity, SessionCore,
+};
 
 /// What a connection's writer task is asked to do.
 #[derive(Debug)]
@@ -186,6 +189,7 @@ pub(crate) struct Driver {
     pub cfg: Arc<Config>,
     pub metrics: Arc<RelayMetrics>,
     pub fast_path: Option<Arc<FastPathService>>,
+    pub admission: Arc<Admission>,
     state: Mutex<Driven>,
     /// Wakes the timer task when an input moved the next deadline earlier.
     rearm: Notify,
@@ -212,7 +216,9 @@ impl Driver {
             rand::rngs::StdRng::from_os_rng(),
             Instant::now(),
         );
+        let admission = Admission::new(cfg.admission.clone(), &metrics);
         Ok(Arc::new(Self {
+            admission,
             cfg,
             metrics,
             fast_path: service,
@@ -291,14 +297,37 @@ impl Driver {
 
     /// Readiness off, new joins refused; live sessions end at the configured deadline.
     pub fn drain(&self) {
-        let deadline = self.cfg.drain_deadline();
-        if self.input(|core| core.drain(Instant::now(), deadline)) {
+        self.drain_with(self.cfg.drain_deadline(), 0);
+    }
+
+    /// Readiness off, new joins refused, live endpoints told to move; the sessions left end
+    /// after `deadline`, or once no more than `min_sessions` remain. False when already
+    /// draining.
+    pub fn drain_with(&self, deadline: Duration, min_sessions: usize) -> bool {
+        let started = self.input(|core| core.drain_with(Instant::now(), deadline, min_sessions));
+        if started {
             self.metrics.draining.set(1.0);
             tracing::info!(
-                deadline_ms = self.cfg.drain_deadline_ms,
-                "draining: new joins refused"
+                deadline_ms = deadline.as_millis() as u64,
+                min_sessions,
+                "draining: new joins refused, endpoints told to move"
             );
         }
+        started
+    }
+
+    /// Back to serving; false when not draining.
+    pub fn undrain(&self) -> bool {
+        let stopped = self.input(|core| core.undrain());
+        if stopped {
+            self.metrics.draining.set(0.0);
+            tracing::info!("drain undone: serving");
+        }
+        stopped
+    }
+
+    pub fn drain_status(&self) -> DrainStatus {
+        self.lock().core.drain_status(Instant::now())
     }
 
     /// The Prometheus text, with the fast-path workers' counters brought up to date.

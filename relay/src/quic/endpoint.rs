@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use quinn::VarInt;
 
+use super::admission::Verdict;
 use super::control::run_connection;
 use super::driver::Driver;
 
@@ -28,8 +29,19 @@ pub fn quinn_server_config(
         .initial_mtu(PINNED_UDP_PAYLOAD)
         .mtu_discovery_config(None);
     sc.transport_config(Arc::new(tc));
+    // Attempts quinn holds before the accept loop decides: a bounded queue with a small
+    // buffer each, so a flood cannot grow memory while `admission` works through it.
+    sc.max_incoming(MAX_INCOMING)
+        .incoming_buffer_size(INCOMING_BUFFER)
+        .incoming_buffer_size_total(MAX_INCOMING as u64 * INCOMING_BUFFER);
     Ok(sc)
 }
+
+/// Connection attempts quinn queues for the accept loop; beyond, it refuses them itself.
+const MAX_INCOMING: usize = 4096;
+/// Bytes quinn buffers per queued attempt beyond its first datagram (the rest of a large
+/// ClientHello).
+const INCOMING_BUFFER: u64 = 8 * 1024;
 
 /// UDP payload size of every connection, both ways. The relay forwards a datagram unchanged,
 /// so a piece that fits the sender's leg must fit the receiver's leg too: with path-MTU
@@ -39,9 +51,12 @@ pub fn quinn_server_config(
 pub const PINNED_UDP_PAYLOAD: u16 = 1200;
 
 /// Binds the relay's UDP socket (large kernel buffers, best effort) and its quinn endpoint.
+/// `reset_key` keys its stateless resets; the same key after a restart makes the new
+/// process's resets recognisable to the old process's clients.
 pub fn bind_endpoint(
     server: quinn::ServerConfig,
     addr: std::net::SocketAddr,
+    reset_key: &[u8],
 ) -> std::io::Result<quinn::Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -51,7 +66,18 @@ pub fn bind_endpoint(
     let _ = socket.set_recv_buffer_size(4 << 20);
     let _ = socket.set_send_buffer_size(4 << 20);
     socket.bind(&addr.into())?;
-    let mut ep = quinn::EndpointConfig::default();
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, reset_key);
+    // The connection-id generator signs its ids with a key of its own and drops packets
+    // for ids it did not sign without a reset: that key must survive a restart as well.
+    let tag = aws_lc_rs::hmac::sign(&key, b"duet quic connection id key");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut ep = quinn::EndpointConfig::new(Arc::new(key));
+    ep.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            as Box<dyn quinn::ConnectionIdGenerator>
+    });
     ep.max_udp_payload_size(PINNED_UDP_PAYLOAD)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let runtime = quinn::default_runtime()
@@ -59,18 +85,36 @@ pub fn bind_endpoint(
     quinn::Endpoint::new(ep, Some(server), socket.into(), runtime)
 }
 
-/// Accepts connections until shutdown.
+/// Takes each incoming connection attempt until shutdown: a Retry, a refusal, or a
+/// connection task, as `admission` decides (see `quic::admission`).
 pub(crate) async fn accept_loop(driver: Arc<Driver>, endpoint: quinn::Endpoint) {
     let mut stop = driver.shutdown.subscribe();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             inc = endpoint.accept() => match inc {
-                Some(incoming) => {
-                    tokio::spawn(run_connection(driver.clone(), incoming));
-                }
+                Some(incoming) => admit(&driver, incoming),
                 None => break,
             },
+        }
+    }
+}
+
+fn admit(driver: &Arc<Driver>, incoming: quinn::Incoming) {
+    let verdict = driver.admission.decide(
+        incoming.remote_address(),
+        incoming.remote_address_validated(),
+        incoming.may_retry(),
+    );
+    match verdict {
+        Verdict::Retry => {
+            // `may_retry` was true, so this cannot fail; a failure would give the attempt
+            // back, which is then dropped (ignored).
+            let _ = incoming.retry();
+        }
+        Verdict::Refuse(_) => incoming.refuse(),
+        Verdict::Accept(permit) => {
+            tokio::spawn(run_connection(driver.clone(), incoming, permit));
         }
     }
 }

@@ -2,7 +2,8 @@
 //! else (every rule is in `session`).
 //!
 //! Files, one concern each: `endpoint` (quinn server config, the UDP socket, the accept
-//! loop), `driver` (the one owner of the [`SessionCore`](crate::session::SessionCore) at run
+//! loop), `admission` (Retry, refuse or accept each incoming connection, before it costs
+//! state), `driver` (the one owner of the [`SessionCore`](crate::session::SessionCore) at run
 //! time: feeds it inputs, carries out its actions, sleeps until its next deadline), `control`
 //! (one connection's control stream: bytes in, decoded messages to the core, its queued
 //! messages out), `media` (one connection's datagrams: the forwarding step, hand-off to the
@@ -14,6 +15,7 @@
 //! `Bytes` to the peer). One timer task per relay. Routing a datagram takes no lock: each
 //! session keeps an `ArcSwapOption` per slot.
 
+pub(crate) mod admission;
 pub(crate) mod bridge;
 pub(crate) mod control;
 pub(crate) mod driver;

@@ -1,6 +1,7 @@
 //! What each message from a connection leads to: the control rules.
 //!
-//! Before Join a connection may only send `Join` (or `Leave`): anything else is a protocol
+//! Before Join a connection may only send `Join` (or `Leave`), and up to
+//! [`BEFORE_JOIN_MAX`] Pings and feature requests in all: anything else is a protocol
 //! violation (refused, closed), and a connection that has not joined by its join deadline is
 //! closed with `JoinTimeout` whether or not it opened its stream. `Join` is refused at once
 //! while draining (before any token work), else its token is verified here and the pairing
@@ -24,6 +25,11 @@ use super::timers::Timer;
 use super::{CloseReason, Conn, ConnId, SessionCore};
 use crate::forward::Gcra;
 
+/// Pings and feature requests answered before Join; the next one is a protocol violation
+/// (refused, closed). A client needs a few (probe the relay, learn what it refuses) and
+/// never a stream of them, and each answer costs the relay a write.
+pub const BEFORE_JOIN_MAX: u32 = 8;
+
 impl SessionCore {
     /// A connection from `remote` is up (accepted at `accepted_at`): it must join within
     /// the join timeout.
@@ -35,6 +41,7 @@ impl SessionCore {
                 accepted_at,
                 closing: false,
                 signals: Gcra::new(self.cfg.signals_per_sec.into()),
+                before_join: 0,
             },
         );
         self.timers
@@ -119,6 +126,12 @@ impl SessionCore {
                 e2ee,
             } => self.join(conn, &session, &token, resume.as_ref(), e2ee, now, now_unix),
             ClientMessage::Leave => self.close(conn, CloseReason::Left),
+            ClientMessage::Request(_) | ClientMessage::Ping(_)
+                if !self.answer_before_join(conn) =>
+            {
+                self.metrics.control_error("before_join_limit").increment(1);
+                self.refuse(conn, RefusalReason::ProtocolViolation);
+            }
             ClientMessage::Request(feature) => self.refuse_feature(conn, feature),
             ClientMessage::Ping(n) => self.send(conn, RelayMessage::Pong(n)),
             ClientMessage::FastPathTicket => {
@@ -130,6 +143,14 @@ impl SessionCore {
                 self.refuse(conn, RefusalReason::ProtocolViolation);
             }
         }
+    }
+
+    /// Counts one Ping or feature request before Join; false past [`BEFORE_JOIN_MAX`].
+    fn answer_before_join(&mut self, conn: ConnId) -> bool {
+        self.conns.get_mut(&conn).is_some_and(|c| {
+            c.before_join += 1;
+            c.before_join <= BEFORE_JOIN_MAX
+        })
     }
 
     /// The join deadline of `conn` came.

@@ -38,6 +38,7 @@ use crate::fastpath::FastPathPlane;
 use crate::forward::{Epoch, Gcra};
 use crate::metrics::RelayMetrics;
 
+pub use control::BEFORE_JOIN_MAX;
 pub use drain::{DrainState, DrainStatus};
 pub use pairing::{JoinRequest, DECLINE_MEMORY};
 use timers::{Timer, Timers};
@@ -189,6 +190,9 @@ struct Session {
     fast_path: Option<[ChannelId; 2]>,
     /// Last ticket sequence number handed to each slot (a move needs a higher one).
     ticket_seq: [u32; 2],
+    /// Users refused for their E2EE claim (and that claim) the waiting endpoint was
+    /// already told about.
+    told_unavailable: Vec<(UserId, duet_proto::E2eeClaim)>,
 }
 
 impl Session {
@@ -206,6 +210,8 @@ struct Conn {
     closing: bool,
     /// Signals and ticket requests.
     signals: Gcra,
+    /// Pings and feature requests answered before Join (bounded: see `control`).
+    before_join: u32,
 }
 
 /// The sessions and connections of one relay node. See the module docs.

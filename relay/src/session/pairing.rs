@@ -26,6 +26,10 @@ use crate::forward::MediaLimits;
 /// instead of waiting out its handshake.
 pub const DECLINE_MEMORY: Duration = Duration::from_secs(120);
 
+/// (Refused user, claim) pairs a session remembers telling its waiting endpoint about;
+/// past it, later ones are told each time (each attempt still needs a valid token).
+const TOLD_UNAVAILABLE_MAX: usize = 8;
+
 /// A join refused for its E2EE claim, kept for the peer that has not joined yet.
 #[derive(Debug)]
 pub(super) struct Declined {
@@ -235,6 +239,7 @@ impl SessionCore {
                 media,
                 fast_path,
                 ticket_seq: [0, 0],
+                told_unavailable: Vec::new(),
             },
         );
         let first = (now + self.cfg.idle_timeout).min(now + self.cfg.max_lifetime);
@@ -298,14 +303,26 @@ impl SessionCore {
             return false;
         }
         let waiting = s.slots.iter().flatten().next();
-        match waiting.filter(|w| &w.user != user).and_then(|w| w.conn) {
-            Some(c) => {
-                let token = token.to_owned();
-                self.send(c, RelayMessage::PeerE2eeUnavailable { claim, token });
-                true
-            }
-            None => false,
+        let Some(c) = waiting.filter(|w| &w.user != user).and_then(|w| w.conn) else {
+            return false;
+        };
+        // Once per refused user and claim: a client retrying its join must not flood the
+        // peer; a new claim (the policy changed) is news and is told.
+        let Some(s) = self.sessions.get_mut(session) else {
+            return false;
+        };
+        if s.told_unavailable
+            .iter()
+            .any(|(u, c)| u == user && *c == claim)
+        {
+            return true;
         }
+        if s.told_unavailable.len() < TOLD_UNAVAILABLE_MAX {
+            s.told_unavailable.push((user.clone(), claim));
+        }
+        let token = token.to_owned();
+        self.send(c, RelayMessage::PeerE2eeUnavailable { claim, token });
+        true
     }
 
     /// The endpoint said `Leave`: its slot is freed and the peer told.
@@ -352,7 +369,7 @@ impl SessionCore {
             self.send(p, RelayMessage::PeerLeft(why));
         }
         if empty {
-            self.close_session(session);
+            self.close_session(session, why.as_str());
         }
     }
 
@@ -405,7 +422,7 @@ impl SessionCore {
                 conn: None,
             });
         }
-        self.close_session(session);
+        self.close_session(session, why.as_str());
     }
 
     /// Ends every session (the drain is over).
@@ -416,11 +433,13 @@ impl SessionCore {
         }
     }
 
-    /// Forgets the session and gives back its fast-path channels.
-    fn close_session(&mut self, session: &SessionId) {
+    /// Forgets the session and gives back its fast-path channels; counted in
+    /// `duet_sessions_ended_total{reason}` (an `EndReason`, or how its last endpoint went).
+    fn close_session(&mut self, session: &SessionId, reason: &'static str) {
         let Some(s) = self.sessions.remove(session) else {
             return;
         };
+        self.metrics.session_ended(reason).increment(1);
         if let (Some(c), Some(fp)) = (s.fast_path, &self.fast_path) {
             fp.table().release(c[0]);
         }

@@ -335,3 +335,40 @@ fn unbind_stops_fast_path_delivery_to_that_endpoint() {
     t.handle_control(ConnId(1), ClientMessage::FastPathUnbind, now, NOW_UNIX);
     assert_eq!(fp.table().bound_addr(offer.channel), None);
 }
+
+/// Catches the old behaviour: Pings and feature requests before Join were answered without
+/// limit, so an unjoined connection could make the relay write for as long as it liked.
+#[test]
+fn pings_and_feature_requests_before_join_are_bounded() {
+    let mut t = core();
+    let now = Instant::now();
+    t.handle_connected(ConnId(1), addr(1), now);
+    for n in 0..BEFORE_JOIN_MAX {
+        let msg = if n % 2 == 0 {
+            ClientMessage::Ping(u64::from(n))
+        } else {
+            ClientMessage::Request(Feature::Recording)
+        };
+        t.handle_control(ConnId(1), msg, now, NOW_UNIX);
+    }
+    let acts = drain(&mut t);
+    assert_eq!(sends_to(&acts, ConnId(1)).len(), BEFORE_JOIN_MAX as usize);
+    assert!(closes_of(&acts, ConnId(1)).is_empty());
+    t.handle_control(ConnId(1), ClientMessage::Ping(99), now, NOW_UNIX);
+    let acts = drain(&mut t);
+    assert_eq!(
+        sends_to(&acts, ConnId(1)),
+        vec![RelayMessage::Refused(RefusalReason::ProtocolViolation)]
+    );
+    assert_eq!(
+        closes_of(&acts, ConnId(1)),
+        vec![CloseReason::Refused(RefusalReason::ProtocolViolation)]
+    );
+    assert_eq!(
+        metric(&t, r#"duet_control_errors_total{kind="before_join_limit"}"#),
+        1.0
+    );
+    // Nothing more is answered.
+    t.handle_control(ConnId(1), ClientMessage::Ping(100), now, NOW_UNIX);
+    assert!(drain(&mut t).is_empty());
+}

@@ -257,15 +257,24 @@ fn e2ee_claims_are_refused_and_the_waiting_peer_told() {
     let now = Instant::now();
     join(&mut t, 1, &claims("s", "alice", "p"), now).unwrap();
     drain(&mut t);
-    for (claim, refusal) in [
-        (E2eeClaim::PolicyDisabled, RefusalReason::PolicyDisabled),
-        (E2eeClaim::UserNotEnabled, RefusalReason::UserNotEnabled),
+    for (user, claim, refusal) in [
         (
+            "bob",
+            E2eeClaim::PolicyDisabled,
+            RefusalReason::PolicyDisabled,
+        ),
+        (
+            "carol",
+            E2eeClaim::UserNotEnabled,
+            RefusalReason::UserNotEnabled,
+        ),
+        (
+            "dave",
             E2eeClaim::ComplianceRecording,
             RefusalReason::ComplianceRecording,
         ),
     ] {
-        let mut c = claims("s", "bob", "p");
+        let mut c = claims("s", user, "p");
         c.e2ee = claim;
         assert_eq!(
             t.join_verified(ConnId(2), &req(&c, true), now, NOW_UNIX),
@@ -284,6 +293,75 @@ fn e2ee_claims_are_refused_and_the_waiting_peer_told() {
     c.e2ee = E2eeClaim::PolicyDisabled;
     assert_eq!(join(&mut t, 3, &c, now), Err(RefusalReason::PolicyDisabled));
     assert!(drain(&mut t).is_empty());
+}
+
+/// Catches the old behaviour: the waiting peer got a `PeerE2eeUnavailable` for every
+/// refused join attempt, so a client retrying its join flooded it.
+#[test]
+fn the_waiting_peer_is_told_once_per_refused_user_and_claim() {
+    let mut t = core();
+    let now = Instant::now();
+    join(&mut t, 1, &claims("s", "alice", "p"), now).unwrap();
+    drain(&mut t);
+    let mut c = claims("s", "bob", "p");
+    c.e2ee = E2eeClaim::PolicyDisabled;
+    let mut told_alice = 0;
+    for conn in 2..12 {
+        assert_eq!(
+            join(&mut t, conn, &c, now),
+            Err(RefusalReason::PolicyDisabled)
+        );
+        told_alice += sends_to(&drain(&mut t), ConnId(1))
+            .iter()
+            .filter(|m| matches!(m, RelayMessage::PeerE2eeUnavailable { .. }))
+            .count();
+    }
+    assert_eq!(told_alice, 1, "ten refused attempts by bob, one notice");
+    // Bob's claim changed (the policy did): that is news.
+    let mut c = claims("s", "bob", "p");
+    c.e2ee = E2eeClaim::UserNotEnabled;
+    assert_eq!(
+        join(&mut t, 15, &c, now),
+        Err(RefusalReason::UserNotEnabled)
+    );
+    assert_eq!(
+        sends_to(&drain(&mut t), ConnId(1)).len(),
+        1,
+        "a new claim: told"
+    );
+    let mut c = claims("s", "carol", "p");
+    c.e2ee = E2eeClaim::UserNotEnabled;
+    assert_eq!(
+        join(&mut t, 20, &c, now),
+        Err(RefusalReason::UserNotEnabled)
+    );
+    assert_eq!(
+        sends_to(&drain(&mut t), ConnId(1)).len(),
+        1,
+        "another user: told"
+    );
+}
+
+/// Catches the old behaviour: `duet_sessions_ended_total{reason}` was defined but never
+/// counted.
+#[test]
+fn ended_sessions_are_counted_by_reason() {
+    let mut t = core();
+    let now = Instant::now();
+    join(&mut t, 1, &claims("s", "alice", "p"), now).unwrap();
+    join(&mut t, 2, &claims("s", "bob", "p"), now).unwrap();
+    t.end_session(&sid("s"), EndReason::IdleTimeout);
+    join(&mut t, 3, &claims("t", "alice", "p"), now).unwrap();
+    t.leave(ConnId(3));
+    drain(&mut t);
+    assert_eq!(
+        metric(&t, r#"duet_sessions_ended_total{reason="idle_timeout"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&t, r#"duet_sessions_ended_total{reason="left"}"#),
+        1.0
+    );
 }
 
 #[test]
