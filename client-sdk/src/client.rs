@@ -86,10 +86,13 @@ impl Client {
     ///
     /// Errors, all with no media sent or delivered:
     /// * [`SdkError::E2eeUnavailable`]: this user's token or options do not allow E2EE
-    ///   (`PolicyDisabled`, `ComplianceRecording`, `UserNotEnabled`), or the peer's do
-    ///   (`PeerNotEnabled`, with the peer's stated reason). The app may fall back to its
-    ///   ordinary call path, knowingly.
-    /// * [`SdkError::Handshake`]: the key agreement failed (tampering, bad signature...).
+    ///   (`PolicyDisabled`, `ComplianceRecording`, `UserNotEnabled`), or the peer's signed
+    ///   token does not (`PeerNotEnabled`, with its reason). A plain call instead is the
+    ///   app's explicit, user-visible choice, never automatic.
+    /// * [`SdkError::Handshake`]: the key agreement failed or was attacked (tampering, a
+    ///   bad signature or token, a spliced session, an unproven decline, a changed pinned
+    ///   identity under `IdentityPolicy::Block`).
+    /// * [`SdkError::WrongSession`]: the relay answered for another session.
     /// * [`SdkError::Timeout`]: no peer or no agreement within `handshake_timeout`.
     /// * [`SdkError::PeerLeft`]: the peer left during the handshake.
     ///

@@ -48,7 +48,8 @@ pub enum SdkError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
     /// This call cannot be end-to-end encrypted (a side did not opt in, or policy forbids
-    /// it). No media was sent. The app may fall back to its ordinary call path, knowingly.
+    /// it), proven by the signed token of the side that cannot. No media was sent. A plain
+    /// call instead is the app's explicit, user-visible choice.
     #[error(transparent)]
     E2eeUnavailable(#[from] E2eeUnavailable),
     /// The key agreement failed (tampered, reordered or malformed handshake messages, a

@@ -5,20 +5,19 @@
 //! the same call engine continues: same code, `Migrated`, `KeysConfirmed`, media sealed.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use duet_proto::{MediaKind, NodeId, RelayMessage};
+use duet_proto::{MediaKind, NodeId};
 use duet_sdk::{Call, Client, ConnectOptions, Event, SdkError};
+use duet_testkit::fleet::Fleet;
 use duet_testkit::sdk::{e2ee_config, issuer_keys};
-use duet_testkit::{
-    claims_builder, sid, HostileRelay, RelayProcess, RelayUnderTest, Script, TestRelay, STEP,
-};
+use duet_testkit::{claims_builder, sid, RelayProcess, RelayUnderTest, TestRelay, STEP};
 
 const MARKER: &[u8; 18] = b"FAILOVER-PLAINTEXT";
 
-/// The files that make two nodes one fleet: the same certificate and the same issuer.
+/// The files that make two in-process nodes one fleet: the same certificate and issuer
+/// (relay processes: [`Fleet`]).
 fn share_identity(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for f in ["cert.pem", "key.pem", "token-signing-key", "token-key.pub"] {
@@ -131,33 +130,22 @@ async fn assert_moved(a: &Call, b: &Call, code: &duet_sdk::SecurityCode) -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_the_call_continues_on_the_next_with_the_same_code() -> Result<()> {
     duet_testkit::init_tracing();
-    let dirs = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let mut n1 = RelayProcess::builder()
-        .data_dir(dirs.0.path())
-        .args(["--node-id", "n1"])
-        .start()?;
-    share_identity(dirs.0.path(), dirs.1.path())?;
-    let n2 = RelayProcess::builder()
-        .data_dir(dirs.1.path())
-        .args(["--node-id", "n2"])
-        .start()?;
-    let opts = fleet_options(
-        n1.cert_pem(),
-        vec![(node("n1"), n1.quic_addr()), (node("n2"), n2.quic_addr())],
-    );
-    let (a, b) = pair(&n1, n1.quic_addr(), &opts, "failover-kill").await?;
+    let mut fleet = Fleet::start(2, |b| b)?;
+    let opts = fleet_options(fleet.cert_pem(), fleet.address_book());
+    let n1 = &fleet.nodes[0];
+    let (a, b) = pair(n1, n1.quic_addr(), &opts, "failover-kill").await?;
     let code = a.security_code().context("a code")?;
     assert_eq!(b.security_code().as_ref(), Some(&code));
     assert_eq!(a.node(), Some(node("n1")));
     exchange(&a, &b, 0).await?;
 
-    n1.sigkill()?;
+    fleet.nodes[0].sigkill()?;
     assert_moved(&a, &b, &code).await?;
     Ok(())
 }
 
-/// The node says it is draining (here a front that injects the notice, as a draining relay
-/// sends it): both move to n2 at once, same code.
+/// The node is drained by its operator: it tells its clients `Draining`, and both move to
+/// n2 at once, same code, before the drain deadline ends the session there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_the_call_moves_to_the_next_with_the_same_code() -> Result<()> {
     let n1 = TestRelay::start_with(|c| c.node_id = "n1".into()).await;
@@ -167,29 +155,27 @@ async fn a_draining_node_the_call_moves_to_the_next_with_the_same_code() -> Resu
         share_identity(&from, &c.data_dir).expect("one fleet");
     })
     .await;
-    let front = HostileRelay::start(n1.quic_addr(), n1.data_dir(), Arc::new(Script::new()))?;
     let opts = fleet_options(
         n1.cert_pem(),
-        vec![(node("n1"), front.addr()), (node("n2"), n2.quic_addr())],
+        vec![(node("n1"), n1.quic_addr()), (node("n2"), n2.quic_addr())],
     );
-    let (a, b) = pair(&n1, front.addr(), &opts, "failover-drain").await?;
+    let (a, b) = pair(&n1, n1.quic_addr(), &opts, "failover-drain").await?;
     let code = a.security_code().context("a code")?;
     exchange(&a, &b, 0).await?;
-    for leg in 0..2 {
-        front.handle.inject(
-            leg,
-            RelayMessage::Draining {
-                deadline_ms: 10_000,
-            },
+    let mut tap = b.tap_raw();
+    n1.relay.drain();
+    assert_moved(&a, &b, &code).await?;
+    while let Ok(d) = tap.try_recv() {
+        assert!(
+            !d.windows(10).any(|w| w == &MARKER[..10]),
+            "plaintext forwarded"
         );
     }
-    assert_moved(&a, &b, &code).await?;
-    assert!(!front.handle.saw_in_datagrams(&MARKER[..10]));
     Ok(())
 }
 
 /// The only node restarts on the same ports (a crash and a supervisor restart): the SDKs
-/// notice (a stateless reset once the relay keeps its reset key, else the idle timeout),
+/// notice at once (a stateless reset: the relay keeps its reset key; `ConnectionReset`),
 /// the restarted node has lost the session, and both join it afresh: the same engine
 /// continues, same code, keys confirmed end to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,6 +193,9 @@ async fn a_restarted_node_the_call_continues_on_it_with_the_same_code() -> Resul
     n1.sigkill()?;
     n1.restart()?;
     for c in [&a, &b] {
+        // The relay keeps its stateless-reset key in its data directory, so the first
+        // packet to the new process gets a reset the SDK recognises: told at once.
+        wait_for(c, "ConnectionReset", |e| *e == Event::ConnectionReset).await?;
         wait_for(c, "KeysConfirmed", |e| *e == Event::KeysConfirmed).await?;
         assert_eq!(c.security_code().as_ref(), Some(&code));
     }

@@ -509,3 +509,45 @@ async fn rewritten_signals_and_a_lying_slot_fail_typed() -> Result<()> {
     );
     Ok(())
 }
+
+/// Signals delayed (each by 150 ms, so they also arrive in bursts) still give an E2EE call
+/// with one code; a dropped handshake message ends both sides typed, with no keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_or_dropped_signals_end_established_or_typed() -> Result<()> {
+    let relay = TestRelay::start().await;
+    let front1 = hostile(
+        &relay,
+        Script::new().on_relay(|leg, msg, h| match msg {
+            RelayMessage::Signal(s) => {
+                let h = h.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    h.inject(leg, RelayMessage::Signal(s));
+                });
+                vec![]
+            }
+            other => vec![other],
+        }),
+    );
+    let (a, b) = pair_via(&front1, &relay, "h-delay", (on(), on())).await;
+    let (a, b) = (a?, b?);
+    assert_eq!(a.security_code(), b.security_code());
+    assert!(a.is_e2ee() && b.is_e2ee());
+    exchange(&a, &b, 0).await?;
+    drop((a, b));
+    settle(&relay).await;
+
+    let front2 = hostile(
+        &relay,
+        Script::new().on_client(|_, msg, _| match msg {
+            ClientMessage::Signal(s) if handshake_type(&s) == Some(T_REVEAL) => vec![],
+            other => vec![other],
+        }),
+    );
+    let short = || with_timeout(on(), Duration::from_secs(2));
+    let (a, b) = pair_via(&front2, &relay, "h-drop", (short(), short())).await;
+    assert_typed_attack(&a, "alice");
+    assert_typed_attack(&b, "bob");
+    assert!(!front2.handle.saw_in_datagrams(&MARKER[..12]));
+    Ok(())
+}

@@ -8,7 +8,8 @@
 //!
 //! Never a silent downgrade: an unavailable result comes with no media keys at all, so
 //! the transport has nothing to encrypt with and must not send media on this call. The
-//! app may then start its ordinary (non-E2EE) call path, knowingly.
+//! app may then offer its user an ordinary (non-E2EE) call: an explicit, user-visible
+//! choice, never automatic.
 
 use duet_proto::E2eeClaim;
 
@@ -123,9 +124,8 @@ impl UnavailableReason {
 #[error("end-to-end encryption unavailable: {}", reason.as_str())]
 pub struct E2eeUnavailable {
     pub reason: UnavailableReason,
-    /// When `reason` is `PeerNotEnabled`: what the peer said, if it said (never
-    /// `PeerNotEnabled`). Informational: it is not authenticated, and needs not be — any
-    /// answer here means no E2EE call, and the relay could as well drop the handshake.
+    /// When `reason` is `PeerNotEnabled`: the decision in the peer's signed token (never
+    /// `PeerNotEnabled`), verified by the handshake: the backend's word, not the relay's.
     pub peer_reason: Option<UnavailableReason>,
 }
 

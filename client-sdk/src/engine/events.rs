@@ -27,8 +27,10 @@ pub enum Event {
     PeerReconnecting,
     /// The peer is back; the call carries on (on an E2EE call, after key confirmation).
     PeerResumed,
-    /// The peer cannot use E2EE for this call, and its signed token proves it. Not an
-    /// invitation to fall back: an app that offers a plain call asks its user first.
+    /// The relay says the peer's join was refused because its token forbids E2EE. The
+    /// relay's word: during `join_e2ee` the handshake accepts it only with the peer's signed
+    /// token (else `HandshakeError::UnprovenDecline`). Never an invitation to fall back: an
+    /// app that offers a plain call asks its user first.
     PeerE2eeUnavailable(E2eeClaim),
     /// The relay dropped one of this endpoint's messages.
     Dropped(RefusalReason),
@@ -55,6 +57,11 @@ pub enum Event {
     /// After a resume or a move to another node, both sides proved they still hold the
     /// call's keys; media is delivered again. Same keys, same code.
     KeysConfirmed,
+    /// After a resume or a move, the peer has not proved it holds the keys for
+    /// `engine::CONFIRM_WARN`: media stays held (whoever answers there may be an impostor,
+    /// or the peer is still away). The SDK keeps asking; `KeysConfirmed` follows if it
+    /// proves it.
+    KeysUnconfirmed,
     /// The call moved to another relay node of the token's list (the old one died or is
     /// draining). Same keys, same code; media is delivered once `KeysConfirmed`.
     Migrated {
@@ -88,6 +95,7 @@ impl Event {
             Self::E2eeEstablished { .. }
                 | Self::PeerIdentityChanged { .. }
                 | Self::KeysConfirmed
+                | Self::KeysUnconfirmed
                 | Self::Migrated { .. }
                 | Self::PeerLeft(_)
                 | Self::SessionEnded(_)

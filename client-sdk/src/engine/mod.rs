@@ -3,9 +3,10 @@
 //!
 //! Owns the E2EE state (sealer, opener, epochs, replay windows, the code and the peer's
 //! identity), fragmenting and reassembly, frames held before the keys or while a key
-//! confirmation is pending, the key confirmation itself ([`confirm`]), and the event queue
-//! ([`events`]). Does not own sockets, tasks or clocks: the driver (`Call`) passes bytes
-//! and `now` in (`handle_*`) and takes bytes, frames, events and deadlines out (`poll_*`).
+//! confirmation is pending, the key confirmation itself ([`confirm`]), in-call hybrid
+//! rekeys (`hybrid`), padding ([`padding`]) and the event queue ([`events`]). Does not
+//! own sockets, tasks or clocks: the driver (`Call`) passes bytes and `now` in
+//! (`handle_*`) and takes bytes, frames, events and deadlines out (`poll_*`).
 //!
 //! Because the engine outlives any one connection, a resume on the same node or a move to
 //! another node attaches a new connection to the *same* engine: same keys, epochs,
@@ -49,6 +50,9 @@ pub const MAX_FRAMES_BEFORE_KEYS: usize = 64;
 /// [`CONFIRM_RETRY_MAX`]): the relay drops signals while the peer is away.
 pub const CONFIRM_RETRY: Duration = Duration::from_millis(200);
 pub const CONFIRM_RETRY_MAX: Duration = Duration::from_secs(2);
+/// After this long without the peer's proof, the app is told ([`Event::KeysUnconfirmed`]);
+/// media stays held and the requests go on.
+pub const CONFIRM_WARN: Duration = Duration::from_secs(10);
 
 /// End-to-end encryption counters of one call. Rejected frames are never delivered.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +130,8 @@ struct Pending {
     nonce: [u8; NONCE_LEN],
     next_send: Instant,
     backoff: Duration,
+    /// When `KeysUnconfirmed` is due; `None` once told.
+    warn_at: Option<Instant>,
 }
 
 /// Whether a signal was the engine's or is the app's.
@@ -478,10 +484,16 @@ impl Engine {
             tracing::warn!("no randomness for a key confirmation");
             return;
         }
+        // A new confirmation while one is pending keeps the first one's warning time.
+        let warn_at = match &self.pending {
+            Some(p) => p.warn_at,
+            None => Some(now + CONFIRM_WARN),
+        };
         self.pending = Some(Pending {
             nonce,
             next_send: now + CONFIRM_RETRY,
             backoff: CONFIRM_RETRY,
+            warn_at,
         });
         self.send_confirm(now, ConfirmKind::Request, nonce);
     }
@@ -495,6 +507,7 @@ impl Engine {
         [
             self.reassembler.next_deadline(),
             self.pending.as_ref().map(|p| p.next_send),
+            self.pending.as_ref().and_then(|p| p.warn_at),
             c,
         ]
         .into_iter()
@@ -505,6 +518,12 @@ impl Engine {
     /// Expires incomplete frames and resends an unanswered confirmation request.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.reassembler.expire(now);
+        if let Some(p) = self.pending.as_mut() {
+            if p.warn_at.is_some_and(|t| t <= now) {
+                p.warn_at = None;
+                self.events.push(Event::KeysUnconfirmed);
+            }
+        }
         let resend = match &mut self.pending {
             Some(p) if p.next_send <= now => {
                 p.backoff = (p.backoff * 2).min(CONFIRM_RETRY_MAX);

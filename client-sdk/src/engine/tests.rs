@@ -182,6 +182,28 @@ fn a_replayed_reply_does_not_confirm_a_later_resume() {
 }
 
 #[test]
+fn an_unconfirmed_peer_is_reported_and_its_media_stays_held() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(t0);
+    a.begin_confirmation(t0);
+    send(&mut b, &mut a, t0, b"held");
+    let mut t = t0;
+    while t < t0 + CONFIRM_WARN {
+        t = a.poll_timeout().unwrap();
+        a.handle_timeout(t);
+    }
+    assert!(drain_events(&mut a).contains(&Event::KeysUnconfirmed));
+    assert!(a.poll_frame().is_none(), "held, not delivered");
+    // The peer answers late: confirmed, released.
+    while let Some(req) = a.poll_transmit() {
+        b.handle_signal(t, &req);
+    }
+    signals(&mut b, &mut a, t);
+    assert!(!a.is_confirming());
+    assert_eq!(a.poll_frame().unwrap().data.as_ref(), b"held");
+}
+
+#[test]
 fn an_unanswered_request_is_sent_again_with_backoff() {
     let t0 = Instant::now();
     let (mut a, _b) = pair(t0);
