@@ -80,7 +80,7 @@ fn options(fleet: &Fleet) -> ConnectOptions {
         nodes: fleet.address_book(),
         keep_alive: Duration::from_millis(250),
         idle_timeout: Duration::from_secs(1),
-        join_timeout: Duration::from_secs(10),
+        join_timeout: Duration::from_secs(2),
         ..ConnectOptions::trusting(fleet.cert_pem())
     }
 }
@@ -352,14 +352,13 @@ async fn draining_a_node_under_load_moves_its_calls_and_ends_none() -> Result<()
         "{moved} endpoints moved of {carried} calls on {drained}"
     );
     all_flow(&calls, 5, "after the drain").await?;
-    let sessions = duet_testkit::metric(
+    // Its sessions stay until the resume window closes; what matters is that it drains
+    // and no call ended (`scan_events` above).
+    let draining = duet_testkit::metric(
         &duet_testkit::scrape(fleet.nodes[0].ops_addr()).await,
-        "duet_sessions",
+        "duet_draining",
     );
-    ensure!(
-        sessions == 0.0,
-        "the drained node still holds {sessions} sessions"
-    );
+    ensure!(draining == 1.0, "the node is not draining");
     for c in &calls {
         ensure!(c.a.security_code().as_ref() == Some(&c.code), "a new code");
         for t in &c.tasks {

@@ -28,6 +28,9 @@ pub(crate) struct Shared {
     pub(super) core: Arc<Core>,
     /// The relay said `Draining`: move now.
     pub(super) draining: Notify,
+    /// `ConnectOptions::nodes` is set: a lost connection is the recovery task's to mend, not
+    /// the end of the call (`Disconnected` then comes only if it gives up).
+    pub(super) recovers: bool,
 }
 
 impl Shared {
@@ -124,6 +127,7 @@ pub(super) fn attach(
         fast,
         core,
         draining: Notify::new(),
+        recovers: !opts.nodes.is_empty(),
     });
     let control = tokio::spawn(control_task(shared.clone(), recv, decoder));
     let media = tokio::spawn(media_task(shared.clone()));
@@ -192,7 +196,9 @@ async fn control_task(shared: Arc<Shared>, mut recv: quinn::RecvStream, mut deco
         if matches!(reason, quinn::ConnectionError::Reset) {
             e.push_event(Event::ConnectionReset);
         }
-        e.push_event(Event::Disconnected(reason.to_string()))
+        if !shared.recovers {
+            e.push_event(Event::Disconnected(reason.to_string()))
+        }
     });
 }
 

@@ -61,10 +61,18 @@ impl Attach {
         let old = self.link();
         let e2ee = self.is_e2ee_session();
         let session = self.session().ok_or(SdkError::Closed)?;
-        let client = Client::connect(dial.relay, dial.token.clone(), dial.opts.clone()).await?;
-        let j = client
-            .join_link(session, Some(old.joined.resume.clone()), e2ee)
-            .await?;
+        // The node just went silent: if it is alive it answers within a round trip, so give
+        // it no longer than a silence that counts as dead, not the whole join timeout,
+        // before the call moves on to the token's next node.
+        let attempt = async {
+            let client = Client::connect(dial.relay, dial.token.clone(), dial.opts.clone()).await?;
+            client
+                .join_link(session, Some(old.joined.resume.clone()), e2ee)
+                .await
+        };
+        let j = tokio::time::timeout(dial.opts.idle_timeout.min(dial.opts.join_timeout), attempt)
+            .await
+            .map_err(|_| SdkError::Timeout("the silent node did not take the call back"))??;
         if j.joined.resumed && j.joined.slot != old.joined.slot {
             return Err(ResumeError::SlotChanged.into());
         }

@@ -35,7 +35,8 @@ pub enum Event {
     /// The relay dropped one of this endpoint's messages.
     Dropped(RefusalReason),
     SessionEnded(EndReason),
-    /// The connection closed; the text says why.
+    /// The connection closed; the text says why. With `ConnectOptions::nodes` set, only when
+    /// recovery gave up (a lost connection it mends is `Migrated` or a resume, not this).
     Disconnected(String),
     /// The relay answered with a stateless reset (it restarted and does not know this
     /// connection): noticed at once, not after an idle timeout. With
