@@ -18,7 +18,7 @@
 //! - `config` (file + flags, key files), `tls` (rustls, certificates, key-exchange
 //!   counting), `metrics` + `ops` (Prometheus, health, readiness), `http` (every HTTP
 //!   listener's bounds: connection cap, header and request timeouts, body size), `process_metrics`
-//!   (`process_*` from /proc), `policy` (the administrator's E2EE policy store), `handle`
+//!   (`process_*` from /proc), `keyring` (the token keys in force, swapped on SIGHUP), `policy` (the administrator's E2EE policy store), `handle`
 //!   (the running relay); for the binary: `notify` (systemd), `healthcheck` (`/healthz`
 //!   client), `ops_cli` (`drain`, `undrain`, `status` against a running relay), `probe`
 //!   (the data-plane probe), `exit_status` (78 for a bad configuration).
@@ -42,6 +42,7 @@ pub mod forward;
 mod handle;
 pub mod healthcheck;
 mod http;
+pub mod keyring;
 pub mod metrics;
 pub mod notify;
 pub mod ops;
@@ -95,8 +96,8 @@ impl Relay {
         config.validate()?;
         config::ensure_dir(&config.data_dir)?;
         let node = config.node()?;
-        let keys = config.load_token_keys()?;
         let metrics = RelayMetrics::new();
+        let keys = keyring::LiveKeyring::new(config.load_token_keys()?, &metrics);
         metrics
             .max_sessions
             .set(f64::from(config.limits.max_sessions));
@@ -152,12 +153,7 @@ impl Relay {
         };
         let fast_path_addr = fast_path.as_ref().map(|(s, _)| s.local_addr());
         let config = Arc::new(config);
-        let driver = Driver::new(
-            config.clone(),
-            config::Config::keyring(&keys),
-            metrics,
-            fast_path,
-        )?;
+        let driver = Driver::new(config.clone(), keys.clone(), metrics, fast_path)?;
 
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(quic::endpoint::accept_loop(
