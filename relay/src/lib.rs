@@ -21,7 +21,7 @@
 //!   (`process_*` from /proc), `keyring` (the token keys in force, swapped on SIGHUP), `policy` (the administrator's E2EE policy store), `handle`
 //!   (the running relay); for the binary: `notify` (systemd), `healthcheck` (`/healthz`
 //!   client), `ops_cli` (`drain`, `undrain`, `status` against a running relay), `probe`
-//!   (the data-plane probe), `exit_status` (78 for a bad configuration).
+//!   (the data-plane probe), `exit_status` (78 for a bad configuration), `fd_limit` (the open-file limit raised at start).
 //!
 //! One datagram through the relay, at most three files per transport:
 //! - QUIC: `quic/media.rs` (read, hand-off) -> `forward.rs` (`forward_step`: header, budget,
@@ -38,6 +38,7 @@
 pub mod config;
 pub mod exit_status;
 pub mod fastpath;
+pub mod fd_limit;
 pub mod forward;
 mod handle;
 pub mod healthcheck;

@@ -196,6 +196,7 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
                 signal(SignalKind::hangup()).context("SIGHUP handler")?,
             )
         };
+        duet_relay::fd_limit::raise(&cfg);
         let relay = Relay::start(cfg).await?;
         let c = relay.config();
         print!("{}", relay.describe());
