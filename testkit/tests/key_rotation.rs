@@ -9,14 +9,13 @@
 //! SIGHUP re-read only the certificate, so the old key's join was still accepted.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use duet_proto::{MediaKind, RefusalReason, SigningKey};
-use duet_sdk::{Call, Client, Event, SdkError};
-use duet_testkit::sdk::{assert_media_flows, connect_options};
+use duet_proto::{RefusalReason, SigningKey};
+use duet_sdk::{Call, Client, SdkError};
+use duet_testkit::sdk::{assert_media_flows, carry_media, connect_options, MediaFlow};
 use duet_testkit::{metric, scrape, sid, RelayProcess, RelayUnderTest, STEP};
 
 /// The relay process, seen by clients whose tokens are signed with `key`.
@@ -91,52 +90,6 @@ async fn wait_series(relay: &RelayProcess, series: &str, want: f64) -> Result<()
     }
 }
 
-/// Media of one direction while the test runs: frames sent and received, and every event
-/// the receiving call saw that means the call broke.
-struct Flow {
-    sent: AtomicU64,
-    received: AtomicU64,
-    broken: std::sync::Mutex<Vec<String>>,
-}
-
-fn carry(from: Arc<Call>, to: Arc<Call>, stop: tokio::sync::watch::Receiver<bool>) -> Arc<Flow> {
-    let flow = Arc::new(Flow {
-        sent: AtomicU64::new(0),
-        received: AtomicU64::new(0),
-        broken: std::sync::Mutex::default(),
-    });
-    let (f, mut s) = (flow.clone(), stop.clone());
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        while !*s.borrow_and_update() {
-            tick.tick().await;
-            if from.send_media(MediaKind::Audio, &[7u8; 160]).await.is_ok() {
-                f.sent.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    });
-    let (f, mut s) = (flow.clone(), stop);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                r = to.recv_media() => match r {
-                    Ok(_) => { f.received.fetch_add(1, Ordering::Relaxed); }
-                    Err(e) => { f.broken.lock().unwrap().push(format!("recv: {e}")); break; }
-                },
-                ev = to.next_event() => match ev {
-                    Some(Event::PeerLeft(_) | Event::PeerReconnecting | Event::SessionEnded(_)
-                        | Event::Disconnected(_)) | None => {
-                        f.broken.lock().unwrap().push(format!("{ev:?}"));
-                    }
-                    Some(_) => {}
-                },
-                _ = s.changed() => break,
-            }
-        }
-    });
-    flow
-}
-
 #[test]
 fn removing_a_token_key_refuses_its_new_joins_and_drops_no_call() -> Result<()> {
     duet_testkit::init_tracing();
@@ -169,12 +122,12 @@ fn removing_a_token_key_refuses_its_new_joins_and_drops_no_call() -> Result<()> 
             calls.push(pair(&under_new, &format!("rot-new-{i}")).await?);
         }
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let flows: Vec<Arc<Flow>> = calls
+        let flows: Vec<Arc<MediaFlow>> = calls
             .iter()
             .flat_map(|(a, b)| {
                 [
-                    carry(a.clone(), b.clone(), stop.clone()),
-                    carry(b.clone(), a.clone(), stop.clone()),
+                    carry_media(a.clone(), b.clone(), stop.clone()),
+                    carry_media(b.clone(), a.clone(), stop.clone()),
                 ]
             })
             .collect();
@@ -210,11 +163,8 @@ fn removing_a_token_key_refuses_its_new_joins_and_drops_no_call() -> Result<()> 
         let _ = stop_tx.send(true);
         tokio::time::sleep(Duration::from_millis(200)).await;
         for (i, f) in flows.iter().enumerate() {
-            let (sent, got) = (
-                f.sent.load(Ordering::Relaxed),
-                f.received.load(Ordering::Relaxed),
-            );
-            let broken = f.broken.lock().unwrap().clone();
+            let (sent, got) = (f.sent(), f.received());
+            let broken = f.broken();
             ensure!(broken.is_empty(), "flow {i} broke: {broken:?}");
             // Loopback: nothing should be lost; a loaded 2-core box may delay the last few.
             ensure!(
