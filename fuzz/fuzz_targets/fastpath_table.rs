@@ -46,7 +46,10 @@ struct Model {
 
 impl Model {
     fn find(&self, ch: ChannelId) -> Option<(usize, usize)> {
-        let i = self.pairs.iter().rposition(|p| p.live && p.ids.contains(&ch))?;
+        let i = self
+            .pairs
+            .iter()
+            .rposition(|p| p.live && p.ids.contains(&ch))?;
         Some((i, usize::from(self.pairs[i].ids[1] == ch)))
     }
     fn live(&self) -> usize {
@@ -57,7 +60,12 @@ impl Model {
     }
 
     /// What a media packet on `ch` from `src` must get.
-    fn media(&self, ch: ChannelId, src: SocketAddr, kind: MediaKind) -> Result<Verdict, DropReason> {
+    fn media(
+        &self,
+        ch: ChannelId,
+        src: SocketAddr,
+        kind: MediaKind,
+    ) -> Result<Verdict, DropReason> {
         let Some((i, side)) = self.find(ch) else {
             return Err(DropReason::UnknownChannel);
         };
@@ -78,7 +86,12 @@ impl Model {
 
     /// What a genuine, unexpired ticket for `ch`, `seq`, from `src` (its own IP) must do,
     /// and the model's state after it.
-    fn bind(&mut self, ch: ChannelId, src: SocketAddr, seq: u32) -> Result<BindOutcome, DropReason> {
+    fn bind(
+        &mut self,
+        ch: ChannelId,
+        src: SocketAddr,
+        seq: u32,
+    ) -> Result<BindOutcome, DropReason> {
         let Some((i, side)) = self.find(ch) else {
             return Err(DropReason::UnknownChannel);
         };
@@ -87,7 +100,11 @@ impl Model {
             None => (Ok(BindOutcome::New), (Some(src), seq)),
             Some((Some(a), s)) if a == src => (Ok(BindOutcome::Refreshed), (Some(a), s.max(seq))),
             Some((addr, s)) if seq > s => (
-                Ok(if addr.is_some() { BindOutcome::Moved } else { BindOutcome::New }),
+                Ok(if addr.is_some() {
+                    BindOutcome::Moved
+                } else {
+                    BindOutcome::New
+                }),
                 (Some(src), seq),
             ),
             Some(cur) => (Err(DropReason::StaleTicket), cur),
@@ -98,7 +115,9 @@ impl Model {
 }
 
 fn media_packet(kind: MediaKind, ch: ChannelId, len: usize) -> Vec<u8> {
-    let mut v = FastPathHeader::new(PacketType::Media(kind), ch).to_bytes().to_vec();
+    let mut v = FastPathHeader::new(PacketType::Media(kind), ch)
+        .to_bytes()
+        .to_vec();
     v.resize(v.len() + len, 0x5a);
     v
 }
@@ -128,7 +147,11 @@ fuzz_target!(|data: &[u8]| {
     let mut next = || input.next();
 
     while let Some(op) = next() {
-        let (a, b, c) = (next().unwrap_or(0), next().unwrap_or(0), next().unwrap_or(0));
+        let (a, b, c) = (
+            next().unwrap_or(0),
+            next().unwrap_or(0),
+            next().unwrap_or(0),
+        );
         let src = SRCS[usize::from(b) % SRCS.len()];
         // A channel of a pair seen so far (live or released), or a random-looking id.
         let channel = |m: &Model| match m.pick(a) {
@@ -140,8 +163,17 @@ fuzz_target!(|data: &[u8]| {
             0 => match table.allocate(limits) {
                 Some(ids) => {
                     assert!(m.live() < CAPACITY as usize, "allocated past capacity");
-                    assert!(m.pairs.iter().all(|p| !p.ids.contains(&ids[0]) && !p.ids.contains(&ids[1])), "an id came back");
-                    m.pairs.push(Pair { ids, live: true, bind: [None, None] });
+                    assert!(
+                        m.pairs
+                            .iter()
+                            .all(|p| !p.ids.contains(&ids[0]) && !p.ids.contains(&ids[1])),
+                        "an id came back"
+                    );
+                    m.pairs.push(Pair {
+                        ids,
+                        live: true,
+                        bind: [None, None],
+                    });
                 }
                 None => assert_eq!(m.live(), CAPACITY as usize, "refused with room"),
             },
@@ -157,20 +189,36 @@ fuzz_target!(|data: &[u8]| {
                 let ch = channel(&m);
                 let seq = u32::from(c >> 1);
                 // Mostly the source's own IP; sometimes another, sometimes expired.
-                let ip = if op & 0x40 != 0 { SRCS[usize::from(a) % SRCS.len()].ip() } else { src.ip() };
-                let expires = if op & 0x80 != 0 { NOW_UNIX } else { NOW_UNIX + 60 };
-                let got = table.process(src, &bind_packet(&key, ch, ip, seq, expires), now, NOW_UNIX);
-                if ip != src.ip() || expires <= NOW_UNIX {
-                    assert!(got.is_err(), "bound with a ticket for {ip} expiring {expires}: {got:?}");
+                let ip = if op & 0x40 != 0 {
+                    SRCS[usize::from(a) % SRCS.len()].ip()
                 } else {
-                    let want = m.bind(ch, src, seq).map(|outcome| Verdict::Bound { channel: ch, outcome });
+                    src.ip()
+                };
+                let expires = if op & 0x80 != 0 {
+                    NOW_UNIX
+                } else {
+                    NOW_UNIX + 60
+                };
+                let got =
+                    table.process(src, &bind_packet(&key, ch, ip, seq, expires), now, NOW_UNIX);
+                if ip != src.ip() || expires <= NOW_UNIX {
+                    assert!(
+                        got.is_err(),
+                        "bound with a ticket for {ip} expiring {expires}: {got:?}"
+                    );
+                } else {
+                    let want = m.bind(ch, src, seq).map(|outcome| Verdict::Bound {
+                        channel: ch,
+                        outcome,
+                    });
                     assert_eq!(got, want, "bind {ch:?} from {src} seq {seq}");
                 }
             }
             3 => {
                 let ch = channel(&m);
                 let kind = MediaKind::ALL[usize::from(c) % MediaKind::ALL.len()];
-                let got = table.process(src, &media_packet(kind, ch, usize::from(c)), now, NOW_UNIX);
+                let got =
+                    table.process(src, &media_packet(kind, ch, usize::from(c)), now, NOW_UNIX);
                 assert_eq!(got, m.media(ch, src, kind), "media {ch:?} from {src}");
             }
             4 => {
@@ -204,8 +252,17 @@ fuzz_target!(|data: &[u8]| {
         }
         for p in &m.pairs {
             for side in 0..2 {
-                let want = if p.live { p.bind[side].and_then(|(a, _)| a) } else { None };
-                assert_eq!(table.bound_addr(p.ids[side]), want, "binding of {:?}", p.ids[side]);
+                let want = if p.live {
+                    p.bind[side].and_then(|(a, _)| a)
+                } else {
+                    None
+                };
+                assert_eq!(
+                    table.bound_addr(p.ids[side]),
+                    want,
+                    "binding of {:?}",
+                    p.ids[side]
+                );
             }
         }
     }

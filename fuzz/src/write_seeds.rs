@@ -39,7 +39,10 @@ fn main() {
     )
     .issued_at(1_700_000_000)
     .ttl(Duration::from_secs(600))
-    .nodes(vec![NodeId::new("relay-0").expect("id"), NodeId::new("relay-1").expect("id")])
+    .nodes(vec![
+        NodeId::new("relay-0").expect("id"),
+        NodeId::new("relay-1").expect("id"),
+    ])
     .e2ee(E2eeClaim::Allowed)
     .identity_key(Some([9; 32]))
     .build()
@@ -49,7 +52,11 @@ fn main() {
     let hmac = SigningKey::legacy_hmac("k2", &[7u8; 32]).expect("key");
     let token = JoinToken::mint(&ed, &claims);
     write("join_token", "ed25519", token.as_bytes());
-    write("join_token", "legacy", JoinToken::mint(&hmac, &claims).as_bytes());
+    write(
+        "join_token",
+        "legacy",
+        JoinToken::mint(&hmac, &claims).as_bytes(),
+    );
 
     let join = ClientMessage::Join {
         session: sid.clone(),
@@ -88,7 +95,9 @@ fn main() {
                 channel: ChannelId(0x1_0000_0002),
                 addr: "127.0.0.1:5000".parse().expect("addr"),
             },
-            RelayMessage::Draining { deadline_ms: 30_000 },
+            RelayMessage::Draining {
+                deadline_ms: 30_000,
+            },
             RelayMessage::Pong(7),
         ]),
     );
@@ -143,7 +152,14 @@ fn main() {
     write(
         "fastpath_table",
         "refused_binds",
-        &[[0, 0, 0, 0], [0x82, 0, 0, 2], [0x42, 2, 0, 2], [2, 0, 3, 2], [3, 0, 3, 0]].concat(),
+        &[
+            [0, 0, 0, 0],
+            [0x82, 0, 0, 2],
+            [0x42, 2, 0, 2],
+            [2, 0, 3, 2],
+            [3, 0, 3, 0],
+        ]
+        .concat(),
     );
 
     // Fragment reassembly: length-prefixed datagrams as the target reads them.

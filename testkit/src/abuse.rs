@@ -84,10 +84,8 @@ fn garbage(kind: Garbage, rng: &mut impl Rng, buf: &mut Vec<u8>) {
             rng.fill(&mut buf[..]);
         }
         (Garbage::FastPath, 1) => {
-            let h = FastPathHeader::new(
-                PacketType::Media(MediaKind::Audio),
-                ChannelId(rng.random()),
-            );
+            let h =
+                FastPathHeader::new(PacketType::Media(MediaKind::Audio), ChannelId(rng.random()));
             buf.extend_from_slice(&h.to_bytes());
             buf.resize(buf.len() + rng.random_range(0..1200), 0);
             let start = 10;
@@ -102,10 +100,8 @@ fn garbage(kind: Garbage, rng: &mut impl Rng, buf: &mut Vec<u8>) {
             }
         }
         (Garbage::FastPath, 3) => {
-            let h = FastPathHeader::new(
-                PacketType::Media(MediaKind::Video),
-                ChannelId(rng.random()),
-            );
+            let h =
+                FastPathHeader::new(PacketType::Media(MediaKind::Video), ChannelId(rng.random()));
             buf.extend_from_slice(&h.to_bytes());
             buf[0] = rng.random_range(2..=255); // bad version
             buf[1] = rng.random(); // and most likely a bad type
@@ -279,8 +275,17 @@ pub async fn signal_flood(
     let mut sent = 0;
     // Frames batched into one write per step: the flood is bounded by the stream and the
     // pace, not by syscalls.
-    let step = if per_sec == 0 { 50 } else { (per_sec / 100).max(1) };
-    let batch: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * step as usize).collect();
+    let step = if per_sec == 0 {
+        50
+    } else {
+        (per_sec / 100).max(1)
+    };
+    let batch: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * step as usize)
+        .collect();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     while sent < count {
         if per_sec > 0 {

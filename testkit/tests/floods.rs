@@ -30,12 +30,13 @@ const CALLS: usize = 20;
 const SIGNALS_PER_SEC: f64 = 20.0;
 
 #[test]
-fn calls_keep_their_media_while_every_flood_runs_and_unbound_sources_get_nothing() -> Result<()>
-{
+fn calls_keep_their_media_while_every_flood_runs_and_unbound_sources_get_nothing() -> Result<()> {
     duet_testkit::init_tracing();
     let rt = tokio::runtime::Runtime::new()?;
     let relay = RelayProcess::start()?;
-    let fast_path = relay.fast_path_addr().expect("the fast path is on by default");
+    let fast_path = relay
+        .fast_path_addr()
+        .expect("the fast path is on by default");
     rt.block_on(async {
         let mut calls: Vec<(Arc<Call>, Arc<Call>)> = Vec::new();
         for i in 0..CALLS {
@@ -118,7 +119,11 @@ fn calls_keep_their_media_while_every_flood_runs_and_unbound_sources_get_nothing
             "calls: {CALLS}, frames sent {sent}, received {got}, loss {:.3}%",
             loss * 100.0
         );
-        ensure!(loss < 0.01, "calls lost {:.2}% of their frames", loss * 100.0);
+        ensure!(
+            loss < 0.01,
+            "calls lost {:.2}% of their frames",
+            loss * 100.0
+        );
         for (a, b) in &calls {
             assert_media_flows(a, b).await?;
         }

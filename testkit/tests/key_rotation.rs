@@ -97,7 +97,10 @@ fn removing_a_token_key_refuses_its_new_joins_and_drops_no_call() -> Result<()> 
     let dir = tempfile::tempdir()?;
     let old = SigningKey::generate("old-2026")?;
     let new = SigningKey::generate("new-2027")?;
-    let (old_pub, new_pub) = (public_file(dir.path(), &old)?, public_file(dir.path(), &new)?);
+    let (old_pub, new_pub) = (
+        public_file(dir.path(), &old)?,
+        public_file(dir.path(), &new)?,
+    );
     let config = dir.path().join("relay.toml");
     write_config(&config, &[("old-2026", &old_pub), ("new-2027", &new_pub)])?;
     let relay = RelayProcess::builder()
@@ -151,7 +154,12 @@ fn removing_a_token_key_refuses_its_new_joins_and_drops_no_call() -> Result<()> 
         std::fs::write(&broken, "this is not a key")?;
         write_config(&config, &[("new-2027", &new_pub), ("broken", &broken)])?;
         relay.sighup()?;
-        wait_series(&relay, "duet_token_key_reloads_total{result=\"failed\"}", 1.0).await?;
+        wait_series(
+            &relay,
+            "duet_token_key_reloads_total{result=\"failed\"}",
+            1.0,
+        )
+        .await?;
         wait_series(&relay, "duet_token_keys_loaded", 1.0).await?;
         let again = pair(&under_new, "rot-after-broken").await?;
         match join(&under_old, "rot-broken-old", "carol").await {

@@ -35,8 +35,8 @@ use rand::rngs::StdRng;
 
 use crate::config::{Config, ConfigError};
 use crate::fastpath::FastPathPlane;
-use crate::keyring::LiveKeyring;
 use crate::forward::{Epoch, Gcra};
+use crate::keyring::LiveKeyring;
 use crate::metrics::RelayMetrics;
 
 pub use control::BEFORE_JOIN_MAX;
