@@ -17,11 +17,13 @@
 //!   and the plane the core allocates channels and mints offers through.
 //! - `config` (file + flags, key files), `tls` (rustls, certificates, key-exchange
 //!   counting), `metrics` + `ops` (Prometheus, health, readiness), `http` (every HTTP
-//!   listener's bounds: connection cap, header and request timeouts, body size), `process_metrics`
-//!   (`process_*` from /proc), `keyring` (the token keys in force, swapped on SIGHUP), `policy` (the administrator's E2EE policy store), `handle`
-//!   (the running relay); for the binary: `notify` (systemd), `healthcheck` (`/healthz`
-//!   client), `ops_cli` (`drain`, `undrain`, `status` against a running relay), `probe`
-//!   (the data-plane probe), `exit_status` (78 for a bad configuration), `fd_limit` (the open-file limit raised at start).
+//!   listener's bounds: connection cap, header and request timeouts, body size),
+//!   `process_metrics` (`process_*` from /proc), `keyring` (the token keys in force,
+//!   swapped on SIGHUP), `policy` (the administrator's E2EE policy store), `handle` (the
+//!   running relay); for the binary: `notify` (systemd), `healthcheck` (`/healthz` client),
+//!   `ops_cli` (`drain`, `undrain`, `status` against a running relay), `probe` (the
+//!   data-plane probe), `exit_status` (78 for a bad configuration), `fd_limit` (the
+//!   open-file limit, raised at start).
 //!
 //! One datagram through the relay, at most three files per transport:
 //! - QUIC: `quic/media.rs` (read, hand-off) -> `forward.rs` (`forward_step`: header, budget,

@@ -1,8 +1,9 @@
 //! `duet-relay`: the relay node's command line.
 //!
 //! `serve` runs a node (SIGTERM / ctrl-c drains, then exits; SIGHUP reloads the TLS
-//! certificate and the token keys; systemd `Type=notify` hears READY=1 and STOPPING=1), `token mint` prints a
-//! join token signed with the configured (or embedded default) key, `healthcheck` asks a
+//! certificate and the token keys; systemd `Type=notify` hears READY=1 and STOPPING=1),
+//! `token mint` prints a join token signed with the configured (or embedded default) key,
+//! `healthcheck` asks a
 //! local relay's `/healthz`, `drain`/`undrain`/`status` (library `ops_cli`) and `probe`
 //! (library `probe`) talk to a running relay. Everything else lives in the library.
 //!

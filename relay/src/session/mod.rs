@@ -244,8 +244,9 @@ impl std::fmt::Debug for SessionCore {
 }
 
 impl SessionCore {
-    /// `keyring` verifies join tokens (read afresh per join: a reload takes effect at once); `fast_path` gives sessions their channels; `rng`
-    /// draws resume secrets (`StdRng::from_os_rng()` in a relay, seeded in tests).
+    /// `keyring` verifies join tokens (read afresh per join: a reload takes effect at
+    /// once); `fast_path` gives sessions their channels; `rng` draws resume secrets
+    /// (`StdRng::from_os_rng()` in a relay, seeded in tests).
     pub fn new(
         cfg: CoreConfig,
         keyring: Arc<LiveKeyring>,
