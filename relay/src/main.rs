@@ -218,7 +218,11 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
                             Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the old certificate"),
                         }
                         match relay.reload_token_keys_from(file.map(|p| p.as_path()), Some(matches)) {
-                            Ok(n) => tracing::info!(keys = n, ids = ?relay.token_keys().iter().map(|k| k.id().to_owned()).collect::<Vec<_>>(), "token keys reloaded"),
+                            Ok(n) => {
+                                let ids: Vec<String> =
+                                    relay.token_keys().iter().map(|k| k.id().to_owned()).collect();
+                                tracing::info!(keys = n, ?ids, "token keys reloaded");
+                            }
                             Err(e) => tracing::error!(error = %e, "token key reload failed; keeping the old keys"),
                         }
                     }
