@@ -39,7 +39,10 @@ fn main() {
     )
     .issued_at(1_700_000_000)
     .ttl(Duration::from_secs(600))
-    .nodes(vec![NodeId::new("relay-0").expect("id"), NodeId::new("relay-1").expect("id")])
+    .nodes(vec![
+        NodeId::new("relay-0").expect("id"),
+        NodeId::new("relay-1").expect("id"),
+    ])
     .e2ee(E2eeClaim::Allowed)
     .identity_key(Some([9; 32]))
     .build()
@@ -49,7 +52,11 @@ fn main() {
     let hmac = SigningKey::legacy_hmac("k2", &[7u8; 32]).expect("key");
     let token = JoinToken::mint(&ed, &claims);
     write("join_token", "ed25519", token.as_bytes());
-    write("join_token", "legacy", JoinToken::mint(&hmac, &claims).as_bytes());
+    write(
+        "join_token",
+        "legacy",
+        JoinToken::mint(&hmac, &claims).as_bytes(),
+    );
 
     let join = ClientMessage::Join {
         session: sid.clone(),
@@ -88,7 +95,9 @@ fn main() {
                 channel: ChannelId(0x1_0000_0002),
                 addr: "127.0.0.1:5000".parse().expect("addr"),
             },
-            RelayMessage::Draining { deadline_ms: 30_000 },
+            RelayMessage::Draining {
+                deadline_ms: 30_000,
+            },
             RelayMessage::Pong(7),
         ]),
     );
@@ -112,6 +121,46 @@ fn main() {
         .to_vec();
     media.extend_from_slice(b"opaque sealed payload");
     write("fastpath_packet", "media", &media);
+
+    // The channel table: operations of 4 bytes (op, a, b, c; see the target), then raw
+    // datagrams inline. A call's life: allocate, both sides bind, media both ways, a NAT
+    // move with a fresh ticket, a stale replay, a spoofed sender, a raw media datagram for
+    // the first channel, unbind, release, media after release, then allocate past capacity.
+    let first = ChannelId(1 << 32);
+    let mut raw = FastPathHeader::new(PacketType::Media(MediaKind::Audio), first)
+        .to_bytes()
+        .to_vec();
+    raw.extend_from_slice(b"0123456789");
+    let mut ops: Vec<u8> = [
+        [0, 0, 0, 0],
+        [2, 0, 0, 2],
+        [2, 0, 2, 3],
+        [3, 0, 0, 0],
+        [3, 0, 2, 1],
+        [2, 0, 1, 4],
+        [2, 0, 0, 2],
+        [3, 0, 4, 0],
+        [3, 0, 1, 6],
+    ]
+    .concat();
+    ops.extend_from_slice(&[5, 20, 1, 0]);
+    ops.extend_from_slice(&raw);
+    ops.extend_from_slice(&[[4, 0, 2, 1], [3, 0, 2, 1], [1, 0, 0, 0], [3, 0, 1, 0]].concat());
+    ops.extend_from_slice(&[[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]].concat());
+    write("fastpath_table", "call", &ops);
+    // Expired tickets and tickets for another address (op flags 0x80, 0x40), and IPv6.
+    write(
+        "fastpath_table",
+        "refused_binds",
+        &[
+            [0, 0, 0, 0],
+            [0x82, 0, 0, 2],
+            [0x42, 2, 0, 2],
+            [2, 0, 3, 2],
+            [3, 0, 3, 0],
+        ]
+        .concat(),
+    );
 
     // Fragment reassembly: length-prefixed datagrams as the target reads them.
     let mut pieces = Vec::new();

@@ -5,6 +5,7 @@
 //! Owns the classification only; the binary maps its error to the code.
 
 use crate::config::ConfigError;
+use crate::ops_cli::OpsCliError;
 use crate::tls::TlsError;
 use crate::RelayError;
 
@@ -25,21 +26,43 @@ pub fn for_chain<'a>(mut chain: impl Iterator<Item = &'a (dyn std::error::Error 
 }
 
 /// True for a bad config file or flag, an invalid field, or a file the configuration names
-/// (token key, certificate, key) that cannot be read or parsed.
+/// (token key, certificate, key, ops credential) that cannot be read or parsed, however
+/// deeply it is wrapped.
 pub fn is_config_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    if e.is::<ConfigError>() {
-        return true;
+    let mut cur = e;
+    loop {
+        if cur.is::<ConfigError>() || cur.downcast_ref::<TlsError>().is_some_and(tls_is_config) {
+            return true;
+        }
+        // A `#[error(transparent)]` variant hands its `source()` through from the error it
+        // wraps, so that error is never in the chain `for_chain` walks: step into it here.
+        match transparent_inner(cur) {
+            Some(inner) => cur = inner,
+            None => return false,
+        }
     }
-    // `RelayError` and `TlsError` wrap a `ConfigError` transparently, which hides it from
-    // `source()`: look inside them.
+}
+
+/// The error a transparent variant of one of this crate's error types wraps. Every such
+/// variant that can carry a configuration error must be listed here (the test below
+/// names each).
+fn transparent_inner<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a (dyn std::error::Error + 'static)> {
     if let Some(r) = e.downcast_ref::<RelayError>() {
         return match r {
-            RelayError::Config(_) => true,
-            RelayError::Tls(t) => tls_is_config(t),
-            RelayError::Bind { .. } => false,
+            RelayError::Config(c) => Some(c),
+            RelayError::Tls(t) => Some(t),
+            RelayError::Bind { .. } => None,
         };
     }
-    e.downcast_ref::<TlsError>().is_some_and(tls_is_config)
+    if let Some(TlsError::Config(c)) = e.downcast_ref::<TlsError>() {
+        return Some(c);
+    }
+    if let Some(OpsCliError::Config(c)) = e.downcast_ref::<OpsCliError>() {
+        return Some(c);
+    }
+    None
 }
 
 fn tls_is_config(e: &TlsError) -> bool {
@@ -83,5 +106,28 @@ mod tests {
         };
         assert_eq!(status(&busy), FAILURE);
         assert_eq!(status(&std::io::Error::other("boom")), FAILURE);
+    }
+
+    /// A `ConfigError` behind a transparent wrapper other than `RelayError`/`TlsError`
+    /// (`OpsCliError`, as `duet-relay drain` returns it, then inside `anyhow`): the old
+    /// check looked only at the outermost error and those two types, so this was 1.
+    #[test]
+    fn config_errors_behind_any_transparent_wrapper_are_78() {
+        let bad_file = || ConfigError::Invalid {
+            field: "token_file",
+            reason: "cannot read /nonexistent".into(),
+        };
+        assert_eq!(status(&OpsCliError::Config(bad_file())), CONFIG);
+        let any = anyhow::Error::from(OpsCliError::Config(bad_file()));
+        assert_eq!(for_chain(any.chain()), CONFIG);
+        let ctx = anyhow::Error::from(OpsCliError::Config(bad_file())).context("drain");
+        assert_eq!(for_chain(ctx.chain()), CONFIG);
+        let deep = RelayError::Tls(TlsError::Config(bad_file()));
+        assert_eq!(status(&deep), CONFIG);
+        let io = OpsCliError::Io {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        assert_eq!(status(&io), FAILURE);
     }
 }

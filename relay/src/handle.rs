@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use duet_proto::{CloseCode, NodeId, VerifyingKey};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::keyring::LiveKeyring;
 use crate::quic::driver::{Driver, DRAIN_GRACE};
 use crate::tls::{CertStore, TlsError};
 
@@ -24,7 +25,7 @@ pub struct RelayHandle {
     pub(crate) fast_path_addr: Option<SocketAddr>,
     pub(crate) ops_addr: SocketAddr,
     pub(crate) store: Arc<CertStore>,
-    pub(crate) keys: Vec<VerifyingKey>,
+    pub(crate) keys: Arc<LiveKeyring>,
     pub(crate) node: NodeId,
     pub(crate) tasks: Vec<JoinHandle<()>>,
 }
@@ -63,9 +64,9 @@ impl RelayHandle {
         self.store.paths().self_signed
     }
 
-    /// Every key this relay verifies tokens with (public keys; it holds no signing key).
-    pub fn token_keys(&self) -> &[VerifyingKey] {
-        &self.keys
+    /// Every key this relay verifies tokens with now (public keys; it holds no signing key).
+    pub fn token_keys(&self) -> Vec<VerifyingKey> {
+        self.keys.keys()
     }
 
     pub fn node_id(&self) -> &NodeId {
@@ -190,6 +191,33 @@ impl RelayHandle {
     /// Re-reads the certificate and key files (SIGHUP). On error the old ones stay.
     pub fn reload_tls(&self) -> Result<(), TlsError> {
         self.store.reload()
+    }
+
+    /// Puts `reread`'s token keys in force (its `token_keys` and `allow_legacy_hmac_tokens`;
+    /// every other field of the running configuration stays): joins from now on are verified
+    /// with exactly those keys, live sessions are untouched. Returns how many keys are in
+    /// force; on any error (a key file missing or not a key, a duplicate id) the old keys
+    /// stay.
+    pub fn reload_token_keys(&self, reread: &Config) -> Result<usize, ConfigError> {
+        let mut cfg = self.config().clone();
+        cfg.token_keys = reread.token_keys.clone();
+        cfg.allow_legacy_hmac_tokens = reread.allow_legacy_hmac_tokens;
+        self.keys.reload(&cfg)
+    }
+
+    /// What SIGHUP does for token keys: reads the configuration as `serve` did at start
+    /// (`file`, then the flags in `matches`) and applies its token keys
+    /// ([`RelayHandle::reload_token_keys`]). A file that no longer parses keeps the old keys.
+    pub fn reload_token_keys_from(
+        &self,
+        file: Option<&std::path::Path>,
+        matches: Option<&clap::ArgMatches>,
+    ) -> Result<usize, ConfigError> {
+        let reread = Config::load(file, matches);
+        if reread.is_err() {
+            self.keys.reload_failed();
+        }
+        self.reload_token_keys(&reread?)
     }
 
     /// Stops at once: every connection closed, sockets released.

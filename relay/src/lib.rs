@@ -17,11 +17,13 @@
 //!   and the plane the core allocates channels and mints offers through.
 //! - `config` (file + flags, key files), `tls` (rustls, certificates, key-exchange
 //!   counting), `metrics` + `ops` (Prometheus, health, readiness), `http` (every HTTP
-//!   listener's bounds: connection cap, header and request timeouts, body size), `process_metrics`
-//!   (`process_*` from /proc), `handle` (the running relay); for the binary: `notify`
-//!   (systemd), `healthcheck` (`/healthz` client), `ops_cli` (`drain`, `undrain`, `status`
-//!   against a running relay), `probe` (the data-plane probe), `exit_status` (78 for a bad
-//!   configuration).
+//!   listener's bounds: connection cap, header and request timeouts, body size),
+//!   `process_metrics` (`process_*` from /proc), `keyring` (the token keys in force,
+//!   swapped on SIGHUP), `handle` (the
+//!   running relay); for the binary: `notify` (systemd), `healthcheck` (`/healthz` client),
+//!   `ops_cli` (`drain`, `undrain`, `status` against a running relay), `probe` (the
+//!   data-plane probe), `exit_status` (78 for a bad configuration), `fd_limit` (the
+//!   open-file limit, raised at start).
 //!
 //! One datagram through the relay, at most three files per transport:
 //! - QUIC: `quic/media.rs` (read, hand-off) -> `forward.rs` (`forward_step`: header, budget,
@@ -38,10 +40,12 @@
 pub mod config;
 pub mod exit_status;
 pub mod fastpath;
+pub mod fd_limit;
 pub mod forward;
 mod handle;
 pub mod healthcheck;
 pub mod http;
+pub mod keyring;
 pub mod metrics;
 pub mod notify;
 pub mod ops;
@@ -92,8 +96,8 @@ impl Relay {
         config.validate()?;
         config::ensure_dir(&config.data_dir)?;
         let node = config.node()?;
-        let keys = config.load_token_keys()?;
         let metrics = RelayMetrics::new();
+        let keys = keyring::LiveKeyring::new(config.load_token_keys()?, &metrics);
         metrics
             .max_sessions
             .set(f64::from(config.limits.max_sessions));
@@ -149,12 +153,7 @@ impl Relay {
         };
         let fast_path_addr = fast_path.as_ref().map(|(s, _)| s.local_addr());
         let config = Arc::new(config);
-        let driver = Driver::new(
-            config.clone(),
-            config::Config::keyring(&keys),
-            metrics,
-            fast_path,
-        )?;
+        let driver = Driver::new(config.clone(), keys.clone(), metrics, fast_path)?;
 
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(quic::endpoint::accept_loop(

@@ -1,8 +1,9 @@
 //! `duet-relay`: the relay node's command line.
 //!
 //! `serve` runs a node (SIGTERM / ctrl-c drains, then exits; SIGHUP reloads the TLS
-//! certificate; systemd `Type=notify` hears READY=1 and STOPPING=1), `token mint` prints a
-//! join token signed with the configured (or embedded default) key, `healthcheck` asks a
+//! certificate and the token keys; systemd `Type=notify` hears READY=1 and STOPPING=1),
+//! `token mint` prints a join token signed with the configured (or embedded default) key,
+//! `healthcheck` asks a
 //! local relay's `/healthz`, `drain`/`undrain`/`status` (library `ops_cli`) and `probe`
 //! (library `probe`) talk to a running relay. Everything else lives in the library.
 //!
@@ -215,6 +216,7 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
                 signal(SignalKind::hangup()).context("SIGHUP handler")?,
             )
         };
+        duet_relay::fd_limit::raise(&cfg);
         let relay = Relay::start(cfg).await?;
         let c = relay.config();
         print!("{}", relay.describe());
@@ -226,13 +228,23 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
                 tokio::select! {
                     _ = term.recv() => break,
                     _ = int.recv() => break,
-                    _ = hup.recv() => match relay.reload_tls() {
-                        Ok(()) => {
-                            tracing::info!("TLS certificate reloaded");
-                            notify::status(&format!("serving on {}; certificate reloaded", relay.quic_addr()));
+                    _ = hup.recv() => {
+                        match relay.reload_tls() {
+                            Ok(()) => {
+                                tracing::info!("TLS certificate reloaded");
+                                notify::status(&format!("serving on {}; certificate reloaded", relay.quic_addr()));
+                            }
+                            Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the old certificate"),
                         }
-                        Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the old certificate"),
-                    },
+                        match relay.reload_token_keys_from(file.map(|p| p.as_path()), Some(matches)) {
+                            Ok(n) => {
+                                let ids: Vec<String> =
+                                    relay.token_keys().iter().map(|k| k.id().to_owned()).collect();
+                                tracing::info!(keys = n, ?ids, "token keys reloaded");
+                            }
+                            Err(e) => tracing::error!(error = %e, "token key reload failed; keeping the old keys"),
+                        }
+                    }
                 }
             }
         }

@@ -145,3 +145,46 @@ fn serve_on_embedded_defaults_prints_its_paths_and_drains_on_sigterm() {
         .expect("exits on SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+/// `serve` raises its soft open-file limit to the hard one (a shell's `ulimit -n` 256 under
+/// a hard 4096: it serves with 4096, `process_max_fds` says so, the log names both) and
+/// warns when the limit is below what `limits.max_sessions` is sized for. Before, the relay
+/// ran with whatever soft limit it inherited, silently.
+#[test]
+fn serve_raises_its_open_file_limit_and_warns_when_it_is_short() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let relay = duet_testkit::RelayProcess::builder()
+        .nofile_soft_hard(256, 4096)
+        .args(["--max-sessions", "100"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .start()
+        .unwrap();
+    let text = rt.block_on(duet_testkit::scrape(relay.addrs().ops));
+    assert_eq!(duet_testkit::metric(&text, "process_max_fds"), 4096.0);
+    let log = relay.stderr();
+    assert!(
+        log.contains("open-file limit") && log.contains("soft=4096") && log.contains("was=256"),
+        "{log}"
+    );
+    assert!(!log.contains("below what limits.max_sessions"), "{log}");
+    drop(relay);
+
+    // Default max_sessions (10,000) wants 21,024 descriptors; a hard 512 cannot give them.
+    let relay = duet_testkit::RelayProcess::builder()
+        .nofile(512)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .start()
+        .unwrap();
+    // stderr is read on its own thread: the line may trail the banner a little.
+    let t0 = std::time::Instant::now();
+    while !relay.stderr().contains("wanted=") && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = relay.stderr();
+    assert!(
+        log.contains("below what limits.max_sessions") && log.contains("wanted=21024"),
+        "{log}"
+    );
+}

@@ -148,3 +148,32 @@ async fn a_drain_with_min_sessions_ends_the_last_ones_early() -> Result<()> {
     );
     Ok(())
 }
+
+/// A `--token-file` that cannot be read, or holds too short a credential, is a bad
+/// configuration: exit 78, like `serve`'s, so a script does not retry it. Before the fix the
+/// `ConfigError` sat behind `OpsCliError`'s transparent variant, invisible to the exit-status
+/// check, and this exited 1.
+#[test]
+fn a_bad_token_file_for_drain_exits_78() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let short = dir.path().join("short");
+    std::fs::write(&short, "tooshort")?;
+    let missing = dir.path().join("missing");
+    for (verb, file) in [("drain", &missing), ("drain", &short), ("status", &missing)] {
+        let out = relay_command()
+            .arg(verb)
+            .args(["--ops", "127.0.0.1:9", "--timeout", "1s"])
+            .arg("--token-file")
+            .arg(file)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(78),
+            "{verb} --token-file {}: {}\n{stderr}",
+            file.display(),
+            out.status
+        );
+        ensure!(stderr.contains("--token-file"), "{stderr}");
+    }
+    Ok(())
+}

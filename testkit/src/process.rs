@@ -104,7 +104,7 @@ pub struct RelayProcessBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     data_dir: Option<PathBuf>,
-    nofile: Option<u64>,
+    nofile: Option<(u64, u64)>,
     place: Place,
 }
 
@@ -153,7 +153,14 @@ impl RelayProcessBuilder {
     /// The child's file-descriptor limit (`RLIMIT_NOFILE`, soft and hard), as a tight
     /// `LimitNOFILE=` would set it.
     pub fn nofile(mut self, limit: u64) -> Self {
-        self.nofile = Some(limit);
+        self.nofile = Some((limit, limit));
+        self
+    }
+
+    /// The child's file-descriptor limit with a soft limit below the hard one, as a shell's
+    /// `ulimit -n` leaves it (the relay raises the soft one to the hard one at start).
+    pub fn nofile_soft_hard(mut self, soft: u64, hard: u64) -> Self {
+        self.nofile = Some((soft, hard));
         self
     }
 
@@ -202,7 +209,7 @@ pub struct RelayProcess {
     data_dir: PathBuf,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
-    nofile: Option<u64>,
+    nofile: Option<(u64, u64)>,
     place: Place,
     /// Set once started: restarts listen here again.
     listen: Option<BannerAddrs>,
@@ -252,11 +259,11 @@ impl RelayProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some(limit) = self.nofile {
+        if let Some((soft, hard)) = self.nofile {
             use std::os::unix::process::CommandExt;
             let lim = libc::rlimit {
-                rlim_cur: limit as libc::rlim_t,
-                rlim_max: limit as libc::rlim_t,
+                rlim_cur: soft as libc::rlim_t,
+                rlim_max: hard as libc::rlim_t,
             };
             // SAFETY: setrlimit is async-signal-safe and touches only the child.
             unsafe {

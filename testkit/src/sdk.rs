@@ -140,3 +140,84 @@ pub async fn assert_media_flows(a: &Call, b: &Call) -> Result<()> {
     }
     Ok(())
 }
+
+/// One direction of a call carrying media while a test does something else (a reload, a
+/// flood): frames sent and received, and every event on the receiving side that means the
+/// call broke. Started by [`carry_media`].
+#[derive(Debug, Default)]
+pub struct MediaFlow {
+    sent: std::sync::atomic::AtomicU64,
+    received: std::sync::atomic::AtomicU64,
+    broken: std::sync::Mutex<Vec<String>>,
+}
+
+impl MediaFlow {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    pub fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    /// What broke the call, if anything did: a peer-left, reconnecting, session-ended or
+    /// disconnected event, or the media stream ending.
+    pub fn broken(&self) -> Vec<String> {
+        self.broken.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+    fn broke(&self, why: String) {
+        if let Ok(mut b) = self.broken.lock() {
+            b.push(why);
+        }
+    }
+}
+
+/// Sends a 160-byte audio frame from `from` every 20 ms and counts what `to` receives, until
+/// `stop` turns true (and 300 ms more of receiving, for frames in flight).
+pub fn carry_media(
+    from: Arc<Call>,
+    to: Arc<Call>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Arc<MediaFlow> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let flow = Arc::new(MediaFlow::default());
+    let (f, mut s) = (flow.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !*s.borrow_and_update() {
+            tick.tick().await;
+            if from.send_media(MediaKind::Audio, &[7u8; 160]).await.is_ok() {
+                f.sent.fetch_add(1, Relaxed);
+            }
+        }
+    });
+    let (f, mut s) = (flow.clone(), stop);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = to.recv_media() => match r {
+                    Ok(_) => { f.received.fetch_add(1, Relaxed); }
+                    Err(e) => { f.broke(format!("recv: {e}")); break; }
+                },
+                ev = to.next_event() => match ev {
+                    Some(Event::PeerLeft(_) | Event::PeerReconnecting | Event::SessionEnded(_)
+                        | Event::Disconnected(_)) | None => f.broke(format!("{ev:?}")),
+                    Some(_) => {}
+                },
+                _ = s.changed() => break,
+            }
+        }
+        // Frames still in flight when the sender stopped are not lost: keep counting a little.
+        let grace = tokio::time::sleep(Duration::from_millis(300));
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                r = to.recv_media() => match r {
+                    Ok(_) => { f.received.fetch_add(1, Relaxed); }
+                    Err(_) => break,
+                },
+                _ = &mut grace => break,
+            }
+        }
+    });
+    flow
+}

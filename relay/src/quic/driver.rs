@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use duet_proto::{ChannelId, RelayMessage, SessionId, Slot, TokenKeyring};
+use duet_proto::{ChannelId, RelayMessage, SessionId, Slot};
 use quinn::VarInt;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -23,6 +23,7 @@ use super::admission::Admission;
 use super::bridge::Bridge;
 use crate::config::{Config, ConfigError};
 use crate::fastpath::FastPathService;
+use crate::keyring::LiveKeyring;
 use crate::metrics::RelayMetrics;
 use crate::session::{
     Action, CloseReason, ConnId, CoreConfig, DrainStatus, MediaActivity, SessionCore,
@@ -200,7 +201,7 @@ pub(crate) struct Driver {
 impl Driver {
     pub fn new(
         cfg: Arc<Config>,
-        keyring: TokenKeyring,
+        keyring: Arc<LiveKeyring>,
         metrics: Arc<RelayMetrics>,
         fast_path: Option<(Arc<FastPathService>, Arc<Bridge>)>,
     ) -> Result<Arc<Self>, ConfigError> {

@@ -182,7 +182,7 @@ impl SessionCore {
             skew_secs: self.cfg.token_skew_secs,
             max_lifetime_secs: self.cfg.token_max_lifetime_secs,
         };
-        let claims = match self.keyring.verify(token, &opts) {
+        let claims = match self.keyring.current().verify(token, &opts) {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(conn = conn.0, error = %e, "join refused: token");

@@ -29,13 +29,14 @@ use std::time::{Duration, Instant};
 
 use duet_proto::{
     ChannelId, CloseCode, DeviceId, EndReason, Limits, NodeId, RefusalReason, RelayMessage,
-    ResumeSecret, SessionId, Slot, TokenKeyring, UserId,
+    ResumeSecret, SessionId, Slot, UserId,
 };
 use rand::rngs::StdRng;
 
 use crate::config::{Config, ConfigError};
 use crate::fastpath::FastPathPlane;
 use crate::forward::{Epoch, Gcra};
+use crate::keyring::LiveKeyring;
 use crate::metrics::RelayMetrics;
 
 pub use control::BEFORE_JOIN_MAX;
@@ -217,7 +218,7 @@ struct Conn {
 /// The sessions and connections of one relay node. See the module docs.
 pub struct SessionCore {
     cfg: CoreConfig,
-    keyring: TokenKeyring,
+    keyring: Arc<LiveKeyring>,
     fast_path: Option<FastPathPlane>,
     metrics: Arc<RelayMetrics>,
     rng: StdRng,
@@ -243,11 +244,12 @@ impl std::fmt::Debug for SessionCore {
 }
 
 impl SessionCore {
-    /// `keyring` verifies join tokens; `fast_path` gives sessions their channels; `rng`
-    /// draws resume secrets (`StdRng::from_os_rng()` in a relay, seeded in tests).
+    /// `keyring` verifies join tokens (read afresh per join: a reload takes effect at
+    /// once); `fast_path` gives sessions their channels; `rng` draws resume secrets
+    /// (`StdRng::from_os_rng()` in a relay, seeded in tests).
     pub fn new(
         cfg: CoreConfig,
-        keyring: TokenKeyring,
+        keyring: Arc<LiveKeyring>,
         fast_path: Option<FastPathPlane>,
         metrics: Arc<RelayMetrics>,
         rng: StdRng,

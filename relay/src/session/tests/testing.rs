@@ -36,7 +36,9 @@ pub fn plane() -> FastPathPlane {
 pub fn core_with(cfg: CoreConfig, fast_path: Option<FastPathPlane>) -> SessionCore {
     SessionCore::new(
         cfg,
-        TokenKeyring::new(vec![signer().verifying_key()]),
+        crate::keyring::LiveKeyring::unmetered(duet_proto::TokenKeyring::new(vec![
+            signer().verifying_key()
+        ])),
         fast_path,
         RelayMetrics::new(),
         StdRng::seed_from_u64(7),
