@@ -12,6 +12,9 @@
 //!
 //! It does not own traffic shapes (`profile`), aggregation (`stats`), the report's shape
 //! (`report`) or where the relays are (`target`).
+//!
+//! Size: ~700 lines because the run's timeline (ramp, media, drain, abort) reads best in
+//! one place; resources are `relay_watch`'s, chaos is `chaos`'s.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

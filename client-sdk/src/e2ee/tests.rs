@@ -1,6 +1,8 @@
 //! Whole-core tests: two handshake state machines talking directly, and a test harness that
 //! plays a malicious relay between them (swaps, tampers with, drops, reorders and replays
 //! handshake messages; replays, flips and forges media frames).
+//!
+//! Size: a test file (one attack scenario per test).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -18,6 +18,9 @@
 //! An engine made for an E2EE session ([`Engine::new`] with `e2ee`) never carries a frame
 //! unsealed: before the keys `seal_and_split` fails with `E2eeNotEstablished`, and received
 //! frames wait for the opener. There is no transition from E2EE to plain.
+//!
+//! Size: ~800 lines: the one state machine of a call (str0m's `Rtc` shape); its events,
+//! key confirmation, hybrid rekey and padding are in their own modules.
 
 pub mod confirm;
 pub mod events;

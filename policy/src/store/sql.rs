@@ -18,6 +18,9 @@
 //! audit_users(user_id, revision) PK                       (for `audit --user`)
 //! api_credentials(name PK, role, secret_sha256 UNIQUE, created_ms)
 //! ```
+//!
+//! Size: ~800 lines: the SQL of one schema, written once for both dialects (SQLite,
+//! PostgreSQL); the shared rules are `engine`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
