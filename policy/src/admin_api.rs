@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -325,17 +326,40 @@ fn actor(headers: &HeaderMap, caller: &Caller) -> Actor {
     Actor::new(who, &caller.0.name)
 }
 
-/// Applies a change and answers `{"changed", "revision", "result"}`, `result` being the
-/// touched part of the state afterwards (as in the audit log's `after`).
-async fn apply(state: Shared, headers: &HeaderMap, caller: &Caller, change: Change) -> ApiResult {
-    let actor = actor(headers, caller);
-    let applied = blocking(move || state.store.apply(&actor, &change)).await?;
-    Ok(Json(json!({
-        "changed": applied.changed,
-        "revision": applied.revision,
-        "result": applied.after,
-    }))
-    .into_response())
+/// What every changing handler extracts first: the store and the audit actor (from the
+/// authenticated caller and its `X-Duet-Actor` header).
+struct Writer {
+    state: Shared,
+    actor: Actor,
+}
+
+impl FromRequestParts<Shared> for Writer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Response> {
+        let Extension(caller) = Extension::<Caller>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Writer {
+            state: state.clone(),
+            actor: actor(&parts.headers, &caller),
+        })
+    }
+}
+
+impl Writer {
+    /// Applies a change and answers `{"changed", "revision", "result"}`, `result` being the
+    /// touched part of the state afterwards (as in the audit log's `after`).
+    async fn apply(self, change: Change) -> ApiResult {
+        let Writer { state, actor } = self;
+        let applied = blocking(move || state.store.apply(&actor, &change)).await?;
+        Ok(Json(json!({
+            "changed": applied.changed,
+            "revision": applied.revision,
+            "result": applied.after,
+        }))
+        .into_response())
+    }
 }
 
 async fn list_policies(State(state): State<Shared>) -> ApiResult {
@@ -359,23 +383,16 @@ struct SetPolicyBody {
 }
 
 async fn set_policy(
-    State(state): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    w: Writer,
     name: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let name = PolicyName::new(name?.0)?;
     let b: SetPolicyBody = parse_body(body)?;
-    apply(
-        state,
-        &headers,
-        &caller,
-        Change::SetPolicy {
-            name,
-            calling_e2ee: b.calling_e2ee,
-        },
-    )
+    w.apply(Change::SetPolicy {
+        name,
+        calling_e2ee: b.calling_e2ee,
+    })
     .await
 }
 
@@ -386,21 +403,13 @@ struct RemoveQuery {
 }
 
 async fn remove_policy(
-    State(state): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    w: Writer,
     name: Result<Path<String>, PathRejection>,
     query: Result<Query<RemoveQuery>, QueryRejection>,
 ) -> ApiResult {
     let name = PolicyName::new(name?.0)?;
     let unassign = query?.0.unassign;
-    apply(
-        state,
-        &headers,
-        &caller,
-        Change::RemovePolicy { name, unassign },
-    )
-    .await
+    w.apply(Change::RemovePolicy { name, unassign }).await
 }
 
 #[derive(Deserialize)]
@@ -426,24 +435,17 @@ fn parse_users(users: Vec<String>) -> Result<Vec<duet_proto::UserId>, ApiError> 
 }
 
 async fn grant_users(
-    State(state): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    w: Writer,
     name: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let policy = PolicyName::new(name?.0)?;
     let b: UsersBody = parse_body(body)?;
     let users = parse_users(b.users)?;
-    apply(
-        state,
-        &headers,
-        &caller,
-        Change::GrantUsers {
-            users,
-            policy: Some(policy),
-        },
-    )
+    w.apply(Change::GrantUsers {
+        users,
+        policy: Some(policy),
+    })
     .await
 }
 
@@ -474,32 +476,19 @@ struct GrantUserBody {
 }
 
 async fn grant_user(
-    State(state): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    w: Writer,
     user: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let user = user_id(&user?.0)?;
     let b: GrantUserBody = parse_body(body)?;
     let policy = b.policy.map(PolicyName::new).transpose()?;
-    apply(state, &headers, &caller, Change::GrantUser { user, policy }).await
+    w.apply(Change::GrantUser { user, policy }).await
 }
 
-async fn ungrant_user(
-    State(state): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    user: Result<Path<String>, PathRejection>,
-) -> ApiResult {
+async fn ungrant_user(w: Writer, user: Result<Path<String>, PathRejection>) -> ApiResult {
     let user = user_id(&user?.0)?;
-    apply(
-        state,
-        &headers,
-        &caller,
-        Change::GrantUser { user, policy: None },
-    )
-    .await
+    w.apply(Change::GrantUser { user, policy: None }).await
 }
 
 #[derive(Deserialize)]
@@ -510,65 +499,40 @@ struct GrantGroupBody {
 }
 
 async fn grant_group(
-    State(state): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    w: Writer,
     group: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let group = GroupName::new(group?.0)?;
     let b: GrantGroupBody = parse_body(body)?;
     let policy = b.policy.map(PolicyName::new).transpose()?;
-    apply(
-        state,
-        &headers,
-        &caller,
-        Change::GrantGroup {
-            group,
-            policy,
-            rank: b.rank,
-        },
-    )
+    w.apply(Change::GrantGroup {
+        group,
+        policy,
+        rank: b.rank,
+    })
     .await
 }
 
-async fn ungrant_group(
-    State(state): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    group: Result<Path<String>, PathRejection>,
-) -> ApiResult {
+async fn ungrant_group(w: Writer, group: Result<Path<String>, PathRejection>) -> ApiResult {
     let group = GroupName::new(group?.0)?;
-    apply(
-        state,
-        &headers,
-        &caller,
-        Change::GrantGroup {
-            group,
-            policy: None,
-            rank: None,
-        },
-    )
+    w.apply(Change::GrantGroup {
+        group,
+        policy: None,
+        rank: None,
+    })
     .await
 }
 
 async fn set_members(
-    State(state): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    w: Writer,
     group: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let group = GroupName::new(group?.0)?;
     let b: UsersBody = parse_body(body)?;
     let users = parse_users(b.users)?;
-    apply(
-        state,
-        &headers,
-        &caller,
-        Change::SetGroupMembers { group, users },
-    )
-    .await
+    w.apply(Change::SetGroupMembers { group, users }).await
 }
 
 #[derive(Deserialize)]
@@ -578,39 +542,24 @@ struct SwitchBody {
 }
 
 async fn set_e2ee(
-    State(state): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    w: Writer,
     user: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let user = user_id(&user?.0)?;
     let b: SwitchBody = parse_body(body)?;
-    apply(
-        state,
-        &headers,
-        &caller,
-        Change::SetUserE2ee { user, on: b.on },
-    )
-    .await
+    w.apply(Change::SetUserE2ee { user, on: b.on }).await
 }
 
 async fn set_compliance(
-    State(state): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    w: Writer,
     user: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let user = user_id(&user?.0)?;
     let b: SwitchBody = parse_body(body)?;
-    apply(
-        state,
-        &headers,
-        &caller,
-        Change::SetComplianceRecording { user, on: b.on },
-    )
-    .await
+    w.apply(Change::SetComplianceRecording { user, on: b.on })
+        .await
 }
 
 #[derive(Deserialize)]
@@ -620,9 +569,7 @@ struct GroupsBody {
 }
 
 async fn set_groups(
-    State(state): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
+    w: Writer,
     user: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
@@ -633,13 +580,7 @@ async fn set_groups(
         .into_iter()
         .map(GroupName::new)
         .collect::<Result<BTreeSet<_>, _>>()?;
-    apply(
-        state,
-        &headers,
-        &caller,
-        Change::SetUserGroups { user, groups },
-    )
-    .await
+    w.apply(Change::SetUserGroups { user, groups }).await
 }
 
 #[derive(Deserialize)]

@@ -337,11 +337,7 @@ pub fn run_policy_to(
         PolicyCommand::Show { name, store, json } => {
             let name = PolicyName::new(name)?;
             let view = store.open(data_dir)?.view(&name)?;
-            if json {
-                w(print_json(out, &view))
-            } else {
-                w(write_view(out, &view))
-            }
+            w(print_as(out, json, &view, write_view))
         }
         PolicyCommand::Set {
             name,
@@ -352,8 +348,7 @@ pub fn run_policy_to(
                 name: PolicyName::new(name)?,
                 calling_e2ee,
             };
-            let applied = store.open(data_dir)?.apply(&actor(), &change)?;
-            w(report(out, &change, &applied))
+            apply_and_report(&store, data_dir, out, &change)
         }
         PolicyCommand::Remove {
             name,
@@ -364,8 +359,7 @@ pub fn run_policy_to(
                 name: PolicyName::new(name)?,
                 unassign,
             };
-            let applied = store.open(data_dir)?.apply(&actor(), &change)?;
-            w(report(out, &change, &applied))
+            apply_and_report(&store, data_dir, out, &change)
         }
         PolicyCommand::Grant(g) => {
             let policy = match (&g.policy, g.none) {
@@ -393,17 +387,12 @@ pub fn run_policy_to(
                     ))
                 }
             };
-            let applied = g.store.open(data_dir)?.apply(&actor(), &change)?;
-            w(report(out, &change, &applied))
+            apply_and_report(&g.store, data_dir, out, &change)
         }
         PolicyCommand::Effective { user, store, json } => {
             let user = user_id(&user)?;
             let eff = store.open(data_dir)?.effective(&user)?;
-            if json {
-                w(print_json(out, &eff))
-            } else {
-                w(write_effective(out, &eff))
-            }
+            w(print_as(out, json, &eff, write_effective))
         }
         PolicyCommand::Apply {
             file,
@@ -741,8 +730,18 @@ pub fn run_user_to(
             store,
         ),
     };
-    let applied = store.open(data_dir)?.apply(&actor(), &change)?;
-    report(out, &change, &applied).map_err(PolicyError::Output)
+    apply_and_report(&store, data_dir, out, &change)
+}
+
+/// Applies one change to the store as the local operator and reports it.
+fn apply_and_report(
+    store: &StoreArgs,
+    data_dir: &Path,
+    out: &mut dyn Write,
+    change: &Change,
+) -> Result<(), PolicyError> {
+    let applied = store.open(data_dir)?.apply(&actor(), change)?;
+    report(out, change, &applied).map_err(PolicyError::Output)
 }
 
 /// `G1,G2,...`; empty pieces are ignored so `--set ''` clears the memberships.
@@ -756,6 +755,20 @@ pub fn parse_groups(s: &str) -> Result<BTreeSet<GroupName>, PolicyError> {
 fn print_json<T: serde::Serialize>(out: &mut dyn Write, v: &T) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, v).map_err(io::Error::other)?;
     writeln!(out)
+}
+
+/// `v` as JSON with `--json`, else in its text form.
+fn print_as<T: serde::Serialize>(
+    out: &mut dyn Write,
+    json: bool,
+    v: &T,
+    text: fn(&mut dyn Write, &T) -> io::Result<()>,
+) -> io::Result<()> {
+    if json {
+        print_json(out, v)
+    } else {
+        text(out, v)
+    }
 }
 
 fn join<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {

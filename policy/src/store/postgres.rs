@@ -12,13 +12,11 @@
 use std::collections::HashMap;
 use std::error::Error as _;
 
-use duet_proto::UserId;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use postgres::{Client, NoTls, Statement};
 
 use super::sql::{Backend, Sql, SqlStore, P, SCHEMA, V};
-use super::{Actor, Applied, AuditQuery, AuditRecord, Credential, Store, StoreError};
-use crate::model::{Change, Effective, PolicyName, PolicyState, PolicyView, UserRecord};
+use super::StoreError;
 use crate::PolicyError;
 
 /// Any 64-bit key: serialises schema creation across instances.
@@ -259,55 +257,4 @@ impl PostgresStore {
     }
 }
 
-impl Store for PostgresStore {
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-    fn apply(&self, actor: &Actor, change: &Change) -> Result<Applied, PolicyError> {
-        self.0.apply(actor, change)
-    }
-    fn apply_all(&self, actor: &Actor, changes: &[Change]) -> Result<Vec<Applied>, PolicyError> {
-        self.0.apply_all(actor, changes)
-    }
-    fn effective(&self, user: &UserId) -> Result<Effective, PolicyError> {
-        self.0.effective(user)
-    }
-    fn user(&self, user: &UserId) -> Result<UserRecord, PolicyError> {
-        self.0.user(user)
-    }
-    fn view(&self, name: &PolicyName) -> Result<PolicyView, PolicyError> {
-        self.0.view(name)
-    }
-    fn list(&self) -> Result<Vec<PolicyView>, PolicyError> {
-        self.0.list()
-    }
-    fn revision(&self) -> Result<u64, PolicyError> {
-        self.0.revision()
-    }
-    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, PolicyError> {
-        self.0.audit(query)
-    }
-    fn export(&self) -> Result<PolicyState, PolicyError> {
-        self.0.export()
-    }
-    fn import(&self, actor: &Actor, state: &PolicyState) -> Result<Applied, PolicyError> {
-        self.0.import(actor, state)
-    }
-    fn put_credential(
-        &self,
-        actor: &Actor,
-        cred: &Credential,
-        secret_sha256: &str,
-    ) -> Result<(), PolicyError> {
-        self.0.put_credential(actor, cred, secret_sha256)
-    }
-    fn remove_credential(&self, actor: &Actor, name: &str) -> Result<bool, PolicyError> {
-        self.0.remove_credential(actor, name)
-    }
-    fn credentials(&self) -> Result<Vec<Credential>, PolicyError> {
-        self.0.credentials()
-    }
-    fn credential_by_secret(&self, secret_sha256: &str) -> Result<Option<Credential>, PolicyError> {
-        self.0.credential_by_secret(secret_sha256)
-    }
-}
+super::sql::forward_store!(PostgresStore);

@@ -1,5 +1,6 @@
 //! The SQL both databases share: the schema, the rules' primitive reads and writes as
-//! statements, the audit table, and the [`Store`] implementation over a [`Backend`].
+//! statements, the audit table, and the [`Store`] implementation over a [`Backend`]
+//! (with `forward_store!`, which each backend's store newtype uses to expose it).
 //!
 //! Owns the schema and every statement; each backend only binds values, runs statements
 //! and opens transactions (write transactions take the store's one write lock first:
@@ -19,7 +20,7 @@
 //! api_credentials(name PK, role, secret_sha256 UNIQUE, created_ms)
 //! ```
 //!
-//! Size: ~800 lines: the SQL of one schema, written once for both dialects (SQLite,
+//! Size: ~850 lines: the SQL of one schema, written once for both dialects (SQLite,
 //! PostgreSQL); the shared rules are `engine`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -217,6 +218,21 @@ fn rank(i: i64) -> R<u32> {
 /// The engine's primitives as statements.
 pub(crate) struct SqlTx<'a>(pub(crate) &'a mut dyn Sql);
 
+impl SqlTx<'_> {
+    /// Runs a statement whose one parameter is a key (a delete by name).
+    fn exec_key(&mut self, sql: &'static str, key: &str) -> R<()> {
+        self.0.exec(sql, &[P::T(key)])?;
+        Ok(())
+    }
+    /// The user ids in column `col` of a query whose one parameter is a key.
+    fn user_ids(&mut self, sql: &'static str, key: &str, col: &str) -> R<Vec<UserId>> {
+        let rows = self.0.query(sql, &[P::T(key)])?;
+        rows.into_iter()
+            .map(|r| user_id(r.into_iter().next().unwrap_or(V::Null).text(col)?))
+            .collect()
+    }
+}
+
 impl Tx for SqlTx<'_> {
     fn revision(&mut self) -> R<u64> {
         let rows = self
@@ -268,20 +284,14 @@ impl Tx for SqlTx<'_> {
         Ok(())
     }
     fn delete_policy(&mut self, name: &PolicyName) -> R<()> {
-        self.0.exec(
-            "DELETE FROM policies WHERE name = $1",
-            &[P::T(name.as_str())],
-        )?;
-        Ok(())
+        self.exec_key("DELETE FROM policies WHERE name = $1", name.as_str())
     }
     fn policy_users(&mut self, name: &PolicyName) -> R<Vec<UserId>> {
-        let rows = self.0.query(
+        self.user_ids(
             "SELECT id FROM users WHERE policy = $1 ORDER BY id",
-            &[P::T(name.as_str())],
-        )?;
-        rows.into_iter()
-            .map(|r| user_id(r.into_iter().next().unwrap_or(V::Null).text("id")?))
-            .collect()
+            name.as_str(),
+            "id",
+        )
     }
     fn policy_grants(&mut self, name: &PolicyName) -> R<Vec<GroupGrantView>> {
         let rows = self.0.query(
@@ -409,20 +419,14 @@ impl Tx for SqlTx<'_> {
         Ok(())
     }
     fn delete_grant(&mut self, group: &GroupName) -> R<()> {
-        self.0.exec(
-            "DELETE FROM group_grants WHERE grp = $1",
-            &[P::T(group.as_str())],
-        )?;
-        Ok(())
+        self.exec_key("DELETE FROM group_grants WHERE grp = $1", group.as_str())
     }
     fn group_members(&mut self, group: &GroupName) -> R<Vec<UserId>> {
-        let rows = self.0.query(
+        self.user_ids(
             "SELECT user_id FROM memberships WHERE grp = $1 ORDER BY user_id",
-            &[P::T(group.as_str())],
-        )?;
-        rows.into_iter()
-            .map(|r| user_id(r.into_iter().next().unwrap_or(V::Null).text("user_id")?))
-            .collect()
+            group.as_str(),
+            "user_id",
+        )
     }
     fn best_grant(
         &mut self,
@@ -804,3 +808,49 @@ impl<B: Backend> Store for SqlStore<B> {
         })
     }
 }
+
+/// `impl Store for $store` by forwarding every method to its `SqlStore` field `.0`: each
+/// database's store is a newtype over the shared one (so its constructors and clean-up stay
+/// in its own module), and the forwarding is written once here.
+macro_rules! forward_store {
+    ($store:ty) => {
+        impl $crate::store::Store for $store {
+            $crate::store::sql::forward_store!(@fns
+                describe() -> String;
+                apply(actor: &$crate::store::Actor, change: &$crate::model::Change)
+                    -> Result<$crate::store::Applied, $crate::PolicyError>;
+                apply_all(actor: &$crate::store::Actor, changes: &[$crate::model::Change])
+                    -> Result<Vec<$crate::store::Applied>, $crate::PolicyError>;
+                effective(user: &::duet_proto::UserId)
+                    -> Result<$crate::model::Effective, $crate::PolicyError>;
+                user(user: &::duet_proto::UserId)
+                    -> Result<$crate::model::UserRecord, $crate::PolicyError>;
+                view(name: &$crate::model::PolicyName)
+                    -> Result<$crate::model::PolicyView, $crate::PolicyError>;
+                list() -> Result<Vec<$crate::model::PolicyView>, $crate::PolicyError>;
+                revision() -> Result<u64, $crate::PolicyError>;
+                audit(query: &$crate::store::AuditQuery)
+                    -> Result<Vec<$crate::store::AuditRecord>, $crate::PolicyError>;
+                export() -> Result<$crate::model::PolicyState, $crate::PolicyError>;
+                import(actor: &$crate::store::Actor, state: &$crate::model::PolicyState)
+                    -> Result<$crate::store::Applied, $crate::PolicyError>;
+                put_credential(
+                    actor: &$crate::store::Actor,
+                    cred: &$crate::store::Credential,
+                    secret_sha256: &str
+                ) -> Result<(), $crate::PolicyError>;
+                remove_credential(actor: &$crate::store::Actor, name: &str)
+                    -> Result<bool, $crate::PolicyError>;
+                credentials() -> Result<Vec<$crate::store::Credential>, $crate::PolicyError>;
+                credential_by_secret(secret_sha256: &str)
+                    -> Result<Option<$crate::store::Credential>, $crate::PolicyError>;
+            );
+        }
+    };
+    (@fns $($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(fn $name(&self, $($arg: $ty),*) -> $ret {
+            $crate::store::Store::$name(&self.0, $($arg),*)
+        })*
+    };
+}
+pub(crate) use forward_store;

@@ -14,8 +14,8 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::sql::{Backend, Sql, SqlStore, P, SCHEMA, V};
-use super::{Actor, Applied, AuditQuery, AuditRecord, Credential, Store, StoreError};
-use crate::model::{Change, Effective, PolicyName, PolicyState, PolicyView, UserRecord};
+use super::StoreError;
+use crate::model::UserRecord;
 use crate::PolicyError;
 use duet_proto::UserId;
 
@@ -48,6 +48,17 @@ fn is_read_only_error(e: &rusqlite::Error) -> bool {
 }
 
 impl Sqlite {
+    /// A failure to begin or commit a transaction: a read-only file is its own error.
+    fn tx_err(&self, e: rusqlite::Error) -> StoreError {
+        if is_read_only_error(&e) {
+            StoreError::ReadOnly {
+                location: self.describe(),
+            }
+        } else {
+            db_err(e)
+        }
+    }
+
     fn open_conn(&self) -> Result<Connection, StoreError> {
         let flags = if self.read_only {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -148,27 +159,13 @@ impl Backend for Sqlite {
         } else {
             TransactionBehavior::Deferred
         };
-        let tx = conn.transaction_with_behavior(behavior).map_err(|e| {
-            if is_read_only_error(&e) {
-                StoreError::ReadOnly {
-                    location: self.describe(),
-                }
-            } else {
-                db_err(e)
-            }
-        })?;
+        let tx = conn
+            .transaction_with_behavior(behavior)
+            .map_err(|e| self.tx_err(e))?;
         let mut t = SqliteTx(tx);
         let r = f(&mut t)?;
         // Dropping an uncommitted transaction (the `?` above) rolls it back.
-        t.0.commit().map_err(|e| {
-            if is_read_only_error(&e) {
-                StoreError::ReadOnly {
-                    location: self.describe(),
-                }
-            } else {
-                db_err(e)
-            }
-        })?;
+        t.0.commit().map_err(|e| self.tx_err(e))?;
         Ok(r)
     }
 
@@ -252,7 +249,7 @@ impl SqliteStore {
     /// Benchmark and migration fixture: inserts (or replaces) user records in batched
     /// transactions of `batch` users, bypassing the rules and the audit log. The records
     /// must name existing policies. Not for administration: changes go through
-    /// [`Store::apply`].
+    /// [`Store::apply`](super::Store::apply).
     #[doc(hidden)]
     pub fn seed_users(
         &self,
@@ -306,55 +303,4 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     })
 }
 
-impl Store for SqliteStore {
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-    fn apply(&self, actor: &Actor, change: &Change) -> Result<Applied, PolicyError> {
-        self.0.apply(actor, change)
-    }
-    fn apply_all(&self, actor: &Actor, changes: &[Change]) -> Result<Vec<Applied>, PolicyError> {
-        self.0.apply_all(actor, changes)
-    }
-    fn effective(&self, user: &UserId) -> Result<Effective, PolicyError> {
-        self.0.effective(user)
-    }
-    fn user(&self, user: &UserId) -> Result<UserRecord, PolicyError> {
-        self.0.user(user)
-    }
-    fn view(&self, name: &PolicyName) -> Result<PolicyView, PolicyError> {
-        self.0.view(name)
-    }
-    fn list(&self) -> Result<Vec<PolicyView>, PolicyError> {
-        self.0.list()
-    }
-    fn revision(&self) -> Result<u64, PolicyError> {
-        self.0.revision()
-    }
-    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, PolicyError> {
-        self.0.audit(query)
-    }
-    fn export(&self) -> Result<PolicyState, PolicyError> {
-        self.0.export()
-    }
-    fn import(&self, actor: &Actor, state: &PolicyState) -> Result<Applied, PolicyError> {
-        self.0.import(actor, state)
-    }
-    fn put_credential(
-        &self,
-        actor: &Actor,
-        cred: &Credential,
-        secret_sha256: &str,
-    ) -> Result<(), PolicyError> {
-        self.0.put_credential(actor, cred, secret_sha256)
-    }
-    fn remove_credential(&self, actor: &Actor, name: &str) -> Result<bool, PolicyError> {
-        self.0.remove_credential(actor, name)
-    }
-    fn credentials(&self) -> Result<Vec<Credential>, PolicyError> {
-        self.0.credentials()
-    }
-    fn credential_by_secret(&self, secret_sha256: &str) -> Result<Option<Credential>, PolicyError> {
-        self.0.credential_by_secret(secret_sha256)
-    }
-}
+super::sql::forward_store!(SqliteStore);
