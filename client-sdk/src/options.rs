@@ -38,6 +38,56 @@ pub struct ConnectOptions {
     /// [`crate::Event::KeysConfirmed`]). Empty: a lost connection ends the call's link and
     /// the app calls `Call::resume` itself.
     pub nodes: Vec<(duet_proto::NodeId, std::net::SocketAddr)>,
+    /// With `nodes` set: how a silent relay is told from a slow path, well before
+    /// `idle_timeout`. See [`DeadRelay`].
+    pub dead_relay: DeadRelay,
+}
+
+/// How a call (with [`ConnectOptions::nodes`] set) decides that its relay is dead from the
+/// path itself, and moves to the token's next node without waiting for the QUIC idle
+/// timeout.
+///
+/// Anything that arrives from the relay (QUIC packets, acknowledgements, fast-path media)
+/// counts as life. After `probe_after` of silence the SDK sends a probe (a control `Ping`,
+/// answered by the relay and acknowledged by QUIC), again every `probe_after` while the
+/// silence lasts. A relay silent for `max(silence, probe_after + rtts × smoothed RTT)` is
+/// taken for dead: the call moves to the next node of its token's list (no attempt on the
+/// silent node first; a stateless reset, i.e. a node that restarted, still resumes there).
+/// Halfway to that verdict the SDK already opens a QUIC connection to that next node, so
+/// the move costs only the join and the key confirmation.
+///
+/// The floor `silence` is what keeps a lossy or jittery path from moving calls: a path
+/// that still delivers something every `silence` never counts as dead, however small its
+/// RTT. Lower it for faster failover, raise it for paths with longer blackouts (a
+/// blackout longer than the threshold moves the call, which is what a dead node looks
+/// like from here).
+///
+/// Defaults: `probe_after` 150 ms, `silence` 600 ms, `rtts` 4, `peer_wait` 1.5 s: a killed
+/// relay's calls move after ~0.6 s of silence plus the join (p99 gap 0.8 s on loopback,
+/// see benches/RESULTS.md "Fleet failover").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadRelay {
+    /// Silence after which a probe is sent (and the interval between probes).
+    pub probe_after: Duration,
+    /// The least silence that counts as a dead relay.
+    pub silence: Duration,
+    /// And at least this many smoothed round trips after the first probe.
+    pub rtts: u32,
+    /// After a move for silence, how long to wait for the peer on the new node. If it has
+    /// not come by then and the old node answers again, the outage was this endpoint's
+    /// alone (the peer never left the old node): the call goes back there.
+    pub peer_wait: Duration,
+}
+
+impl Default for DeadRelay {
+    fn default() -> Self {
+        Self {
+            probe_after: Duration::from_millis(150),
+            silence: Duration::from_millis(600),
+            rtts: 4,
+            peer_wait: Duration::from_millis(1500),
+        }
+    }
 }
 
 impl Default for ConnectOptions {
@@ -53,6 +103,7 @@ impl Default for ConnectOptions {
             fast_path_refresh: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(15),
             nodes: Vec::new(),
+            dead_relay: DeadRelay::default(),
         }
     }
 }
