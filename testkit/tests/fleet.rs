@@ -461,10 +461,16 @@ async fn a_lossy_slow_path_moves_no_call() -> Result<()> {
     let dropped = net.stats().dropped;
     eprintln!("lossy path: {dropped} datagrams dropped, {moved} endpoints moved");
     ensure!(dropped > 100, "the path was not lossy: {dropped} dropped");
-    ensure!(moved == 0, "{moved} endpoints moved on a path that only lost packets");
+    ensure!(
+        moved == 0,
+        "{moved} endpoints moved on a path that only lost packets"
+    );
     for c in &calls {
         for call in [&c.a, &c.b] {
-            ensure!(call.node().as_ref() == Some(&c.node), "a call left its node");
+            ensure!(
+                call.node().as_ref() == Some(&c.node),
+                "a call left its node"
+            );
             ensure!(call.security_code().as_ref() == Some(&c.code), "a new code");
         }
         for t in &c.tasks {

@@ -213,7 +213,10 @@ impl Attach {
         let cfg = dial.opts.dead_relay;
         tokio::time::sleep(cfg.peer_wait).await;
         let link = self.link();
-        if link.shared.peer_here.load(std::sync::atomic::Ordering::Relaxed)
+        if link
+            .shared
+            .peer_here
+            .load(std::sync::atomic::Ordering::Relaxed)
             || link.shared.conn.close_reason().is_some()
         {
             return;
@@ -224,7 +227,8 @@ impl Attach {
             return;
         };
         let attempt = async {
-            let client = Client::connect(before.addr, dial.token.clone(), dial.opts.clone()).await?;
+            let client =
+                Client::connect(before.addr, dial.token.clone(), dial.opts.clone()).await?;
             client
                 .join_link(session, Some(before.resume.clone()), e2ee)
                 .await
