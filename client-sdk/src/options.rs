@@ -48,10 +48,12 @@ pub struct ConnectOptions {
 /// timeout.
 ///
 /// Anything that arrives from the relay (QUIC packets, acknowledgements, fast-path media)
-/// counts as life. After `probe_after` of silence the SDK sends a probe (a control `Ping`,
-/// answered by the relay and acknowledged by QUIC), again every `probe_after` while the
-/// silence lasts. A relay silent for `max(silence, probe_after + rtts × smoothed RTT)` is
-/// taken for dead: the call moves to the next node of its token's list (no attempt on the
+/// counts as life; silence counts only while the relay owes an answer, i.e. from the first
+/// thing sent after it was last heard (media, a keep-alive), so an idle call costs nothing
+/// between keep-alives (and a relay that dies during one is found `keep_alive` later).
+/// After `probe_after` of owed silence the SDK sends a probe (a control `Ping`, answered by
+/// the relay and acknowledged by QUIC), again every `probe_after` while it lasts. A relay
+/// silent for `max(silence, probe_after + rtts × smoothed RTT)` is taken for dead: the call moves to the next node of its token's list (no attempt on the
 /// silent node first; a stateless reset, i.e. a node that restarted, still resumes there).
 /// Halfway to that verdict the SDK already opens a QUIC connection to that next node, so
 /// the move costs only the join and the key confirmation.

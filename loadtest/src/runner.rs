@@ -128,7 +128,10 @@ impl Ctx {
             nodes: self.address_book.clone(),
             dead_relay: duet_sdk::DeadRelay {
                 silence: self.opts.dead_silence.unwrap_or(sdk.dead_relay.silence),
-                probe_after: self.opts.dead_probe_after.unwrap_or(sdk.dead_relay.probe_after),
+                probe_after: self
+                    .opts
+                    .dead_probe_after
+                    .unwrap_or(sdk.dead_relay.probe_after),
                 ..sdk.dead_relay
             },
             ..ConnectOptions::trusting(self.cert_pem.clone())

@@ -468,23 +468,29 @@ async fn media_task(shared: Arc<Shared>) {
 /// Probe nonces carry this bit, so a probe's `Pong` never answers a `Call::ping`.
 const PROBE_NONCE: u64 = 1 << 63;
 
-/// Feeds the link's liveness detector: everything received from the relay (QUIC
-/// datagrams, fast-path media) and the smoothed RTT, read a few times per threshold; sends
+/// Feeds the link's liveness detector: everything received from and sent to the relay
+/// (QUIC datagrams, fast-path media) and the smoothed RTT, read a few times per threshold; sends
 /// the probes it asks for and publishes its verdicts for the recovery task.
 async fn liveness_task(shared: Arc<Shared>, cfg: crate::options::DeadRelay) {
-    let heard = |s: &Shared| {
-        let fast = s
-            .fast
-            .as_ref()
-            .map_or(0, |f| f.counters.received.load(Relaxed));
-        s.conn.stats().udp_rx.datagrams + fast
+    // (heard, sent): UDP datagrams of the QUIC connection plus fast-path media.
+    let counts = |s: &Shared| {
+        let (fast_rx, fast_tx) = s.fast.as_ref().map_or((0, 0), |f| {
+            (
+                f.counters.received.load(Relaxed),
+                f.counters.sent.load(Relaxed),
+            )
+        });
+        let q = s.conn.stats();
+        (q.udp_rx.datagrams + fast_rx, q.udp_tx.datagrams + fast_tx)
     };
-    let mut live = Liveness::new(cfg, Instant::now(), heard(&shared));
+    let (heard, sent) = counts(&shared);
+    let mut live = Liveness::new(cfg, heard, sent);
     let mut nonce = PROBE_NONCE;
     loop {
         tokio::time::sleep_until(live.next_check(Instant::now()).into()).await;
         let now = Instant::now();
-        match live.observe(now, heard(&shared), shared.conn.rtt()) {
+        let (heard, sent) = counts(&shared);
+        match live.observe(now, heard, sent, shared.conn.rtt()) {
             Action::Nothing => {}
             Action::Probe => {
                 live.probe_sent(now);
