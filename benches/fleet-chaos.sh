@@ -33,7 +33,7 @@ for i in 1 2 3; do
   if [ "$i" -gt 1 ]; then
     for f in token-signing-key token-key.pub cert.pem key.pem; do cp "$OUT/n1/$f" "$d/$f"; done
   fi
-  RUST_LOG=warn "$RELAY" serve --listen "127.0.0.1:$((24430 + i))" --ops-listen "127.0.0.1:$((29090 + i))" \
+  RUST_LOG=warn "$RELAY" serve --listen "127.0.0.1:$((24400 + 10 * i))" --ops-listen "127.0.0.1:$((29090 + i))" \
     --data-dir "$d" --node-id "n$i" --ops-token-file "$OUT/ops-token" >"$d/out.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do
@@ -44,7 +44,7 @@ for i in 1 2 3; do
 done
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 # shellcheck disable=SC2086
-"$LOADTEST" --relay n1=127.0.0.1:24431 --relay n2=127.0.0.1:24432 --relay n3=127.0.0.1:24433 \
+"$LOADTEST" --relay n1=127.0.0.1:24410 --relay n2=127.0.0.1:24420 --relay n3=127.0.0.1:24430 \
   --cert "$OUT/n1/cert.pem" --token-key-file "$OUT/n1/token-signing-key" \
   --calls "$CALLS" --profile "$PROFILE" --duration "$DURATION" \
   --chaos "kill:${pids[0]}@$KILL_AT" --slo "gap_p99<1s,dropped<=0" \

@@ -64,9 +64,9 @@ pub struct ConnectOptions {
 /// blackout longer than the threshold moves the call, which is what a dead node looks
 /// like from here).
 ///
-/// Defaults: `probe_after` 150 ms, `silence` 600 ms, `rtts` 4, `peer_wait` 1.5 s: a killed
-/// relay's calls move after ~0.6 s of silence plus the join (p99 gap 0.8 s on loopback,
-/// see benches/RESULTS.md "Fleet failover").
+/// Defaults: `probe_after` 150 ms, `silence` 500 ms, `rtts` 4, `peer_wait` 1.5 s: a killed
+/// relay's calls move after ~0.5 s of owed silence plus the join (media gap p99 ~0.8 s on
+/// loopback under load, see benches/RESULTS.md "Fleet failover").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeadRelay {
     /// Silence after which a probe is sent (and the interval between probes).
@@ -85,7 +85,7 @@ impl Default for DeadRelay {
     fn default() -> Self {
         Self {
             probe_after: Duration::from_millis(150),
-            silence: Duration::from_millis(600),
+            silence: Duration::from_millis(500),
             rtts: 4,
             peer_wait: Duration::from_millis(1500),
         }

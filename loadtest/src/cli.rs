@@ -341,7 +341,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration)]
     pub keep_alive: Option<Duration>,
     /// Per endpoint: silence (probes outstanding) after which a relay counts as dead and
-    /// the call moves, long before --idle-timeout (`DeadRelay::silence`) [default: the SDK's, 600ms]
+    /// the call moves, long before --idle-timeout (`DeadRelay::silence`) [default: the SDK's, 500ms]
     #[arg(long, value_parser = parse_duration)]
     pub dead_silence: Option<Duration>,
     /// Per endpoint: silence after which the SDK probes the relay (`DeadRelay::probe_after`)

@@ -77,7 +77,7 @@ fn pump(from: Arc<Call>, to: Arc<Call>, rx: Arc<Rx>) -> Vec<tokio::task::JoinHan
     vec![send, recv]
 }
 
-/// The SDK's default dead-relay detection (`DeadRelay::default()`: 600 ms of silence with
+/// The SDK's default dead-relay detection (`DeadRelay::default()`: 500 ms of silence with
 /// probes outstanding); the QUIC idle timeout is far longer, so it is the detector that
 /// moves the calls, not the timeout.
 fn options(fleet: &Fleet) -> ConnectOptions {

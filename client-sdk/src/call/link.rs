@@ -472,7 +472,10 @@ const PROBE_NONCE: u64 = 1 << 63;
 /// (QUIC datagrams, fast-path media) and the smoothed RTT, read a few times per threshold; sends
 /// the probes it asks for and publishes its verdicts for the recovery task.
 async fn liveness_task(shared: Arc<Shared>, cfg: crate::options::DeadRelay) {
-    // (heard, sent): UDP datagrams of the QUIC connection plus fast-path media.
+    // heard: every UDP datagram of the QUIC connection plus fast-path media; sent: only
+    // what asks for an answer (stream, datagram and PING frames, which QUIC acknowledges,
+    // plus fast-path media). Not our acknowledgements: nothing answers those, and counting
+    // them would keep an idle call probing.
     let counts = |s: &Shared| {
         let (fast_rx, fast_tx) = s.fast.as_ref().map_or((0, 0), |f| {
             (
@@ -481,7 +484,8 @@ async fn liveness_task(shared: Arc<Shared>, cfg: crate::options::DeadRelay) {
             )
         });
         let q = s.conn.stats();
-        (q.udp_rx.datagrams + fast_rx, q.udp_tx.datagrams + fast_tx)
+        let asks = q.frame_tx.stream + q.frame_tx.datagram + q.frame_tx.ping;
+        (q.udp_rx.datagrams + fast_rx, asks + fast_tx)
     };
     let (heard, sent) = counts(&shared);
     let mut live = Liveness::new(cfg, heard, sent);
