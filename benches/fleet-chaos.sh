@@ -56,6 +56,6 @@ r = json.load(open(sys.argv[1]))
 print("chaos:", json.dumps(r.get("chaos")))
 print("media_gap:", json.dumps(r.get("media_gap")))
 c = r.get("calls", {})
-print("calls:", json.dumps({k: c.get(k) for k in ("started", "completed", "failed", "migrated", "dropped_by_reason")}))
+print("calls:", json.dumps({k: c.get(k) for k in ("established", "failed", "migrated", "dropped_by_reason", "per_node")}))
 print("slo:", json.dumps(r.get("slo")))
 EOF
