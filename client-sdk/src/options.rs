@@ -31,9 +31,10 @@ pub struct ConnectOptions {
     /// it a few `keep_alive`s long).
     pub idle_timeout: Duration,
     /// The fleet's address book: where each relay node of the token's `nodes` list is.
-    /// Non-empty turns on automatic recovery: when the connection is lost (or reset, or the
-    /// relay says it is draining) the call resumes on the same node, or else moves to the
-    /// next node of the token's list; both endpoints follow the same list, so they meet
+    /// Non-empty turns on automatic recovery: after a stateless reset (the node restarted)
+    /// the call resumes on the same node; when the relay goes silent ([`DeadRelay`], or the
+    /// idle timeout) or says it is draining, it moves to the next node of the token's list
+    /// (the silent node comes last); both endpoints follow the same list, so they meet
     /// again without talking. Same keys, same code ([`crate::Event::Migrated`],
     /// [`crate::Event::KeysConfirmed`]). Empty: a lost connection ends the call's link and
     /// the app calls `Call::resume` itself.
