@@ -281,6 +281,10 @@ fn tickets_carry_the_current_address_and_a_rising_seq() {
     assert_eq!(first.port, 4434);
     let moved = SocketAddr::from(([10, 9, 9, 9], 5000));
     t.handle_remote(ConnId(1), moved);
+    // The media and control tasks may both report the same move: one migration.
+    t.handle_remote(ConnId(1), moved);
+    assert_eq!(metric(&t, "duet_quic_migrations_total"), 1.0);
+    assert_eq!(t.remote_of(ConnId(1)), Some(moved));
     t.handle_control(ConnId(1), ClientMessage::FastPathTicket, now, NOW_UNIX);
     let sent = sends_to(&drain(&mut t), ConnId(1));
     let [RelayMessage::FastPathTicket(second)] = &sent[..] else {
