@@ -4,27 +4,16 @@
 //! clients it is draining, both endpoints move to the next node of their tokens' list and
 //! the same call engine continues: same code, `Migrated`, `KeysConfirmed`, media sealed.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use duet_proto::{MediaKind, NodeId};
 use duet_sdk::{Call, Client, ConnectOptions, Event, SdkError};
-use duet_testkit::fleet::Fleet;
+use duet_testkit::fleet::{share_identity, Fleet};
 use duet_testkit::sdk::{e2ee_config, issuer_keys};
 use duet_testkit::{claims_builder, sid, RelayProcess, RelayUnderTest, TestRelay, STEP};
 
 const MARKER: &[u8; 18] = b"FAILOVER-PLAINTEXT";
-
-/// The files that make two in-process nodes one fleet: the same certificate and issuer
-/// (relay processes: [`Fleet`]).
-fn share_identity(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for f in ["cert.pem", "key.pem", "token-signing-key", "token-key.pub"] {
-        std::fs::copy(from.join(f), to.join(f)).with_context(|| format!("copying {f}"))?;
-    }
-    Ok(())
-}
 
 fn node(id: &str) -> NodeId {
     NodeId::new(id).expect("a node id")
