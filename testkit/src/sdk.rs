@@ -118,25 +118,51 @@ pub async fn expect_event(call: &Call, want: Event) -> Result<()> {
     }
 }
 
+/// What a failed send means to [`deliver_frame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    /// The link should be up: the first failed send is the error.
+    Fails,
+    /// The link is moving (a failover): keep sending until the frame arrives.
+    Retried,
+}
+
+/// Sends `frame` (as audio) from `from` until `to` delivers it intact, again every 200 ms
+/// (datagrams are unreliable); fails after [`STEP`].
+pub async fn deliver_frame(
+    from: &Call,
+    to: &Call,
+    frame: &[u8],
+    on_send_error: SendFailure,
+) -> Result<()> {
+    tokio::time::timeout(STEP, async {
+        loop {
+            if let Err(e) = from.send_media(MediaKind::Audio, frame).await {
+                if on_send_error == SendFailure::Fails {
+                    return Err(e.into());
+                }
+            }
+            if let Ok(Ok(got)) =
+                tokio::time::timeout(Duration::from_millis(200), to.recv_media()).await
+            {
+                if got.data.as_ref() == frame {
+                    return anyhow::Ok(());
+                }
+            }
+        }
+    })
+    .await
+    .context("the frame did not arrive")?
+}
+
 /// A pair that still forwards: one small frame each way arrives intact (resent until it
 /// does: datagrams are unreliable).
 pub async fn assert_media_flows(a: &Call, b: &Call) -> Result<()> {
     for (from, to) in [(a, b), (b, a)] {
         let payload = format!("still here {}", rand::random::<u64>()).into_bytes();
-        let got = tokio::time::timeout(STEP, async {
-            loop {
-                from.send_media(MediaKind::Audio, &payload).await?;
-                if let Ok(Ok(f)) =
-                    tokio::time::timeout(Duration::from_millis(200), to.recv_media()).await
-                {
-                    if f.data.as_ref() == payload.as_slice() {
-                        return anyhow::Ok(());
-                    }
-                }
-            }
-        })
-        .await;
-        got.context("media did not flow")??;
+        deliver_frame(from, to, &payload, SendFailure::Fails)
+            .await
+            .context("media did not flow")?;
     }
     Ok(())
 }

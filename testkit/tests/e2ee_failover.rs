@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use duet_proto::{MediaKind, NodeId};
+use duet_proto::NodeId;
 use duet_sdk::{Call, Client, ConnectOptions, Event, SdkError};
 use duet_testkit::fleet::{share_identity, Fleet};
-use duet_testkit::sdk::{e2ee_config, issuer_keys};
+use duet_testkit::sdk::{deliver_frame, e2ee_config, issuer_keys, SendFailure};
 use duet_testkit::{claims_builder, sid, RelayProcess, RelayUnderTest, TestRelay, STEP};
 
 const MARKER: &[u8; 18] = b"FAILOVER-PLAINTEXT";
@@ -61,24 +61,11 @@ async fn pair(
     Ok((a.context("alice")?, b.context("bob")?))
 }
 
+/// Sends `MARKER | i` until `to` delivers it; sends fail while the link moves.
 async fn exchange(from: &Call, to: &Call, i: u8) -> Result<()> {
     let mut f = MARKER.to_vec();
     f.push(i);
-    tokio::time::timeout(STEP, async {
-        loop {
-            // Sends fail while the link moves; keep trying.
-            let _ = from.send_media(MediaKind::Audio, &f).await;
-            if let Ok(Ok(got)) =
-                tokio::time::timeout(Duration::from_millis(200), to.recv_media()).await
-            {
-                if got.data.as_ref() == f.as_slice() {
-                    return anyhow::Ok(());
-                }
-            }
-        }
-    })
-    .await
-    .context("the frame did not arrive")?
+    deliver_frame(from, to, &f, SendFailure::Retried).await
 }
 
 async fn wait_for(call: &Call, what: &str, f: impl Fn(&Event) -> bool) -> Result<Event> {
