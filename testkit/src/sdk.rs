@@ -104,18 +104,30 @@ pub async fn next_event(call: &Call) -> Result<Event> {
         .context("event stream ended")
 }
 
-/// Waits for an event equal to `want`, skipping others; fails after [`STEP`].
-pub async fn expect_event(call: &Call, want: Event) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + STEP;
+/// The first event for which `f` holds (`what` names it), skipping others; fails after
+/// `within`.
+pub async fn wait_for_event(
+    call: &Call,
+    what: &str,
+    within: Duration,
+    f: impl Fn(&Event) -> bool,
+) -> Result<Event> {
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         let ev = tokio::time::timeout_at(deadline, call.next_event())
             .await
-            .with_context(|| format!("timed out waiting for {want:?}"))?
-            .with_context(|| format!("events ended before {want:?}"))?;
-        if ev == want {
-            return Ok(());
+            .with_context(|| format!("timed out waiting for {what}"))?
+            .with_context(|| format!("events ended before {what}"))?;
+        if f(&ev) {
+            return Ok(ev);
         }
     }
+}
+
+/// Waits for an event equal to `want`, skipping others; fails after [`STEP`].
+pub async fn expect_event(call: &Call, want: Event) -> Result<()> {
+    wait_for_event(call, &format!("{want:?}"), STEP, |e| *e == want).await?;
+    Ok(())
 }
 
 /// What a failed send means to [`deliver_frame`].

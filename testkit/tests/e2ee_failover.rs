@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use duet_proto::NodeId;
 use duet_sdk::{Call, Client, ConnectOptions, Event, SdkError};
 use duet_testkit::fleet::{share_identity, Fleet};
-use duet_testkit::sdk::{deliver_frame, e2ee_config, issuer_keys, SendFailure};
+use duet_testkit::sdk::{deliver_frame, e2ee_config, issuer_keys, wait_for_event, SendFailure};
 use duet_testkit::{claims_builder, sid, RelayProcess, RelayUnderTest, TestRelay, STEP};
 
 const MARKER: &[u8; 18] = b"FAILOVER-PLAINTEXT";
@@ -69,16 +69,7 @@ async fn exchange(from: &Call, to: &Call, i: u8) -> Result<()> {
 }
 
 async fn wait_for(call: &Call, what: &str, f: impl Fn(&Event) -> bool) -> Result<Event> {
-    let deadline = tokio::time::Instant::now() + 2 * STEP;
-    loop {
-        let ev = tokio::time::timeout_at(deadline, call.next_event())
-            .await
-            .with_context(|| format!("timed out waiting for {what}"))?
-            .context("events ended")?;
-        if f(&ev) {
-            return Ok(ev);
-        }
-    }
+    wait_for_event(call, what, 2 * STEP, f).await
 }
 
 async fn assert_moved(a: &Call, b: &Call, code: &duet_sdk::SecurityCode) -> Result<()> {

@@ -20,7 +20,9 @@ use duet_sdk::{
     PeerIdentity, SdkError,
 };
 use duet_testkit::hostile::handshake_type;
-use duet_testkit::sdk::{connect_options, deliver_frame, e2ee_config, issuer_keys, SendFailure};
+use duet_testkit::sdk::{
+    connect_options, deliver_frame, e2ee_config, issuer_keys, wait_for_event, SendFailure,
+};
 use duet_testkit::{
     claims, sid, Dir, HostileRelay, RelayUnderTest, Script, Tamper, TestRelay, STEP,
 };
@@ -84,16 +86,7 @@ fn with_timeout(mut cfg: E2eeConfig, t: Duration) -> E2eeConfig {
 }
 
 async fn wait_for(call: &Call, what: &str, f: impl Fn(&Event) -> bool) -> Result<Event> {
-    let deadline = tokio::time::Instant::now() + STEP;
-    loop {
-        let ev = tokio::time::timeout_at(deadline, call.next_event())
-            .await
-            .with_context(|| format!("timed out waiting for {what}"))?
-            .context("events ended")?;
-        if f(&ev) {
-            return Ok(ev);
-        }
-    }
+    wait_for_event(call, what, STEP, f).await
 }
 
 /// Sends `MARKER | i` until `to` delivers it.
