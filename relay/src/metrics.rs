@@ -56,8 +56,10 @@ pub struct RelayMetrics {
     pub quic_refused_handshakes: Gauge,
     pub quic_ignored_handshakes: Gauge,
     pub quic_accepted_handshakes: Gauge,
-    /// A joined or joining QUIC connection's peer address changed (connection migration:
-    /// a NAT rebinding or a client that moved its socket) and the relay carried on.
+    /// A QUIC connection's peer address changed and the relay followed it (connection
+    /// migration: a NAT rebinding, or a client that moved its socket). Noticed from its
+    /// media (the address is read at most every 250 ms of datagrams) or from its next
+    /// control message.
     pub quic_migrations: Counter,
     pub fast_path: FastPathMetrics,
 }
