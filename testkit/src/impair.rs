@@ -125,9 +125,12 @@ impl Listener {
     }
 }
 
-fn send_later(socket: Arc<UdpSocket>, to: SocketAddr, data: Vec<u8>, delay: Duration) {
+/// Sends now (awaited, in order) or after `delay` (a task of its own).
+async fn send_later(socket: Arc<UdpSocket>, to: SocketAddr, data: Vec<u8>, delay: Duration) {
     if delay.is_zero() {
-        let _ = socket.try_send_to(&data, to);
+        // Awaited, not `try_send_to`: a socket just bound has no write readiness yet, and
+        // `try_send_to` would drop the first datagram of every new mapping.
+        let _ = socket.send_to(&data, to).await;
         return;
     }
     tokio::spawn(async move {
@@ -216,7 +219,7 @@ impl Impairer {
                 };
                 if let Some(delays) = shared.plan(n) {
                     for d in delays {
-                        send_later(up.clone(), upstream, buf[..n].to_vec(), d);
+                        send_later(up.clone(), upstream, buf[..n].to_vec(), d).await;
                     }
                 }
             }
@@ -236,7 +239,7 @@ async fn backward(
     while let Ok(n) = up.recv(&mut buf).await {
         if let Some(delays) = shared.plan(n) {
             for d in delays {
-                send_later(down.clone(), client, buf[..n].to_vec(), d);
+                send_later(down.clone(), client, buf[..n].to_vec(), d).await;
             }
         }
     }

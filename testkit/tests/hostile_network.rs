@@ -359,16 +359,17 @@ async fn an_e2ee_call_on_the_fast_path_survives_the_same_and_a_nat_rebinding() -
 }
 
 /// Every missing frame of `seen` (below the highest received) falls in a run shorter than
-/// `gap` of 20 ms frames: nothing was lost but the frames of a migration's gap.
-fn lost_only_in_gaps(seen: &Seen, gap: Duration, what: &str) -> Result<u32> {
+/// `gap` of 20 ms frames: nothing was lost but the frames of a migration's gap. Returns the
+/// missing frames' numbers.
+fn lost_only_in_gaps(seen: &Seen, gap: Duration, what: &str) -> Result<Vec<u32>> {
     let highest = seen.highest.context("no frame received")?;
     let longest_run = (gap.as_millis() / 20) as u32;
-    let (mut lost, mut run) = (0u32, 0u32);
+    let (mut lost, mut run) = (Vec::new(), 0u32);
     for seq in 0..=highest {
         if seen.seqs.contains(&seq) {
             run = 0;
         } else {
-            lost += 1;
+            lost.push(seq);
             run += 1;
             ensure!(
                 run < longest_run,
@@ -468,7 +469,7 @@ async fn an_e2ee_call_on_quic_survives_a_nat_rebinding_and_a_client_migration_wi
         let s = s.lock().unwrap();
         let lost = lost_only_in_gaps(&s, BAR, &format!("direction {i}"))?;
         eprintln!(
-            "direction {i}: {} frames received, {lost} lost, {} duplicates, {} corrupt, {} out of order",
+            "direction {i}: {} frames received, lost {lost:?}, {} duplicates, {} corrupt, {} out of order",
             s.seqs.len(),
             s.duplicates,
             s.corrupt,
