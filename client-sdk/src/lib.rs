@@ -115,5 +115,5 @@ pub use engine::{Engine, Padding};
 pub use error::{ResumeError, SdkError};
 pub use fastpath::{FastPathMode, Transport};
 pub use fragment::{FrameSeq, MediaFrame, MAX_FRAME};
-pub use options::ConnectOptions;
+pub use options::{ConnectOptions, DeadRelay};
 pub use secure::{token_claims, E2eeConfig};

@@ -68,6 +68,8 @@ pub struct RunOptions {
     pub join_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub keep_alive: Option<Duration>,
+    pub dead_silence: Option<Duration>,
+    pub dead_probe_after: Option<Duration>,
     pub progress: ProgressMode,
     pub client_threads: usize,
     pub transport: String,
@@ -124,6 +126,14 @@ impl Ctx {
                 duet_sdk::FastPathMode::Off
             },
             nodes: self.address_book.clone(),
+            dead_relay: duet_sdk::DeadRelay {
+                silence: self.opts.dead_silence.unwrap_or(sdk.dead_relay.silence),
+                probe_after: self
+                    .opts
+                    .dead_probe_after
+                    .unwrap_or(sdk.dead_relay.probe_after),
+                ..sdk.dead_relay
+            },
             ..ConnectOptions::trusting(self.cert_pem.clone())
         }
     }

@@ -19,6 +19,7 @@
 //! | this one | [`Call`] (the app's handle), the call's [`Core`] (engine, counters, waiters) |
 //! | `link` | one connection: its tasks (control, media and timers, fast path) and their I/O |
 //! | `recovery` | which link carries the call: resume, migrate, the recovery task |
+//! | `liveness` | sans-IO: when a silent relay is probed, suspect, dead (thresholds, no clock) |
 //!
 //! Size: ~650 lines, most of them the `Call` API's documented methods; its mechanisms are
 //! in `link` and `recovery`.
@@ -47,6 +48,7 @@ use crate::fragment::MediaFrame;
 use crate::options::ConnectOptions;
 
 mod link;
+mod liveness;
 mod recovery;
 
 pub(crate) use link::Shared;
@@ -213,6 +215,7 @@ impl Call {
             reattach: tokio::sync::Mutex::new(()),
             dial: Mutex::new(dial),
             leaving: AtomicBool::new(false),
+            standby: Mutex::new(None),
         });
         let recovery = fleet.then(|| tokio::spawn(recover_task(Arc::downgrade(&att))));
         Call {
