@@ -79,8 +79,9 @@ pub(super) struct Link {
     pub(super) joined: Joined,
     /// The node this link is on (from the token's list), when known.
     pub(super) node: Option<NodeId>,
-    // Kept so the socket lives as long as the link.
-    pub(super) _endpoint: quinn::Endpoint,
+    /// The link's own QUIC endpoint (its UDP socket lives as long as the link);
+    /// `Call::rebind_quic` moves it to a new socket.
+    pub(super) endpoint: quinn::Endpoint,
     pub(super) tasks: Vec<JoinHandle<()>>,
 }
 
@@ -170,7 +171,7 @@ pub(super) fn attach(
         shared,
         joined,
         node,
-        _endpoint: endpoint,
+        endpoint,
         tasks,
     }
 }

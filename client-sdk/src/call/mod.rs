@@ -434,6 +434,29 @@ impl Call {
         rx.await.map_err(|_| SdkError::Closed)?
     }
 
+    /// The local address of the current link's QUIC socket.
+    pub fn quic_local_addr(&self) -> Option<SocketAddr> {
+        self.link().endpoint.local_addr().ok()
+    }
+
+    /// For a network change the app learned about: moves the call's QUIC connection to a
+    /// new local UDP socket (a new port on the same local address), which is QUIC connection
+    /// migration. quinn sends from the new socket at once under a fresh connection id; the
+    /// relay validates the new path and carries on with the same connection, so the call
+    /// keeps its keys, epochs and security code with no new join or handshake. Datagrams
+    /// already on their way to the old socket are lost. Returns the new local address.
+    /// The fast path has a socket of its own: after a network change call
+    /// [`Call::rebind_fast_path`] too.
+    ///
+    /// Errors: [`SdkError::Io`] when no new socket could be bound (the old one stays).
+    pub fn rebind_quic(&self) -> Result<SocketAddr, SdkError> {
+        let link = self.link();
+        let old = link.endpoint.local_addr()?;
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(old.ip(), 0))?;
+        link.endpoint.rebind(socket)?;
+        Ok(link.endpoint.local_addr()?)
+    }
+
     /// The next event. Events live in the engine, so none is lost across a resume; the
     /// security verdicts are never shed (see [`crate::engine::events`]).
     pub async fn next_event(&self) -> Option<Event> {
