@@ -9,6 +9,7 @@
 //! - Drain a node through its ops API while the calls run: its calls move, none ends.
 //! - A lossy, slow, jittery path with a short blackout (the user-space [`Impairer`]) is not
 //!   a dead relay: no call moves.
+//! - An outage on one endpoint's path only: it moves, finds no peer, and goes back.
 //!
 //! Media is a small sealed frame every 100 ms each way per call (enough to see a gap and
 //! cheap enough for 200 endpoints on a 2-core box).
@@ -476,6 +477,112 @@ async fn a_lossy_slow_path_moves_no_call() -> Result<()> {
         for t in &c.tasks {
             t.abort();
         }
+    }
+    Ok(())
+}
+
+/// An outage on one endpoint's path only (alice's to n1; bob's path and n1 are fine):
+/// alice takes n1 for dead and moves to n2, finds no peer there within `peer_wait`, and
+/// goes back to n1, which takes her place back with its resume secret; bob never moves.
+/// The call carries media again with the same code. Catches a detector-driven move that
+/// strands one endpoint on a node its peer never comes to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_on_one_endpoint_s_path_brings_it_back_to_its_peer() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    duet_testkit::init_tracing();
+    let fleet = Fleet::start(2, |b| b)?;
+    let direct = fleet.address_book();
+    // Alice reaches each node through its own impairer, so only her path to n1 fails.
+    let mut paths = Vec::new();
+    let mut alice_book = Vec::new();
+    for (i, (node, addr)) in direct.iter().enumerate() {
+        let mut net = Impairer::new(20 + i as u64);
+        let l = Listener::bind().await?;
+        alice_book.push((node.clone(), l.addr()));
+        net.forward(l, *addr);
+        paths.push(net);
+    }
+    let nodes = fleet.ids();
+    let session = "one-sided";
+    let a = Joiner::with(
+        &fleet,
+        &nodes,
+        session,
+        "alice",
+        options_with(&fleet, alice_book),
+    )?;
+    let b = Joiner::with(&fleet, &nodes, session, "bob", options_with(&fleet, direct))?;
+    let (a, b) = tokio::join!(a.join(), b.join());
+    let (a, b) = (Arc::new(a.context("alice")?), Arc::new(b.context("bob")?));
+    let code = a.security_code().context("a code")?;
+    let rx = [Arc::new(Rx::default()), Arc::new(Rx::default())];
+    let mut tasks = pump(a.clone(), b.clone(), rx[0].clone());
+    tasks.extend(pump(b.clone(), a.clone(), rx[1].clone()));
+    let call = [LiveCall {
+        a: a.clone(),
+        b: b.clone(),
+        node: nodes[0].clone(),
+        code: code.clone(),
+        rx,
+        tasks,
+    }];
+    all_flow(&call, 5, "before the outage").await?;
+
+    paths[0].set(Shape {
+        outage: true,
+        ..Shape::default()
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    paths[0].set(Shape::default());
+
+    // Alice: away to n2 and back to n1; bob: no move.
+    let mut alice_moves = Vec::new();
+    let deadline = Instant::now() + 3 * STEP;
+    while alice_moves.len() < 2 && Instant::now() < deadline {
+        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(100), a.next_event()).await
+        {
+            match ev {
+                Event::Migrated { from, to } => alice_moves.push((from, to)),
+                Event::PeerLeft(_) | Event::SessionEnded(_) | Event::Disconnected(_) => {
+                    anyhow::bail!("alice's call ended: {ev:?}")
+                }
+                _ => {}
+            }
+        }
+    }
+    ensure!(
+        alice_moves
+            == vec![
+                (nodes[0].clone(), nodes[1].clone()),
+                (nodes[1].clone(), nodes[0].clone())
+            ],
+        "alice moved {alice_moves:?}"
+    );
+    all_flow(&call, 10, "after alice came back").await?;
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(20), b.next_event()).await {
+        ensure!(
+            !matches!(
+                ev,
+                Event::Migrated { .. } | Event::PeerLeft(_) | Event::Disconnected(_)
+            ),
+            "bob saw {ev:?}"
+        );
+    }
+    ensure!(
+        a.node().as_ref() == Some(&nodes[0]),
+        "alice is on {:?}",
+        a.node()
+    );
+    ensure!(
+        b.node().as_ref() == Some(&nodes[0]),
+        "bob is on {:?}",
+        b.node()
+    );
+    for c in [&a, &b] {
+        ensure!(c.security_code().as_ref() == Some(&code), "a new code");
+    }
+    for t in &call[0].tasks {
+        t.abort();
     }
     Ok(())
 }

@@ -233,15 +233,24 @@ impl Attach {
                 .join_link(session, Some(before.resume.clone()), e2ee)
                 .await
         };
-        let j = match tokio::time::timeout(cfg.silence.max(cfg.probe_after), attempt).await {
+        // The call carries on where it is meanwhile: no hurry, a whole join may take.
+        let j = match tokio::time::timeout(dial.opts.join_timeout, attempt).await {
             Ok(Ok(j)) => j,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "the old node did not take the call back");
                 return;
             }
-            Err(_) => return,
+            Err(_) => {
+                tracing::debug!("the old node did not answer; staying");
+                return;
+            }
         };
         if !(j.joined.resumed && j.joined.peer_present) {
+            tracing::debug!(
+                resumed = j.joined.resumed,
+                peer = j.joined.peer_present,
+                "the peer is not on the old node either; staying"
+            );
             // The peer is not there either: it is on its way along the same list. Give the
             // place back and stay.
             let conn = j.conn.clone();
