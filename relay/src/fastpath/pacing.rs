@@ -9,7 +9,9 @@
 //! sender's datagram wakes nobody (no thread waits on the socket). While traffic flows the
 //! worker then runs once per window on its own timer instead of once per arrival burst;
 //! when a window finds nothing it blocks again, so an idle worker costs nothing and the
-//! first datagram after a silence waits for no window. A datagram waits at most one window
+//! first datagram after a silence waits for no window. A window is slept only while batches
+//! come closer together than a window (or the last window gathered enough): traffic in
+//! bursts further apart (a sender that batches itself) gains nothing from it. A datagram waits at most one window
 //! (plus the forwarding of the batch before it) in the socket: that is the latency cost,
 //! bounded by configuration (`fast_path.coalesce_us`).
 //!
@@ -21,6 +23,12 @@
 //! Not owned here: the syscalls and the clock (`worker`), what a datagram is (`table`).
 
 use std::time::Duration;
+
+/// A window that gathered fewer datagrams than this did not pay for its timer wake-up: on
+/// the measured 2-core VM a sleep cost the worker about as much CPU as two or three wake-ups
+/// by arriving datagrams (benches/RESULTS.md, "Fast path: coalescing window and adaptive
+/// workers").
+pub const MIN_WINDOW_DATAGRAMS: usize = 4;
 
 /// How the worker reads next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,28 +66,29 @@ impl Pacer {
         self.window
     }
 
-    /// After a batch of `n` datagrams was forwarded, `since_prev` after the one before;
+    /// After a batch was forwarded, `since_prev` after the one before;
     /// `more_queued` when the read filled the batch or left datagrams for the next call
     /// (then the next read is at once).
     ///
-    /// A window is slept only when the traffic is dense: the batch held more than one
-    /// datagram, it came within a window of the previous batch, or the previous window found
-    /// some. A lone datagram after a silence (one call's audio, a keepalive) is not followed
-    /// by a window that would find nothing and cost a second wake-up for it.
-    pub fn after_batch(&mut self, n: usize, since_prev: Duration, more_queued: bool) -> Next {
+    /// A window is slept only when it is likely to pay: batches come closer together than
+    /// a window (waiting one merges them), or the previous window gathered at least
+    /// [`MIN_WINDOW_DATAGRAMS`]. When batches come further apart than a window (a lone call's
+    /// audio, keepalives, or bursts from a sender that already batches), a window would only
+    /// add a timer wake-up and the worker blocks as without one.
+    pub fn after_batch(&mut self, since_prev: Duration, more_queued: bool) -> Next {
         if more_queued {
             return Next::Block;
         }
-        if !self.window.is_zero() && (n > 1 || since_prev < self.window || self.dense) {
+        if !self.window.is_zero() && (since_prev < self.window || self.dense) {
             return Next::Sleep(self.window);
         }
         self.idle()
     }
 
-    /// The read after a window found datagrams (the worker forwards them, then calls
+    /// The read after a window found `n` datagrams (the worker forwards them, then calls
     /// [`Pacer::after_batch`]).
-    pub fn window_found(&mut self) {
-        self.dense = true;
+    pub fn window_found(&mut self, n: usize) {
+        self.dense = n >= MIN_WINDOW_DATAGRAMS;
     }
 
     /// The read after a window found the socket empty: the traffic has gaps longer than a
@@ -109,45 +118,48 @@ mod tests {
     #[test]
     fn off_means_always_block_as_before() {
         let mut p = Pacer::new(Duration::ZERO, Duration::ZERO);
-        for (n, more) in [(1, false), (13, false), (64, true), (0, false)] {
-            assert_eq!(p.after_batch(n, Duration::ZERO, more), Next::Block);
+        for more in [false, true] {
+            assert_eq!(p.after_batch(Duration::ZERO, more), Next::Block);
         }
         assert_eq!(p.window_empty(), Next::Block);
     }
 
     #[test]
-    fn dense_traffic_sleeps_a_window_sparse_traffic_does_not() {
+    fn a_window_only_when_batches_come_closer_than_a_window() {
         let mut p = Pacer::new(W, Duration::ZERO);
-        let silence = Duration::from_millis(20);
-        // A lone datagram after a silence: no window.
-        assert_eq!(p.after_batch(1, silence, false), Next::Block);
-        // A burst: a window, which finds more: traffic is dense, even single datagrams
-        // are now followed by a window.
-        assert_eq!(p.after_batch(5, silence, false), Next::Sleep(W));
-        p.window_found();
-        assert_eq!(p.after_batch(1, silence, false), Next::Sleep(W));
-        // A window that finds nothing: back to blocking, and a lone datagram is lone again.
+        let apart = W * 2;
+        // Batches further apart than a window, lone or bursts: no window.
+        assert_eq!(p.after_batch(apart, false), Next::Block);
+        assert_eq!(p.after_batch(apart, false), Next::Block);
+        // Closer together: a window, which gathers enough to keep windows going even
+        // when the next batch came later than a window after the previous one.
+        assert_eq!(p.after_batch(W / 2, false), Next::Sleep(W));
+        p.window_found(MIN_WINDOW_DATAGRAMS);
+        assert_eq!(p.after_batch(apart, false), Next::Sleep(W));
+        // A window that gathered too little: back to blocking unless batches are close.
+        p.window_found(MIN_WINDOW_DATAGRAMS - 1);
+        assert_eq!(p.after_batch(apart, false), Next::Block);
+        assert_eq!(p.after_batch(W / 3, false), Next::Sleep(W));
+        // A window that finds nothing: block.
         assert_eq!(p.window_empty(), Next::Block);
-        assert_eq!(p.after_batch(1, silence, false), Next::Block);
-        // Single datagrams closer together than a window are a stream: a window.
-        assert_eq!(p.after_batch(1, W / 2, false), Next::Sleep(W));
+        assert_eq!(p.after_batch(apart, false), Next::Block);
     }
 
     #[test]
     fn a_full_batch_or_a_carry_over_is_read_at_once() {
         let mut p = Pacer::new(W, P);
-        assert_eq!(p.after_batch(64, W, true), Next::Block);
-        p.window_found();
-        assert_eq!(p.after_batch(3, W, true), Next::Block);
+        assert_eq!(p.after_batch(W, true), Next::Block);
+        p.window_found(10);
+        assert_eq!(p.after_batch(W, true), Next::Block);
     }
 
     #[test]
     fn busy_polling_follows_an_empty_socket() {
         let mut p = Pacer::new(Duration::ZERO, P);
-        assert_eq!(p.after_batch(1, W, false), Next::Poll(P));
-        assert_eq!(p.after_batch(9, W, false), Next::Poll(P));
+        assert_eq!(p.after_batch(W, false), Next::Poll(P));
+        assert_eq!(p.after_batch(W, false), Next::Poll(P));
         let mut p = Pacer::new(W, P);
-        assert_eq!(p.after_batch(9, W, false), Next::Sleep(W));
+        assert_eq!(p.after_batch(W / 2, false), Next::Sleep(W));
         assert_eq!(p.window_empty(), Next::Poll(P));
     }
 }

@@ -323,3 +323,78 @@ fn thread_run_ns(tid: i32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
     text.split_whitespace().next()?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::MediaLimits;
+    use duet_proto::clock::unix_now;
+    use std::net::UdpSocket;
+
+    /// Who takes the datagrams of 16 bound pairs (32 source ports) with two workers: with
+    /// adaptive steering (the default) only the first worker at a light load, without it
+    /// both (the kernel's 4-tuple hash; all 32 on one socket would be a 2^-31 chance).
+    #[test]
+    fn adaptive_steering_keeps_a_light_load_on_one_worker() {
+        for adaptive in [true, false] {
+            let cfg = FastPathConfig {
+                workers: 2,
+                adaptive_workers: adaptive,
+                ..FastPathConfig::default()
+            };
+            let svc =
+                FastPathService::start(&cfg, "127.0.0.1:0".parse().unwrap(), 64, Arc::new(()))
+                    .unwrap();
+            assert_eq!(svc.workers(), 2);
+            assert_eq!(svc.active_workers(), if adaptive { 1 } else { 2 });
+            let at = svc.local_addr();
+            let limits = MediaLimits {
+                packets_per_sec: 10_000,
+                bytes_per_sec: 100_000_000,
+            };
+            let mut ends = Vec::new();
+            for _ in 0..16 {
+                for ch in svc.table().allocate(limits).unwrap() {
+                    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    let offer = svc
+                        .plane()
+                        .offer(ch, s.local_addr().unwrap().ip(), 1, unix_now());
+                    let mut bind = FastPathHeader::new(PacketType::Bind, ch)
+                        .to_bytes()
+                        .to_vec();
+                    bind.extend_from_slice(&offer.ticket);
+                    s.send_to(&bind, at).unwrap();
+                    ends.push((ch, s));
+                }
+            }
+            let until = std::time::Instant::now() + Duration::from_secs(3);
+            while svc.totals().binds.iter().sum::<u64>() < 32 {
+                assert!(std::time::Instant::now() < until, "binds");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            for (ch, s) in &ends {
+                let mut p = FastPathHeader::new(PacketType::Media(MediaKind::Audio), *ch)
+                    .to_bytes()
+                    .to_vec();
+                p.extend_from_slice(b"audio");
+                s.send_to(&p, at).unwrap();
+            }
+            while svc.totals().forwarded < 32 {
+                assert!(std::time::Instant::now() < until, "forwards");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let took = |i: usize| {
+                svc.worker_counters(i)
+                    .unwrap()
+                    .received
+                    .load(Ordering::Relaxed)
+            };
+            if adaptive {
+                assert_eq!((took(0), took(1)), (64, 0), "binds and media on worker 0");
+            } else {
+                assert!(took(0) > 0 && took(1) > 0, "{} / {}", took(0), took(1));
+            }
+            svc.stop();
+        }
+    }
+}

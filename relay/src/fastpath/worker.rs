@@ -169,12 +169,11 @@ pub fn run_worker(
             Err(e) => return Err(e),
         };
         if let Next::Sleep(_) = next {
-            pacer.window_found();
+            pacer.window_found(n);
         }
         let now = Instant::now();
         forward_batch(sock, table, control, counters, &rx, &mut tx, n, now);
         next = pacer.after_batch(
-            n,
             now.duration_since(last_batch),
             n >= cfg.batch || rx.has_pending(),
         );
