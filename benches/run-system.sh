@@ -32,6 +32,17 @@
 #                   half the CPUs, at least one: 1 on a 2-core box, like fwd.c's one thread)
 #        FP_WORKERS_ALT=2 (an extra fast-path row per case with these workers, e.g. one per
 #                   CPU; empty skips it)
+#        FP_COALESCE="" (--fast-path-coalesce-us of every fast-path row; empty = the relay's default)
+#        FP_COALESCE_ALT="" (extra fast-path rows per worker count above with these coalescing
+#                   windows, µs, e.g. "0 200": the fast path with and without the batching)
+#        FP_BUSY_POLL_ALT="" (extra rows, FP_WORKERS workers, with these busy-poll budgets, µs)
+#        FP_VARIANTS="" (replaces the three above and FP_WORKERS_ALT: fast-path rows as
+#                   W[:C[:B[:A]]] = workers, coalescing window µs, busy poll µs, adaptive
+#                   workers true/false; empty fields = the relay's defaults; e.g.
+#                   "0 1:0 1:200 2:0::false 2:200::false")
+#        PERF_SYSCALLS=0 (1: `perf stat` counts recvmmsg/sendmmsg calls and context switches of
+#                   fwd and of the fast-path worker threads in each raw row, printed as a table
+#                   of datagrams per call; needs perf and tracepoints)
 #        GEN_THREADS=1 GEN_ADDRESSING=ports (duet-loadtest udp --threads / --addressing for the
 #                   side-by-side rows; ports = a socket per endpoint, as loadgen.c and earlier runs)
 #        TURN=auto (coturn rows when `turnserver` is installed; 1 requires it, 0 skips them)
@@ -44,6 +55,8 @@
 #                   socket per worker and an address per endpoint, so a send or receive call
 #                   carries many endpoints' packets, as a forwarder's do)
 #        SAT_LOSS=0.1 (%)  SAT_BUDGET=1200 (s)
+#        SAT_FP_VARIANT="" (the fast-path variant W[:C[:B]] climbing the ladder; default
+#                   FP_WORKERS with FP_COALESCE)
 #        SIDE=1 (0 skips the side-by-side cases, e.g. to run only the ladder)
 #        D=5 (send seconds per row)  IDLE_N=1000 (0 skips)  OUT=target/bench-system
 #        SKIP_BUILD=1 (reuse the binaries)  PROFILE=release (debug: functional check only)  BASE=../shared/baseline
@@ -52,6 +65,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 T_START=$(date +%s)
 FP_WORKERS=${FP_WORKERS:-0}; FP_WORKERS_ALT=${FP_WORKERS_ALT-2}
+FP_COALESCE=${FP_COALESCE-}; FP_COALESCE_ALT=${FP_COALESCE_ALT-}; FP_BUSY_POLL_ALT=${FP_BUSY_POLL_ALT-}
+if [ -z "${FP_VARIANTS:-}" ]; then
+  FP_VARIANTS=""
+  for w in $FP_WORKERS $FP_WORKERS_ALT; do
+    FP_VARIANTS="$FP_VARIANTS $w:$FP_COALESCE"
+    for c in $FP_COALESCE_ALT; do FP_VARIANTS="$FP_VARIANTS $w:$c"; done
+  done
+  for b in $FP_BUSY_POLL_ALT; do FP_VARIANTS="$FP_VARIANTS $FP_WORKERS:$FP_COALESCE:$b"; done
+fi
+PERF_SYSCALLS=${PERF_SYSCALLS:-0}
 GEN_THREADS=${GEN_THREADS:-1}; GEN_ADDRESSING=${GEN_ADDRESSING:-ports}
 TURN=${TURN:-auto}; TURN_THREADS=${TURN_THREADS:-1}; TURN_THREADS_ALT=${TURN_THREADS_ALT-}
 D=${D:-5}; IDLE_N=${IDLE_N:-1000}; OUT=${OUT:-target/bench-system}; SIDE=${SIDE:-1}
@@ -66,6 +89,7 @@ mkdir -p "$OUT/bin"; OUT=$(cd "$OUT" && pwd)
 LOG="$OUT/log.txt"; : > "$LOG"
 ROWS="$OUT/rows.tsv"; : > "$ROWS"
 SAT_ROWS="$OUT/sat.tsv"; : > "$SAT_ROWS"
+SYS_ROWS="$OUT/syscalls.tsv"; : > "$SYS_ROWS"
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null || true; done; }
@@ -85,6 +109,8 @@ TURN_USER=bench:bench-secret
 TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 HAS_FP=0; "$RELAY" serve --help 2>/dev/null | grep -q -- '--fast-path-listen' && HAS_FP=1
+HAS_COALESCE=0; "$RELAY" serve --help 2>/dev/null | grep -q -- '--fast-path-coalesce-us' && HAS_COALESCE=1
+HAS_ADAPTIVE=0; "$RELAY" serve --help 2>/dev/null | grep -q -- '--fast-path-adaptive-workers' && HAS_ADAPTIVE=1
 HAS_TURN=0
 case "$TURN" in
   0) ;;
@@ -100,12 +126,26 @@ start_fwd() {
 stop_fwd() { kill -TERM "$FPID" 2>/dev/null || true; wait "$FPID" 2>/dev/null || true; }
 
 # Starts a fresh duet-relay (fast path too when it has one); per-endpoint media limits raised
-# far above the offered load so the relay's rate limiter never drops what fwd.c would forward.
-start_relay() { # [fast-path workers]
+# far above the offered load so the relay's rate limiter never drops what fwd.c would forward,
+# and the handshake admission limits above the generator's burst of joins from one address
+# (with the defaults, 64 in flight per source, 10-20 % of 1,000 pairs were refused).
+start_relay() { # [fast-path variant W[:C[:B[:A]]]: workers, coalescing window µs, busy poll µs, adaptive]
   DATA="$OUT/relay-data"; rm -rf "$DATA"
-  local fp=(); [ "$HAS_FP" = 1 ] && fp=(--fast-path-listen "127.0.0.1:$FP_PORT" --fast-path-workers "${1:-$FP_WORKERS}")
+  local w c b a fp=()
+  IFS=: read -r w c b a <<<"${1:-$FP_WORKERS:$FP_COALESCE}"
+  if [ "$HAS_FP" = 1 ]; then
+    fp=(--fast-path-listen "127.0.0.1:$FP_PORT" --fast-path-workers "${w:-$FP_WORKERS}")
+    if [ -n "$c$b" ] && [ "$HAS_COALESCE" = 0 ]; then
+      echo "this relay has no --fast-path-coalesce-us: variant $1 runs with its defaults" >&2
+    else
+      if [ -n "$c" ]; then fp+=(--fast-path-coalesce-us "$c"); fi
+      if [ -n "$b" ]; then fp+=(--fast-path-busy-poll-us "$b"); fi
+    fi
+    if [ -n "$a" ] && [ "$HAS_ADAPTIVE" = 1 ]; then fp+=(--fast-path-adaptive-workers "$a"); fi
+  fi
   "$RELAY" serve --data-dir "$DATA" --listen "127.0.0.1:$QUIC_PORT" --ops-listen "127.0.0.1:$OPS_PORT" \
     "${fp[@]}" --media-packets-per-sec 10000000 --media-bytes-per-sec 100000000000 \
+    --max-handshakes 4096 --max-handshakes-per-source 4096 \
     --max-sessions 20000 > "$OUT/relay.log" 2>&1 &
   RPID=$!; PIDS+=("$RPID")
   for _ in $(seq 100); do [ -s "$DATA/token-signing-key" ] && [ -s "$DATA/cert.pem" ] && break; sleep 0.1; done
@@ -158,25 +198,72 @@ udp_run() { # target K size pps json [extra...]
     --duration "${D}s" --report "$json" "$@" >> "$LOG" 2>&1 || echo "udp $tgt exited $?" >> "$LOG"
 }
 
+# PERF_SYSCALLS=1: counts one process's (or its fast-path worker threads') recvmmsg and
+# sendmmsg calls and context switches while a row runs.
+perf_start() { # pid label json
+  PERF_PID=""
+  [ "$PERF_SYSCALLS" = 1 ] || return 0
+  local tids
+  tids=$(grep -l '^duet-fastpath' /proc/"$1"/task/*/comm 2>/dev/null | awk -F/ '{print $5}' | paste -sd, - || true)
+  [ -n "$tids" ] || tids=$1
+  PERF_OUT="$OUT/perf-$(basename "$3" .json).txt"; PERF_LABEL=$2; PERF_JSON=$3
+  perf stat -x, -e syscalls:sys_enter_recvmmsg,syscalls:sys_enter_sendmmsg,context-switches \
+    -t "$tids" -o "$PERF_OUT" > /dev/null 2>&1 &
+  PERF_PID=$!; PIDS+=("$PERF_PID")
+}
+perf_stop() {
+  [ -n "${PERF_PID:-}" ] || return 0
+  kill -INT "$PERF_PID" 2>/dev/null || true; wait "$PERF_PID" 2>/dev/null || true
+  python3 - "$PERF_OUT" "$PERF_LABEL" "$PERF_JSON" >> "$SYS_ROWS" <<'PY'
+import json, sys
+out, label, f = sys.argv[1:4]
+c = {}
+try:
+    for l in open(out):
+        p = l.strip().split(",")
+        if len(p) > 2 and p[0].isdigit():
+            c[p[2].split(":")[-1]] = int(p[0])
+    r = json.load(open(f)); pk = r["received"]
+    rx, tx, cs = c["sys_enter_recvmmsg"], c["sys_enter_sendmmsg"], c["context-switches"]
+    print("\t".join([label, str(r["pairs"]), str(r["size_bytes"]), "%.0f" % r["offered_pps"], str(pk), str(rx), str(tx), str(cs),
+                     "%.1f" % (pk / rx if rx else 0), "%.1f" % (pk / tx if tx else 0), "%.1f" % (pk / cs if cs else 0)]))
+except Exception as e:
+    print("\t".join([label, "perf failed: %s" % e] + [""] * 9))
+PY
+  PERF_PID=""
+}
+
 # One measured row of a raw target against a fresh forwarder: fwd | fastpath | turn.
 # Prints the report's path. Extra args go to duet-loadtest (e.g. --threads).
 raw_row() { # kind K size pps json variant [extra...]
   local kind=$1 k=$2 size=$3 pps=$4 json=$5 variant=$6; shift 6
   case "$kind" in
-    fwd) start_fwd
+    fwd) start_fwd; perf_start "$FPID" "C fwd" "$json"
          udp_run "baseline=127.0.0.1:$FWD_PORT" "$k" "$size" "$pps" "$json" --relay-pid "$FPID" "$@"
-         stop_fwd ;;
-    fastpath) start_relay "$variant"
+         perf_stop; stop_fwd ;;
+    fastpath) start_relay "$variant"; perf_start "$RPID" "$(fp_label "$variant")" "$json"
          udp_run "fastpath=127.0.0.1:$QUIC_PORT" "$k" "$size" "$pps" "$json" --relay-pid "$RPID" \
            --cert "$DATA/cert.pem" --token-key-file "$DATA/token-signing-key" "$@"
-         stop_relay ;;
+         perf_stop; stop_relay ;;
     turn) start_turn "$variant"
          udp_run "turn=127.0.0.1:$TURN_PORT" "$k" "$size" "$pps" "$json" --relay-pid "$TPID" \
            --turn-user "$TURN_USER" "$@"
          stop_turn ;;
   esac
 }
-fp_label() { local w=$1; [ "$w" = 0 ] && w="default ($(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 )))"; echo "duet-relay fast path, workers=$w"; }
+fp_label() { # W[:C[:B[:A]]]
+  local w c b a l; IFS=: read -r w c b a <<<"$1"
+  if [ "${w:-0}" = 0 ]; then
+    if [ "$HAS_ADAPTIVE" = 1 ] && [ "$a" != false ]; then w="default ($(nproc), adaptive)"
+    else w="default ($(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 )))"; fi
+  elif [ "$HAS_ADAPTIVE" = 1 ] && [ "$w" != 1 ]; then
+    [ "$a" = false ] && w="$w fixed" || w="$w adaptive"
+  fi
+  l="duet-relay fast path, workers=$w"
+  [ -n "$c" ] && l="$l, coalesce=${c}µs"
+  [ -n "$b" ] && l="$l, busy-poll=${b}µs"
+  echo "$l"
+}
 
 for c in $CASES; do
   IFS=: read -r name K S PPS <<<"$c"
@@ -201,11 +288,12 @@ PY
   # 2. C fwd + duet-loadtest udp (baseline protocol).
   raw_row fwd "$K" "$S" "$PPS" "$OUT/$name-baseline.json" - --threads "$GEN_THREADS" --addressing "$GEN_ADDRESSING"
   udp_row "C fwd <- duet-loadtest" "$K" "$S" "$OUT/$name-baseline.json" >> "$ROWS"
-  # 3. duet-relay fast path (FP_WORKERS, then FP_WORKERS_ALT).
+  # 3. duet-relay fast path (FP_VARIANTS: FP_WORKERS, FP_WORKERS_ALT, coalescing windows).
   if [ "$HAS_FP" = 1 ]; then
-    for w in $FP_WORKERS $FP_WORKERS_ALT; do
-      raw_row fastpath "$K" "$S" "$PPS" "$OUT/$name-fastpath-w$w.json" "$w" --threads "$GEN_THREADS" --addressing "$GEN_ADDRESSING"
-      udp_row "$(fp_label "$w")" "$K" "$S" "$OUT/$name-fastpath-w$w.json" >> "$ROWS"
+    for v in $FP_VARIANTS; do
+      j="$OUT/$name-fastpath-w${v//:/-}.json"
+      raw_row fastpath "$K" "$S" "$PPS" "$j" "$v" --threads "$GEN_THREADS" --addressing "$GEN_ADDRESSING"
+      udp_row "$(fp_label "$v")" "$K" "$S" "$j" >> "$ROWS"
     done
   else
     printf 'duet-relay fast path\t%s\t%s\tn/a (relay has no --fast-path-listen)\tn/a\tn/a\tn/a\tn/a\tn/a\n' "$K" "$S" >> "$ROWS"
@@ -262,7 +350,7 @@ fi
 # prints its verdict: ok, loss, generator (could not offer the rate) or setup (pairs missing).
 sat_step() { # kind label size rate json
   local kind=$1 label=$2 size=$3 rate=$4 json=$5 variant=-
-  case "$kind" in fastpath) variant=$FP_WORKERS ;; turn) variant=$TURN_THREADS ;; esac
+  case "$kind" in fastpath) variant=${SAT_FP_VARIANT:-$FP_WORKERS:$FP_COALESCE} ;; turn) variant=$TURN_THREADS ;; esac
   D=$SAT_D raw_row "$kind" "$SAT_PAIRS" "$size" "$rate" "$json" "$variant" \
     --threads "$SAT_THREADS" --addressing "$SAT_ADDRESSING"
   python3 - "$label" "$size" "$rate" "$json" "$SAT_LOSS" "$(cut -d' ' -f1 /proc/loadavg)" "$SAT_ROWS" <<'PY'
@@ -308,7 +396,7 @@ if [ "$SAT" = 1 ]; then
       echo "== ladder: $SAT_PAIRS pairs x $S B at $R pps: $alive (load $(cut -d' ' -f1 /proc/loadavg))" >&2
       next=""
       for t in $alive; do
-        case "$t" in fwd) label="C fwd" ;; fastpath) label=$(fp_label "$FP_WORKERS") ;; turn) label="coturn, relay-threads=$TURN_THREADS" ;; esac
+        case "$t" in fwd) label="C fwd" ;; fastpath) label=$(fp_label "${SAT_FP_VARIANT:-$FP_WORKERS:$FP_COALESCE}") ;; turn) label="coturn, relay-threads=$TURN_THREADS" ;; esac
         v=$(sat_step "$t" "$label" "$S" "$R" "$OUT/sat-$t-$S-$R.json")
         # A failed step is retried once: on a shared box one noisy step must not end a ladder.
         [ "$v" = ok ] || v=$(sat_step "$t" "$label (retry)" "$S" "$R" "$OUT/sat-$t-$S-$R-retry.json")
@@ -340,6 +428,13 @@ for r in rows:
 PY
 echo
 echo "$IDLE_LINES"
+fi
+
+if [ -s "$SYS_ROWS" ]; then
+echo
+echo "| path | pairs | size B | offered pps | packets back | recvmmsg | sendmmsg | context switches | packets per recvmmsg | per sendmmsg | per switch |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+while IFS= read -r l; do echo "| ${l//$'\t'/ | } |"; done < "$SYS_ROWS"
 fi
 
 # The ladder: each step's ratio is over C fwd's at the same size and rate (same generator).

@@ -152,7 +152,8 @@ pub struct FastPathConfig {
         value_name = "ADDR"
     )]
     pub advertise: Option<SocketAddr>,
-    /// Worker threads, each with its own SO_REUSEPORT socket; 0 = half the CPUs, at least one [default: 0]
+    /// Worker threads, each with its own SO_REUSEPORT socket; 0 = one per CPU with
+    /// adaptive_workers, else half the CPUs (at least one) [default: 0]
     #[arg(
         id = "fast_path_workers",
         long = "fast-path-workers",
@@ -176,6 +177,31 @@ pub struct FastPathConfig {
     /// measured dearer than plain sendmmsg (benches/RESULTS.md) [default: false]
     #[arg(id = "fast_path_gso", long = "fast-path-gso", required = false, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub gso: bool,
+    /// Coalescing window, µs: while media flows, a worker sleeps this long after each batch
+    /// before reading again, so each recvmmsg/sendmmsg carries more datagrams and arrivals
+    /// wake nobody; a datagram waits at most this long more. 0 = off [default: 0]
+    #[arg(
+        id = "fast_path_coalesce_us",
+        long = "fast-path-coalesce-us",
+        required = false,
+        value_name = "US"
+    )]
+    pub coalesce_us: u64,
+    /// Busy polling, µs: after finding its socket empty a worker keeps reading it without
+    /// blocking this long before sleeping in the kernel (CPU spent to skip a wake-up).
+    /// 0 = off [default: 0]
+    #[arg(
+        id = "fast_path_busy_poll_us",
+        long = "fast-path-busy-poll-us",
+        required = false,
+        value_name = "US"
+    )]
+    pub busy_poll_us: u64,
+    /// Steer new datagrams (by channel pair) to as few workers as the load needs: one at
+    /// first, more while the active ones are busy, fewer when the load falls. Off: the
+    /// kernel spreads flows over every worker [default: true]
+    #[arg(id = "fast_path_adaptive_workers", long = "fast-path-adaptive-workers", required = false, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub adaptive_workers: bool,
 }
 
 impl Default for FastPathConfig {
@@ -188,9 +214,19 @@ impl Default for FastPathConfig {
             ticket_ttl_secs: 600,
             gro: true,
             gso: false,
+            coalesce_us: DEFAULT_COALESCE_US,
+            busy_poll_us: 0,
+            adaptive_workers: true,
         }
     }
 }
+
+/// The coalescing window when none is configured (see `coalesce_us`).
+pub const DEFAULT_COALESCE_US: u64 = 0;
+/// Longest coalescing window: a datagram may wait this long more (audio tolerates ~1 ms).
+pub const MAX_COALESCE_US: u64 = 2_000;
+/// Longest busy-polling budget.
+pub const MAX_BUSY_POLL_US: u64 = 1_000;
 
 /// Most fast-path worker threads; more would only contend for the same cores.
 pub const MAX_FAST_PATH_WORKERS: usize = 64;
@@ -207,13 +243,17 @@ impl FastPathConfig {
         })
     }
 
-    /// Worker threads to start. The default leaves half the CPUs to the QUIC path and the
-    /// control plane, and on a small box keeps batches large: two workers splitting one
-    /// load on 2 cores each woke for half-size batches and cost ~1.9x the C baseline per
-    /// packet, one worker ~1.1x (benches/RESULTS.md, "Fast path vs C baseline").
+    /// Worker threads to start. Split traffic costs CPU: two workers splitting one load on
+    /// 2 cores each woke for half-size batches and cost ~1.9x the C baseline per packet, one
+    /// worker ~1.1x (benches/RESULTS.md, "Fast path vs C baseline"). With adaptive workers
+    /// (the default) the load is steered to as few as it needs, so idle ones cost nothing and
+    /// the default is one per CPU (capacity for a saturating load); without, half the CPUs,
+    /// leaving the rest to the QUIC path and the control plane.
     pub fn worker_count(&self) -> usize {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         match self.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            0 if self.adaptive_workers => cpus,
+            0 => (cpus / 2).max(1),
             n => n,
         }
         .min(MAX_FAST_PATH_WORKERS)
@@ -223,6 +263,14 @@ impl FastPathConfig {
         Duration::from_secs(self.ticket_ttl_secs)
     }
 
+    pub fn coalesce(&self) -> Duration {
+        Duration::from_micros(self.coalesce_us)
+    }
+
+    pub fn busy_poll(&self) -> Duration {
+        Duration::from_micros(self.busy_poll_us)
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.workers > MAX_FAST_PATH_WORKERS {
             return Err(invalid(
@@ -230,6 +278,24 @@ impl FastPathConfig {
                 format!(
                     "must be at most {MAX_FAST_PATH_WORKERS}, got {}",
                     self.workers
+                ),
+            ));
+        }
+        if self.coalesce_us > MAX_COALESCE_US {
+            return Err(invalid(
+                "fast_path.coalesce_us",
+                format!(
+                    "must be at most {MAX_COALESCE_US}, got {}",
+                    self.coalesce_us
+                ),
+            ));
+        }
+        if self.busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(invalid(
+                "fast_path.busy_poll_us",
+                format!(
+                    "must be at most {MAX_BUSY_POLL_US}, got {}",
+                    self.busy_poll_us
                 ),
             ));
         }

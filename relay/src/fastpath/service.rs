@@ -11,16 +11,17 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use duet_proto::fastpath::{FastPathHeader, FastPathKey, PacketType, FASTPATH_HEADER_LEN};
 use duet_proto::{ChannelId, MediaKind};
 
 use super::plane::FastPathPlane;
 use super::socket::{FastPathSocket, Offload};
+use super::steering::Steering;
 use super::table::{BindOutcome, ChannelTable};
 use super::worker::{run_worker, ControlPlane, WorkerConfig, WorkerCounters};
 use crate::config::FastPathConfig;
@@ -28,6 +29,8 @@ use crate::forward::DropReason;
 
 /// How often a worker wakes up without traffic to check its stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
+/// How often the active-worker count is reconsidered.
+const STEER_INTERVAL: Duration = Duration::from_millis(250);
 /// Largest bridged packet: a QUIC datagram payload is below this by far.
 const BRIDGE_BUF: usize = 2048;
 
@@ -50,6 +53,8 @@ pub struct FastPathService {
     /// A handle on worker 0's socket: bridged packets leave from the fast-path port.
     sender: FastPathSocket,
     counters: Vec<Arc<WorkerCounters>>,
+    /// Workers that take new datagrams (all of them unless adaptive steering is on).
+    active: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<io::Result<()>>>>,
 }
@@ -89,7 +94,29 @@ impl FastPathService {
             sockets.push(FastPathSocket::bind_with(local_addr, STOP_POLL, wanted)?);
         }
         let sender = sockets[0].try_clone()?;
+        let active = Arc::new(AtomicUsize::new(sockets.len()));
+        // Adaptive: one active worker until the load asks for more (see `steering`). A
+        // kernel that refuses the program leaves the 4-tuple hash over every socket.
+        let steer = if cfg.adaptive_workers && sockets.len() > 1 {
+            match sockets[0].steer(1) {
+                Ok(()) => {
+                    active.store(1, Ordering::Relaxed);
+                    Some(sockets[0].try_clone()?)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "fast path: cannot steer the reuseport group; every worker takes datagrams");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let stop = Arc::new(AtomicBool::new(false));
+        let worker_cfg = WorkerConfig {
+            coalesce: cfg.coalesce(),
+            busy_poll: cfg.busy_poll(),
+            ..WorkerConfig::default()
+        };
         let mut counters = Vec::new();
         let mut threads = Vec::new();
         for (i, sock) in sockets.into_iter().enumerate() {
@@ -99,14 +126,7 @@ impl FastPathService {
             let spawned = std::thread::Builder::new()
                 .name(format!("duet-fastpath-{i}"))
                 .spawn(move || {
-                    let r = run_worker(
-                        &sock,
-                        &table,
-                        control.as_ref(),
-                        &c,
-                        &flag,
-                        WorkerConfig::default(),
-                    );
+                    let r = run_worker(&sock, &table, control.as_ref(), &c, &flag, worker_cfg);
                     if let Err(e) = &r {
                         tracing::error!(worker = i, error = %e, "fast-path worker stopped");
                     }
@@ -120,9 +140,28 @@ impl FastPathService {
                 }
             }
         }
+        if let Some(sock) = steer {
+            let (counters, flag, active) = (counters.clone(), stop.clone(), active.clone());
+            let spawned = std::thread::Builder::new()
+                .name("duet-fastpath-steer".into())
+                .spawn(move || {
+                    run_steering(&sock, &counters, &active, &flag);
+                    Ok(())
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
         tracing::info!(
             addr = %local_addr,
-            workers = threads.len(),
+            workers = counters.len(),
+            adaptive_workers = cfg.adaptive_workers,
+            coalesce_us = cfg.coalesce_us,
+            busy_poll_us = cfg.busy_poll_us,
             offload = %offload.describe(),
             "fast path listening"
         );
@@ -138,6 +177,7 @@ impl FastPathService {
             offload,
             sender,
             counters,
+            active,
             stop,
             threads: Mutex::new(threads),
         })
@@ -182,6 +222,21 @@ impl FastPathService {
         self.sender.send_to_now(out, to).is_ok()
     }
 
+    /// Worker threads started.
+    pub fn workers(&self) -> usize {
+        self.counters.len()
+    }
+
+    /// Workers that take new datagrams now (see `steering`).
+    pub fn active_workers(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Worker `i`'s counters (datagrams per call, who took what).
+    pub fn worker_counters(&self, i: usize) -> Option<&WorkerCounters> {
+        self.counters.get(i).map(|c| c.as_ref())
+    }
+
     /// The workers' counters, summed.
     pub fn totals(&self) -> FastPathTotals {
         let mut t = FastPathTotals::default();
@@ -216,5 +271,130 @@ impl FastPathService {
 impl Drop for FastPathService {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The adaptive steering loop: every [`STEER_INTERVAL`], each worker's on-CPU time from
+/// `/proc` (no cost on the workers' path), the [`Steering`] decision, and the new program on
+/// the reuseport group when the count changes. Stops with the workers.
+fn run_steering(
+    sock: &FastPathSocket,
+    counters: &[Arc<WorkerCounters>],
+    active: &AtomicUsize,
+    stop: &AtomicBool,
+) {
+    let mut policy = Steering::new(counters.len());
+    let mut last: Vec<Option<u64>> = vec![None; counters.len()];
+    let mut busy = vec![0.0; counters.len()];
+    let mut at = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(STEER_INTERVAL);
+        let now = Instant::now();
+        let secs = now.duration_since(at).as_secs_f64().max(1e-3);
+        at = now;
+        for (i, c) in counters.iter().enumerate() {
+            let run = thread_run_ns(c.tid.load(Ordering::Relaxed));
+            busy[i] = match (last[i], run) {
+                (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e9 / secs,
+                _ => 0.0,
+            };
+            last[i] = run;
+        }
+        if let Some(n) = policy.update(&busy) {
+            match sock.steer(n) {
+                Ok(()) => {
+                    active.store(n, Ordering::Relaxed);
+                    tracing::debug!(active = n, "fast path: active workers");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "fast path: steering failed; left as it was");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A thread's time on a CPU so far, ns (`/proc/self/task/TID/schedstat`, first field).
+fn thread_run_ns(tid: i32) -> Option<u64> {
+    if tid <= 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::MediaLimits;
+    use duet_proto::clock::unix_now;
+    use std::net::UdpSocket;
+
+    /// Who takes the datagrams of 16 bound pairs (32 source ports) with two workers: with
+    /// adaptive steering (the default) only the first worker at a light load, without it
+    /// both (the kernel's 4-tuple hash; all 32 on one socket would be a 2^-31 chance).
+    #[test]
+    fn adaptive_steering_keeps_a_light_load_on_one_worker() {
+        for adaptive in [true, false] {
+            let cfg = FastPathConfig {
+                workers: 2,
+                adaptive_workers: adaptive,
+                ..FastPathConfig::default()
+            };
+            let svc =
+                FastPathService::start(&cfg, "127.0.0.1:0".parse().unwrap(), 64, Arc::new(()))
+                    .unwrap();
+            assert_eq!(svc.workers(), 2);
+            assert_eq!(svc.active_workers(), if adaptive { 1 } else { 2 });
+            let at = svc.local_addr();
+            let limits = MediaLimits {
+                packets_per_sec: 10_000,
+                bytes_per_sec: 100_000_000,
+            };
+            let mut ends = Vec::new();
+            for _ in 0..16 {
+                for ch in svc.table().allocate(limits).unwrap() {
+                    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    let offer = svc
+                        .plane()
+                        .offer(ch, s.local_addr().unwrap().ip(), 1, unix_now());
+                    let mut bind = FastPathHeader::new(PacketType::Bind, ch)
+                        .to_bytes()
+                        .to_vec();
+                    bind.extend_from_slice(&offer.ticket);
+                    s.send_to(&bind, at).unwrap();
+                    ends.push((ch, s));
+                }
+            }
+            let until = std::time::Instant::now() + Duration::from_secs(3);
+            while svc.totals().binds.iter().sum::<u64>() < 32 {
+                assert!(std::time::Instant::now() < until, "binds");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            for (ch, s) in &ends {
+                let mut p = FastPathHeader::new(PacketType::Media(MediaKind::Audio), *ch)
+                    .to_bytes()
+                    .to_vec();
+                p.extend_from_slice(b"audio");
+                s.send_to(&p, at).unwrap();
+            }
+            while svc.totals().forwarded < 32 {
+                assert!(std::time::Instant::now() < until, "forwards");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let took = |i: usize| {
+                svc.worker_counters(i)
+                    .unwrap()
+                    .received
+                    .load(Ordering::Relaxed)
+            };
+            if adaptive {
+                assert_eq!((took(0), took(1)), (64, 0), "binds and media on worker 0");
+            } else {
+                assert!(took(0) > 0 && took(1) > 0, "{} / {}", took(0), took(1));
+            }
+            svc.stop();
+        }
     }
 }

@@ -93,6 +93,12 @@ impl RecvBatch {
         self.n == 0
     }
 
+    /// True when the last receive left datagrams for the next call (GRO segments beyond
+    /// `batch`): the next receive returns them without a syscall.
+    pub fn has_pending(&self) -> bool {
+        self.next_msg < self.msgs
+    }
+
     /// Messages the kernel returned in the last `recvmmsg` (fewer than the datagrams they
     /// hold when GRO coalesced some).
     pub fn messages(&self) -> usize {

@@ -185,6 +185,16 @@ impl FastPathSocket {
     /// datagram up to the read timeout, then takes what is queued). Returns how many (at
     /// most `rx`'s batch); a timeout is `ErrorKind::WouldBlock`/`TimedOut`.
     pub fn recv_batch(&self, rx: &mut RecvBatch) -> io::Result<usize> {
+        self.recv_with(rx, libc::MSG_WAITFORONE)
+    }
+
+    /// [`FastPathSocket::recv_batch`] without blocking: what is queued now, or
+    /// `ErrorKind::WouldBlock` when nothing is (the worker's coalescing and busy polling).
+    pub fn try_recv_batch(&self, rx: &mut RecvBatch) -> io::Result<usize> {
+        self.recv_with(rx, libc::MSG_DONTWAIT)
+    }
+
+    fn recv_with(&self, rx: &mut RecvBatch, flags: libc::c_int) -> io::Result<usize> {
         rx.n = 0;
         if rx.next_msg < rx.msgs {
             rx.present();
@@ -228,7 +238,7 @@ impl FastPathSocket {
                 self.socket.as_raw_fd(),
                 rx.hdrs.as_mut_ptr(),
                 cap as libc::c_uint,
-                libc::MSG_WAITFORONE,
+                flags,
                 std::ptr::null_mut(),
             )
         };
@@ -314,6 +324,56 @@ impl FastPathSocket {
         tx.n = 0;
         (sent, failed)
     }
+    /// Steers new datagrams of this socket's `SO_REUSEPORT` group (every worker socket bound
+    /// on the port) to the first `active` sockets, in the order they were bound, by channel
+    /// pair: a classic BPF program returns `pair index % active`, read from the fast-path
+    /// header (the channel id's low word, bytes 6..10 of the datagram, is
+    /// `pair_index << 1 | side`), so both ends of a pair land on the same socket. A datagram
+    /// too short to hold it goes to the first socket. Replaces the previous program; the
+    /// kernel applies it to the group from the next datagram on, and datagrams already
+    /// queued stay where they are (their worker still drains them). `active` of 0 or more
+    /// than the sockets is clamped by the caller.
+    pub fn steer(&self, active: usize) -> io::Result<()> {
+        /// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic; the same on x86 and arm).
+        const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+        const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+        const RSH_K: u16 = (libc::BPF_ALU | libc::BPF_RSH | libc::BPF_K) as u16;
+        const MOD_K: u16 = (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16;
+        const RET_A: u16 = (libc::BPF_RET | libc::BPF_A) as u16;
+        let op = |code: u16, k: u32| libc::sock_filter {
+            code,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let mut prog = [
+            // A = the channel id's low 32 bits (big endian, as on the wire); the kernel ends
+            // the program with 0 when the datagram is shorter.
+            op(LD_W_ABS, 6),
+            op(RSH_K, 1),
+            op(MOD_K, active.max(1) as u32),
+            op(RET_A, 0),
+        ];
+        let fprog = libc::sock_fprog {
+            len: prog.len() as libc::c_ushort,
+            filter: prog.as_mut_ptr(),
+        };
+        // SAFETY: `fprog` points at `prog`, both live for the call; the kernel copies them.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_ATTACH_REUSEPORT_CBPF,
+                (&fprog as *const libc::sock_fprog).cast(),
+                mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Another handle on the same socket (same port, same SO_REUSEPORT member), for sending
     /// from outside the worker: the QUIC path's bridge to fast-path endpoints.
     /// The clone sends one plain datagram at a time (no segmentation) and never receives.

@@ -432,3 +432,60 @@ fn gro_and_gso_over_ipv6_loopback() {
         assert_eq!(drain(&c, 6), want);
     }
 }
+
+/// Steering over a real reuseport group: with one active socket every datagram goes to the
+/// first one (whatever its source port), with two they split by channel pair (both sides of
+/// a pair on the same socket, even pairs on the first), and a datagram too short for a
+/// channel id goes to the first. (Without a program the kernel would spread them by source
+/// address over both.)
+#[test]
+fn steering_sends_pairs_to_the_active_sockets() {
+    let s0 = bind_local(Offload::probe());
+    let at = s0.local_addr().unwrap();
+    let s1 = FastPathSocket::bind_with(at, Duration::from_millis(200), Offload::probe()).unwrap();
+    let datagram = |pair: u32, side: u32| {
+        let mut d = vec![1u8, 0, 0, 0, 0, 3];
+        d.extend_from_slice(&(pair << 1 | side).to_be_bytes());
+        d.extend_from_slice(b"media");
+        d
+    };
+    // Where each of 8 pairs x 2 sides lands, each side sending from its own port.
+    let landing = |s0: &FastPathSocket, s1: &FastPathSocket| {
+        let clients: Vec<UdpSocket> = (0..16).map(|_| client()).collect();
+        for (i, c) in clients.iter().enumerate() {
+            c.send_to(&datagram(i as u32 / 2, i as u32 % 2), at)
+                .unwrap();
+        }
+        let mut got = [Vec::new(), Vec::new()];
+        let mut rx = RecvBatch::new(64, 2048);
+        let until = std::time::Instant::now() + Duration::from_secs(3);
+        while got[0].len() + got[1].len() < 16 && std::time::Instant::now() < until {
+            for (k, s) in [s0, s1].into_iter().enumerate() {
+                if let Ok(n) = s.try_recv_batch(&mut rx) {
+                    for i in 0..n {
+                        let d = rx.get(i).0;
+                        got[k].push(u32::from_be_bytes(d[6..10].try_into().unwrap()) >> 1);
+                    }
+                }
+            }
+        }
+        got.iter_mut().for_each(|g| g.sort());
+        got
+    };
+    s0.steer(1).unwrap();
+    let got = landing(&s0, &s1);
+    assert_eq!(got[0], (0..8).flat_map(|p| [p, p]).collect::<Vec<_>>());
+    assert!(got[1].is_empty());
+    s1.steer(2).unwrap(); // any member of the group sets it for all
+    let got = landing(&s0, &s1);
+    assert_eq!(got[0], vec![0, 0, 2, 2, 4, 4, 6, 6]);
+    assert_eq!(got[1], vec![1, 1, 3, 3, 5, 5, 7, 7]);
+    let c = client();
+    c.send_to(b"\x01", at).unwrap();
+    let mut rx = RecvBatch::new(8, 2048);
+    assert_eq!(
+        s0.recv_batch(&mut rx).unwrap(),
+        1,
+        "short datagram on the first socket"
+    );
+}
