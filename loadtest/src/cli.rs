@@ -340,6 +340,10 @@ pub struct RunArgs {
     /// [default: the SDK's]
     #[arg(long, value_parser = parse_duration)]
     pub keep_alive: Option<Duration>,
+    /// `--profile idle`: one frame per endpoint this often (a sparser hold costs the
+    /// generator less per call; keep it below the relay's session idle timeout, 30 s)
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub idle_interval: Duration,
     /// Worker threads of the client runtime (default: CPUs)
     #[arg(long)]
     pub client_threads: Option<usize>,
