@@ -109,8 +109,7 @@ impl Relay {
         let server_cfg = quic::quinn_server_config(tls_cfg)?;
         let reset_key = config.stateless_reset_key()?;
         let endpoint =
-            quic::bind_endpoint(server_cfg, config.listen, &reset_key, config.quic_recv_batch())
-                .map_err(|source| {
+            quic::bind_endpoint(server_cfg, config.listen, &reset_key).map_err(|source| {
                 RelayError::Bind {
                     what: "QUIC",
                     addr: config.listen,

@@ -108,28 +108,6 @@ async fn thousands_of_datagrams_of_each_kind_cross_byte_identical() -> Result<()
     Ok(())
 }
 
-/// With QUIC receive batching on (`quic_recv_batch_us`), the relay reads its socket after a
-/// pause once a batch was handled: every datagram still crosses, once, unchanged, and a
-/// quiet socket is still read (the control messages of the join come through first).
-#[tokio::test]
-async fn receive_batching_forwards_every_datagram() -> Result<()> {
-    let relay = TestRelay::start_with(|c| c.quic_recv_batch_us = 2_000).await;
-    let (mut a, _) = Raw::join(&relay, "batch", "alice", "phone").await?;
-    let (b, _) = Raw::join(&relay, "batch", "bob", "laptop").await?;
-    assert_eq!(a.next().await?, Some(RelayMessage::PeerJoined));
-    one_way(&a, &b).await?;
-    one_way(&b, &a).await?;
-    let text = scrape(relay.ops_addr()).await;
-    for kind in MediaKind::ALL {
-        let series = format!(
-            r#"duet_forwarded_packets_total{{kind="{}"}}"#,
-            kind.as_str()
-        );
-        assert_eq!(metric(&text, &series), 2.0 * PER_KIND as f64, "{series}");
-    }
-    Ok(())
-}
-
 #[tokio::test]
 async fn media_rate_limit_drops_the_excess_and_counts_it() -> Result<()> {
     let relay = TestRelay::start_with(|c| {

@@ -114,11 +114,6 @@ pub struct Config {
     /// After a drain starts, live sessions are ended after this long, ms [default: 30000]
     #[arg(long, required = false, value_name = "MS")]
     pub drain_deadline_ms: u64,
-    /// QUIC receive batching: after a batch, wait this long before reading the QUIC socket
-    /// again (fewer wake-ups per packet under load, up to this much latency), µs; 0 = off
-    /// [default: 0]
-    #[arg(long, required = false, value_name = "US")]
-    pub quic_recv_batch_us: u64,
     #[command(flatten)]
     pub limits: LimitsConfig,
     #[command(flatten)]
@@ -145,7 +140,6 @@ impl Default for Config {
             token_max_lifetime_secs: duet_proto::token::DEFAULT_MAX_LIFETIME_SECS,
             allow_legacy_hmac_tokens: false,
             drain_deadline_ms: 30_000,
-            quic_recv_batch_us: 0,
             limits: LimitsConfig::default(),
             fast_path: FastPathConfig::default(),
             admission: AdmissionConfig::default(),
@@ -202,11 +196,6 @@ impl Config {
 
     pub fn drain_deadline(&self) -> Duration {
         Duration::from_millis(self.drain_deadline_ms)
-    }
-
-    /// `None`: QUIC receive batching off.
-    pub fn quic_recv_batch(&self) -> Option<Duration> {
-        (self.quic_recv_batch_us > 0).then(|| Duration::from_micros(self.quic_recv_batch_us))
     }
 
     /// Checks every field; the error names the first bad one.

@@ -62,13 +62,11 @@ pub const PINNED_UDP_PAYLOAD: u16 = 1200;
 
 /// Binds the relay's UDP socket (large kernel buffers, best effort) and its quinn endpoint.
 /// `reset_key` keys its stateless resets; the same key after a restart makes the new
-/// process's resets recognisable to the old process's clients. `recv_batch`: see
-/// [`RelaySocket`].
+/// process's resets recognisable to the old process's clients.
 pub fn bind_endpoint(
     server: quinn::ServerConfig,
     addr: std::net::SocketAddr,
     reset_key: &[u8],
-    recv_batch: Option<std::time::Duration>,
 ) -> std::io::Result<quinn::Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -94,11 +92,9 @@ pub fn bind_endpoint(
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
-    let socket = RelaySocket {
+    let socket = SegmentCap {
         inner: runtime.wrap_udp_socket(socket.into())?,
-        max_segments: MAX_SEND_SEGMENTS,
-        batch: recv_batch,
-        hold: std::sync::Mutex::new(Hold::default()),
+        max: MAX_SEND_SEGMENTS,
     };
     quinn::Endpoint::new_with_abstract_socket(ep, Some(server), Arc::new(socket), runtime)
 }
@@ -111,31 +107,14 @@ pub fn bind_endpoint(
 /// on the forwarding path at audio rates; only bursts (video keyframes) lose the batching.
 const MAX_SEND_SEGMENTS: usize = 1;
 
-/// The runtime's UDP socket, with quinn's GSO batch capped at `max_segments` datagrams and,
-/// with `batch`, receive batching: after a read that returned datagrams, the socket is not
-/// looked at again for `batch` (tokio's timer: about 1 ms at least), so datagrams of many
-/// connections arrive in one wake-up of quinn's endpoint task and the connection and media
-/// tasks they wake run back to back instead of each behind its own kernel wake-up. A read
-/// that finds the socket empty arms readiness as usual: the first datagram after a quiet
-/// spell is read at once; only under steady load is the added latency up to `batch`.
+/// The runtime's UDP socket, with quinn's GSO batch capped at `max` datagrams.
 #[derive(Debug)]
-struct RelaySocket {
+struct SegmentCap {
     inner: Arc<dyn quinn::AsyncUdpSocket>,
-    max_segments: usize,
-    batch: Option<std::time::Duration>,
-    /// Only quinn's endpoint task reads, so this lock is never contended (one per batch).
-    hold: std::sync::Mutex<Hold>,
+    max: usize,
 }
 
-#[derive(Debug, Default)]
-struct Hold {
-    /// The last read returned datagrams, fewer than it had room for.
-    busy: bool,
-    /// Not before this fires.
-    until: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl quinn::AsyncUdpSocket for RelaySocket {
+impl quinn::AsyncUdpSocket for SegmentCap {
     fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
         self.inner.clone().create_io_poller()
     }
@@ -150,28 +129,7 @@ impl quinn::AsyncUdpSocket for RelaySocket {
         bufs: &mut [std::io::IoSliceMut<'_>],
         meta: &mut [quinn::udp::RecvMeta],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        use std::future::Future;
-        use std::task::Poll;
-        let Some(batch) = self.batch else {
-            return self.inner.poll_recv(cx, bufs, meta);
-        };
-        let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
-        if hold.busy {
-            // The batch just read is being handled; look again once the window is over.
-            hold.busy = false;
-            hold.until = Some(Box::pin(tokio::time::sleep(batch)));
-        }
-        if let Some(until) = hold.until.as_mut() {
-            if until.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            hold.until = None;
-        }
-        let slots = meta.len();
-        let r = self.inner.poll_recv(cx, bufs, meta);
-        // A full batch means more is waiting: read on without a pause.
-        hold.busy = matches!(r, Poll::Ready(Ok(n)) if n > 0 && n < slots);
-        r
+        self.inner.poll_recv(cx, bufs, meta)
     }
 
     fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -179,7 +137,7 @@ impl quinn::AsyncUdpSocket for RelaySocket {
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.inner.max_transmit_segments().min(self.max_segments)
+        self.inner.max_transmit_segments().min(self.max)
     }
 
     fn max_receive_segments(&self) -> usize {
