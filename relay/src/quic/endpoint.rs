@@ -102,10 +102,11 @@ pub fn bind_endpoint(
 /// Datagrams quinn may put in one send (GSO) per connection. quinn sizes each
 /// connection's send buffer for this many datagrams and keeps it for the connection's life:
 /// at its default (10, when the kernel offers GSO) that is 12 KiB per connection, the largest
-/// single item of an idle session's memory (see RESULTS.md, "QUIC memory"). A relayed media
-/// datagram is one datagram per wake-up on its leg anyway, so one segment costs no syscalls
-/// on the forwarding path at audio rates; only bursts (video keyframes) lose the batching.
-const MAX_SEND_SEGMENTS: usize = 1;
+/// single item of an idle session's memory (see RESULTS.md, "QUIC memory"). Two keep the
+/// buffer at 2.4 KiB; one is not enough: with one, a 300 KB frame sent through the relay at
+/// once lost a dozen of its 261 datagrams on the receiving side every time
+/// (`testkit/tests/sdk_sessions.rs`, `signals_are_forwarded_verbatim_and_size_limited`).
+const MAX_SEND_SEGMENTS: usize = 2;
 
 /// The runtime's UDP socket, with quinn's GSO batch capped at `max` datagrams.
 #[derive(Debug)]
