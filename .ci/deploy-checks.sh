@@ -214,7 +214,7 @@ config_starts kubernetes deploy/kubernetes/base/relay.toml
 # ---------------------------------------------------------------- Kubernetes
 step "kubernetes: render every kustomization with kustomize v5 and v2, validate against the schemas"
 mkdir -p "$WORK/k8s"
-for k in overlays/hostnetwork overlays/loadbalancer loadtest loadtest/merge; do
+for k in overlays/hostnetwork overlays/loadbalancer loadtest loadtest/merge minter-rbac; do
   out=$WORK/k8s/$(echo "$k" | tr / -).yaml
   kubectl kustomize "deploy/kubernetes/$k" 2>/dev/null >"$out"
   "$KUBECTL_V2" kustomize "deploy/kubernetes/$k" >"$out.v2"

@@ -72,7 +72,8 @@
 //! go over plain UDP (the same SFrame ciphertext; the relay does no per-packet crypto). If
 //! the bind is not confirmed or UDP is blocked, media stays on QUIC
 //! ([`Event::FastPathFallback`]); [`Call::transport`] says which is in use and
-//! [`Call::rebind_fast_path`] moves the binding to a new socket after a network change.
+//! [`Call::rebind_fast_path`] moves the binding to a new socket after a network change;
+//! [`Call::rebind_quic`] moves the QUIC connection itself (QUIC connection migration).
 //!
 //! [`Client::join`] is the plain transport (no E2EE), used by the end-to-end tests (in the
 //! `duet-testkit` crate) and the load generator.
@@ -114,5 +115,5 @@ pub use engine::{Engine, Padding};
 pub use error::{ResumeError, SdkError};
 pub use fastpath::{FastPathMode, Transport};
 pub use fragment::{FrameSeq, MediaFrame, MAX_FRAME};
-pub use options::ConnectOptions;
+pub use options::{ConnectOptions, DeadRelay};
 pub use secure::{token_claims, E2eeConfig};

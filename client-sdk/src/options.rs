@@ -31,13 +31,66 @@ pub struct ConnectOptions {
     /// it a few `keep_alive`s long).
     pub idle_timeout: Duration,
     /// The fleet's address book: where each relay node of the token's `nodes` list is.
-    /// Non-empty turns on automatic recovery: when the connection is lost (or reset, or the
-    /// relay says it is draining) the call resumes on the same node, or else moves to the
-    /// next node of the token's list; both endpoints follow the same list, so they meet
+    /// Non-empty turns on automatic recovery: after a stateless reset (the node restarted)
+    /// the call resumes on the same node; when the relay goes silent ([`DeadRelay`], or the
+    /// idle timeout) or says it is draining, it moves to the next node of the token's list
+    /// (the silent node comes last); both endpoints follow the same list, so they meet
     /// again without talking. Same keys, same code ([`crate::Event::Migrated`],
     /// [`crate::Event::KeysConfirmed`]). Empty: a lost connection ends the call's link and
     /// the app calls `Call::resume` itself.
     pub nodes: Vec<(duet_proto::NodeId, std::net::SocketAddr)>,
+    /// With `nodes` set: how a silent relay is told from a slow path, well before
+    /// `idle_timeout`. See [`DeadRelay`].
+    pub dead_relay: DeadRelay,
+}
+
+/// How a call (with [`ConnectOptions::nodes`] set) decides that its relay is dead from the
+/// path itself, and moves to the token's next node without waiting for the QUIC idle
+/// timeout.
+///
+/// Anything that arrives from the relay (QUIC packets, acknowledgements, fast-path media)
+/// counts as life; silence counts only while the relay owes an answer, i.e. from the first
+/// thing sent after it was last heard (media, a keep-alive), so an idle call costs nothing
+/// between keep-alives (and a relay that dies during one is found `keep_alive` later).
+/// After `probe_after` of owed silence the SDK sends a probe (a control `Ping`, answered by
+/// the relay and acknowledged by QUIC), again every `probe_after` while it lasts. A relay
+/// silent for `max(silence, probe_after + rtts × smoothed RTT)` is taken for dead: the call moves to the next node of its token's list (no attempt on the
+/// silent node first; a stateless reset, i.e. a node that restarted, still resumes there).
+/// Halfway to that verdict the SDK already opens a QUIC connection to that next node, so
+/// the move costs only the join and the key confirmation.
+///
+/// The floor `silence` is what keeps a lossy or jittery path from moving calls: a path
+/// that still delivers something every `silence` never counts as dead, however small its
+/// RTT. Lower it for faster failover, raise it for paths with longer blackouts (a
+/// blackout longer than the threshold moves the call, which is what a dead node looks
+/// like from here).
+///
+/// Defaults: `probe_after` 150 ms, `silence` 500 ms, `rtts` 4, `peer_wait` 1.5 s: a killed
+/// relay's calls move after ~0.5 s of owed silence plus the join (media gap p99 ~0.8 s on
+/// loopback under load, see benches/RESULTS.md "Fleet failover").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadRelay {
+    /// Silence after which a probe is sent (and the interval between probes).
+    pub probe_after: Duration,
+    /// The least silence that counts as a dead relay.
+    pub silence: Duration,
+    /// And at least this many smoothed round trips after the first probe.
+    pub rtts: u32,
+    /// After a move for silence, how long to wait for the peer on the new node. If it has
+    /// not come by then and the old node answers again, the outage was this endpoint's
+    /// alone (the peer never left the old node): the call goes back there.
+    pub peer_wait: Duration,
+}
+
+impl Default for DeadRelay {
+    fn default() -> Self {
+        Self {
+            probe_after: Duration::from_millis(150),
+            silence: Duration::from_millis(500),
+            rtts: 4,
+            peer_wait: Duration::from_millis(1500),
+        }
+    }
 }
 
 impl Default for ConnectOptions {
@@ -53,6 +106,7 @@ impl Default for ConnectOptions {
             fast_path_refresh: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(15),
             nodes: Vec::new(),
+            dead_relay: DeadRelay::default(),
         }
     }
 }

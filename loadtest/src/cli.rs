@@ -344,6 +344,14 @@ pub struct RunArgs {
     /// generator less per call; keep it below the relay's session idle timeout, 30 s)
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub idle_interval: Duration,
+    /// Per endpoint: silence (probes outstanding) after which a relay counts as dead and
+    /// the call moves, long before --idle-timeout (`DeadRelay::silence`) [default: the SDK's, 500ms]
+    #[arg(long, value_parser = parse_duration)]
+    pub dead_silence: Option<Duration>,
+    /// Per endpoint: silence after which the SDK probes the relay (`DeadRelay::probe_after`)
+    /// [default: the SDK's, 150ms]
+    #[arg(long, value_parser = parse_duration)]
+    pub dead_probe_after: Option<Duration>,
     /// Worker threads of the client runtime (default: CPUs)
     #[arg(long)]
     pub client_threads: Option<usize>,

@@ -70,6 +70,8 @@ pub struct RunOptions {
     pub keep_alive: Option<Duration>,
     /// `--profile idle`: one frame per endpoint this often.
     pub idle_interval: Duration,
+    pub dead_silence: Option<Duration>,
+    pub dead_probe_after: Option<Duration>,
     pub progress: ProgressMode,
     pub client_threads: usize,
     pub transport: String,
@@ -126,6 +128,14 @@ impl Ctx {
                 duet_sdk::FastPathMode::Off
             },
             nodes: self.address_book.clone(),
+            dead_relay: duet_sdk::DeadRelay {
+                silence: self.opts.dead_silence.unwrap_or(sdk.dead_relay.silence),
+                probe_after: self
+                    .opts
+                    .dead_probe_after
+                    .unwrap_or(sdk.dead_relay.probe_after),
+                ..sdk.dead_relay
+            },
             ..ConnectOptions::trusting(self.cert_pem.clone())
         }
     }

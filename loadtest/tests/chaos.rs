@@ -63,7 +63,9 @@ fn a_relay_killed_mid_run_moves_its_calls_and_reports_the_media_gap() {
     let on = |n: &str| r.calls.per_node.get(n).copied().unwrap_or(0);
     assert!(on("n1") > 0 && on("n2") > 0, "{:?}", r.calls.per_node);
     // Every receiving endpoint recorded its longest silence; audio frames come every 20 ms,
-    // so the survivors' gaps are short and the killed node's calls went silent for seconds.
+    // so the survivors' gaps are short; the killed node's calls went silent for at least the
+    // SDK's dead-relay floor (500 ms of owed silence) but well under the old idle-timeout
+    // recovery (2 s and more with a 1 s idle timeout).
     assert_eq!(
         r.media_gap.count,
         2 * r.calls.established,
@@ -74,5 +76,6 @@ fn a_relay_killed_mid_run_moves_its_calls_and_reports_the_media_gap() {
     let survivors = on("n2") as f64 / r.calls.established as f64;
     let (low, high) = (survivors * 0.9, 1.0 - (1.0 - survivors) * 0.9);
     assert!(gaps.quantile_us(low) < 500_000, "{:?}", r.media_gap);
-    assert!(gaps.quantile_us(high) > 1_000_000, "{:?}", r.media_gap);
+    assert!(gaps.quantile_us(high) > 400_000, "{:?}", r.media_gap);
+    assert!(gaps.quantile_us(high) < 1_500_000, "{:?}", r.media_gap);
 }

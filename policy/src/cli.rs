@@ -227,7 +227,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ID", default_value = "default")]
     pub key_id: String,
     /// Relay nodes tokens are placed on: static:<n1,n2,…>, dns-srv:<name>[@ip:port],
-    /// dns-a:<name>[@ip:port] (re-read every 5 s) [default: no placement]
+    /// dns-a:<name>[@ip:port] (re-read every 5 s), k8s:<namespace>/<service>[:<port-name>]
+    /// (EndpointSlices, watched; build feature `kubernetes`) [default: no placement]
     #[arg(long, value_name = "SOURCE")]
     pub nodes_from: Option<String>,
     /// Longest token lifetime the endpoint mints, seconds
@@ -617,7 +618,11 @@ where
             None => NodeSet::none(),
             Some(s) => NodeSet::from_source(NodeSource::parse(s)?).await?,
         });
-        if !matches!(nodes.source(), NodeSource::Static(_)) {
+        // DNS is polled; a static set never changes and a Kubernetes one is watched.
+        if matches!(
+            nodes.source(),
+            NodeSource::DnsSrv { .. } | NodeSource::DnsA { .. }
+        ) {
             let n = nodes.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));

@@ -10,7 +10,9 @@
 //!   `postgres`) behind it, the audit log as a table in the same transactions.
 //! - `file_store`: the `policy.json` directory of earlier versions: import/export format.
 //! - `tenant`: `policy apply -f tenant.toml`: declarative policies, grants and ranks.
-//! - `placement`: the node set a token's placement is computed over (static list, DNS).
+//! - `placement`: the node set a token's placement is computed over (static list, DNS,
+//!   Kubernetes EndpointSlices).
+//! - `kubernetes` (feature `kubernetes`): list + watch of a Service's EndpointSlices.
 //! - `issue`: minting a join token for a user: claim from the store, nodes from placement.
 //! - `admin_api` (feature `admin-api`): the admin and token HTTP API.
 //! - `cli` (feature `cli`): the `policy`/`user` command types the `duet-relay` binary embeds.
@@ -49,6 +51,8 @@ pub mod cli;
 pub(crate) mod engine;
 pub mod file_store;
 pub mod issue;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod model;
 pub mod placement;
 pub mod store;

@@ -1,10 +1,12 @@
 //! The node set a token is placed over, and where it comes from.
 //!
-//! Owns the live node set of the minter: a static list, or DNS records of the fleet's
+//! Owns the live node set of the minter: a static list, DNS records of the fleet's
 //! headless Service (feature `dns`, `hickory-resolver`): SRV (a node is the first label of
-//! each target, i.e. the pod name) or A/AAAA (a node is the address). DNS answers are
+//! each target, i.e. the pod name) or A/AAAA (a node is the address), or the Service's
+//! EndpointSlices (feature `kubernetes`, watched by [`crate::kubernetes`]). DNS answers are
 //! cached in the set and refreshed by [`NodeSet::refresh`] (the admin API server does it
-//! periodically; `token mint` once), so minting never waits on DNS. Does not own the
+//! periodically; `token mint` once), so minting never waits on DNS; an EndpointSlice watch
+//! replaces the set itself on every change. Does not own the
 //! ranking: [`duet_proto::placement`] (rendezvous hashing) is the one function relays,
 //! SDKs, the load tester and this minter share.
 
@@ -23,8 +25,45 @@ pub enum PlacementError {
     Dns { name: String, detail: String },
     #[error("DNS name {0} has no records: no relay node is ready")]
     NoNodes(String),
-    #[error("--nodes-from {0:?}: use static:<n1,n2,…>, dns-srv:<name>[@server:port] or dns-a:<name>[@server:port]")]
+    #[error("--nodes-from {0:?}: use static:<n1,n2,…>, dns-srv:<name>[@server:port], dns-a:<name>[@server:port] or k8s:<namespace>/<service>[:<port-name>]")]
     BadSource(String),
+    #[error("EndpointSlices of {service}: {detail}")]
+    Kubernetes { service: String, detail: String },
+    #[error(
+        "--nodes-from k8s:…: this build has no Kubernetes support (cargo feature `kubernetes`)"
+    )]
+    KubernetesNotBuilt,
+}
+
+/// Which Service's endpoints are the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub service: String,
+    /// Only slices that publish a port of this name (`quic`) count.
+    pub port: Option<String>,
+}
+
+impl ServiceRef {
+    /// `<namespace>/<service>[:<port-name>]`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (namespace, rest) = s.split_once('/')?;
+        let (service, port) = match rest.split_once(':') {
+            Some((svc, p)) => (svc, Some(p.to_owned()).filter(|p| !p.is_empty())),
+            None => (rest, None),
+        };
+        let ok = |x: &str| {
+            !x.is_empty()
+                && x.len() <= 253
+                && x.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        (ok(namespace) && ok(service)).then(|| Self {
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            port,
+        })
+    }
 }
 
 /// Where the nodes come from.
@@ -42,10 +81,14 @@ pub enum NodeSource {
         name: String,
         server: Option<std::net::SocketAddr>,
     },
+    /// The ready endpoints of a Service's EndpointSlices
+    /// (`k8s:duet/duet-relay:quic`; feature `kubernetes`).
+    Kubernetes(ServiceRef),
 }
 
 impl NodeSource {
-    /// Parses `static:a,b,c`, `dns-srv:<name>[@ip:port]`, `dns-a:<name>[@ip:port]`.
+    /// Parses `static:a,b,c`, `dns-srv:<name>[@ip:port]`, `dns-a:<name>[@ip:port]`,
+    /// `k8s:<namespace>/<service>[:<port-name>]`.
     pub fn parse(s: &str) -> Result<Self, PlacementError> {
         let bad = || PlacementError::BadSource(s.to_owned());
         let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
@@ -67,6 +110,9 @@ impl NodeSource {
                 let (name, server) = dns(rest)?;
                 Ok(Self::DnsA { name, server })
             }
+            "k8s" => ServiceRef::parse(rest)
+                .map(Self::Kubernetes)
+                .ok_or_else(bad),
             _ => Err(bad()),
         }
     }
@@ -91,7 +137,21 @@ fn parse_nodes<S: AsRef<str>>(
 #[derive(Debug)]
 pub struct NodeSet {
     source: NodeSource,
-    nodes: RwLock<Arc<Vec<NodeId>>>,
+    nodes: Arc<RwLock<Arc<Vec<NodeId>>>>,
+    /// The task that keeps `nodes` current (an EndpointSlice watch); ends with the set.
+    #[allow(dead_code)] // held for its Drop
+    watch: Option<WatchTask>,
+}
+
+/// Aborts the watch task when the set is dropped.
+#[derive(Debug)]
+struct WatchTask(#[cfg(feature = "kubernetes")] tokio::task::JoinHandle<()>);
+
+impl Drop for WatchTask {
+    fn drop(&mut self) {
+        #[cfg(feature = "kubernetes")]
+        self.0.abort();
+    }
 }
 
 impl NodeSet {
@@ -109,20 +169,43 @@ impl NodeSet {
     fn from_nodes(nodes: Vec<NodeId>) -> Self {
         Self {
             source: NodeSource::Static(nodes.clone()),
-            nodes: RwLock::new(Arc::new(nodes)),
+            nodes: Arc::new(RwLock::new(Arc::new(nodes))),
+            watch: None,
         }
     }
 
-    /// A set filled from `source` (DNS sources are resolved once here).
+    /// A set whose nodes `task` keeps current.
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn watched(
+        source: NodeSource,
+        nodes: Arc<RwLock<Arc<Vec<NodeId>>>>,
+        task: tokio::task::JoinHandle<()>,
+    ) -> Self {
+        Self {
+            source,
+            nodes,
+            watch: Some(WatchTask(task)),
+        }
+    }
+
+    /// A set filled from `source` (DNS sources are resolved once here; an EndpointSlice
+    /// source is listed here and watched for as long as the set lives).
     #[cfg(feature = "dns")]
     pub async fn from_source(source: NodeSource) -> Result<Self, PlacementError> {
         let initial = match &source {
             NodeSource::Static(v) => v.clone(),
+            #[cfg(feature = "kubernetes")]
+            NodeSource::Kubernetes(svc) => {
+                return crate::kubernetes::node_set_default(svc.clone()).await
+            }
+            #[cfg(not(feature = "kubernetes"))]
+            NodeSource::Kubernetes(_) => return Err(PlacementError::KubernetesNotBuilt),
             _ => Vec::new(),
         };
         let set = Self {
             source: source.clone(),
-            nodes: RwLock::new(Arc::new(initial)),
+            nodes: Arc::new(RwLock::new(Arc::new(initial))),
+            watch: None,
         };
         set.refresh().await?;
         Ok(set)
@@ -158,7 +241,7 @@ impl NodeSet {
         placement::candidates(session.as_str(), &nodes, CANDIDATES)
     }
 
-    /// Re-reads DNS (a static set is left as is). Returns the number of nodes. On error
+    /// Re-reads DNS (a static or watched set is left as is). Returns the number of nodes. On error
     /// the previous set stays: a DNS hiccup must not stop minting.
     #[cfg(feature = "dns")]
     pub async fn refresh(&self) -> Result<usize, PlacementError> {
@@ -168,7 +251,7 @@ impl NodeSet {
         use hickory_resolver::Resolver;
 
         let (name, server, srv) = match &self.source {
-            NodeSource::Static(_) => return Ok(self.nodes().len()),
+            NodeSource::Static(_) | NodeSource::Kubernetes(_) => return Ok(self.nodes().len()),
             NodeSource::DnsSrv { name, server } => (name, server, true),
             NodeSource::DnsA { name, server } => (name, server, false),
         };
@@ -246,6 +329,15 @@ mod tests {
             })
         ));
         assert!(NodeSource::parse("bogus").is_err());
+        assert_eq!(
+            NodeSource::parse("k8s:duet/duet-relay:quic").ok(),
+            Some(NodeSource::Kubernetes(ServiceRef {
+                namespace: "duet".into(),
+                service: "duet-relay".into(),
+                port: Some("quic".into())
+            }))
+        );
+        assert!(NodeSource::parse("k8s:duet").is_err());
         assert!(NodeSet::from_static(["bad node"]).is_err());
     }
 
@@ -285,5 +377,23 @@ mod tests {
             prop_assert!((moved_remove as f64 - expect_remove).abs() < tol(expect_remove),
                 "remove moved {} of {}, expected ~{}", moved_remove, SESSIONS, expect_remove);
         }
+    }
+    #[test]
+    fn service_refs_parse() {
+        assert_eq!(
+            ServiceRef::parse("duet/duet-relay:quic"),
+            Some(ServiceRef {
+                namespace: "duet".into(),
+                service: "duet-relay".into(),
+                port: Some("quic".into())
+            })
+        );
+        assert_eq!(
+            ServiceRef::parse("duet/duet-relay").and_then(|s| s.port),
+            None
+        );
+        assert!(ServiceRef::parse("duet").is_none());
+        assert!(ServiceRef::parse("/svc").is_none());
+        assert!(ServiceRef::parse("Duet/svc").is_none());
     }
 }

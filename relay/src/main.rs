@@ -114,7 +114,8 @@ struct MintArgs {
     #[arg(long, value_name = "LOCATOR")]
     store: Option<String>,
     /// Place the session by rendezvous hashing over this node set (static:<a,b,c>,
-    /// dns-srv:<name>[@ip:port], dns-a:<name>[@ip:port]) when no --node is given
+    /// dns-srv:<name>[@ip:port], dns-a:<name>[@ip:port], k8s:<namespace>/<service>[:<port>]
+    /// with the `kubernetes` build feature) when no --node is given
     #[arg(long, value_name = "SOURCE")]
     nodes_from: Option<String>,
     /// TOML config file (for its data_dir and token_keys)

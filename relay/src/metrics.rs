@@ -56,6 +56,11 @@ pub struct RelayMetrics {
     pub quic_refused_handshakes: Gauge,
     pub quic_ignored_handshakes: Gauge,
     pub quic_accepted_handshakes: Gauge,
+    /// A QUIC connection's peer address changed and the relay followed it (connection
+    /// migration: a NAT rebinding, or a client that moved its socket). Noticed from its
+    /// media (the address is read at most every 250 ms of datagrams) or from its next
+    /// control message.
+    pub quic_migrations: Counter,
     pub fast_path: FastPathMetrics,
 }
 
@@ -146,6 +151,7 @@ impl RelayMetrics {
             quic_refused_handshakes: g("duet_quic_refused_handshakes"),
             quic_ignored_handshakes: g("duet_quic_ignored_handshakes"),
             quic_accepted_handshakes: g("duet_quic_accepted_handshakes"),
+            quic_migrations: c("duet_quic_migrations_total", vec![]),
             fast_path: FastPathMetrics {
                 received: c("duet_fastpath_received_packets_total", vec![]),
                 forwarded_packets: c("duet_fastpath_forwarded_packets_total", vec![]),

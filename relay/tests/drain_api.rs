@@ -2,6 +2,7 @@
 //! the ops listener and the `drain`, `undrain`, `status` subcommands.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::{ensure, Result};
 use duet_proto::{RefusalReason, RelayMessage};
@@ -26,6 +27,35 @@ fn cli(verb: &str, ops: SocketAddr, token: &std::path::Path, extra: &[&str]) -> 
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// A relay process whose ops listener serves `/admin/` with [`TOKEN`] as its credential.
+struct Admin {
+    relay: RelayProcess,
+    ops: SocketAddr,
+    /// The credential file, for the subcommands.
+    token: PathBuf,
+    /// Holds the credential file.
+    _dir: tempfile::TempDir,
+}
+
+impl Admin {
+    fn start() -> Result<Admin> {
+        let dir = tempfile::tempdir()?;
+        let token = dir.path().join("ops-token");
+        std::fs::write(&token, TOKEN)?;
+        let relay = RelayProcess::builder()
+            .arg("--ops-token-file")
+            .arg(&token)
+            .start()?;
+        let ops = relay.addrs().ops;
+        Ok(Admin {
+            relay,
+            ops,
+            token,
+            _dir: dir,
+        })
+    }
 }
 
 async fn post(ops: SocketAddr, path: &str, auth: Option<&str>) -> Result<u16> {
@@ -54,19 +84,13 @@ async fn post(ops: SocketAddr, path: &str, auth: Option<&str>) -> Result<u16> {
 /// the process), never undone, and told live endpoints nothing until their sessions ended.
 #[tokio::test]
 async fn drain_and_undrain_from_the_command_line() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let token = dir.path().join("ops-token");
-    std::fs::write(&token, TOKEN)?;
-    let relay = RelayProcess::builder()
-        .arg("--ops-token-file")
-        .arg(&token)
-        .start()?;
-    let ops = relay.addrs().ops;
-    let (mut a, _) = Raw::join(&relay, "d", "alice", "phone").await?;
-    let (mut b, _) = Raw::join(&relay, "d", "bob", "laptop").await?;
+    let admin = Admin::start()?;
+    let (relay, ops, token) = (&admin.relay, admin.ops, &admin.token);
+    let (mut a, _) = Raw::join(relay, "d", "alice", "phone").await?;
+    let (mut b, _) = Raw::join(relay, "d", "bob", "laptop").await?;
     assert_eq!(a.next().await?, Some(RelayMessage::PeerJoined));
 
-    let st = cli("status", ops, &token, &[])?;
+    let st = cli("status", ops, token, &[])?;
     assert_eq!(st["draining"], false);
     assert_eq!(st["sessions"], 1);
     assert_eq!(post(ops, "/admin/drain", None).await?, 401);
@@ -76,7 +100,7 @@ async fn drain_and_undrain_from_the_command_line() -> Result<()> {
     );
     assert_eq!(http_get(ops, "/readyz").await?.0, 200);
 
-    let st = cli("drain", ops, &token, &["--deadline", "20s"])?;
+    let st = cli("drain", ops, token, &["--deadline", "20s"])?;
     assert_eq!(st["draining"], true);
     assert_eq!(st["changed"], true);
     for c in [&mut a, &mut b] {
@@ -89,21 +113,21 @@ async fn drain_and_undrain_from_the_command_line() -> Result<()> {
     }
     assert_eq!(http_get(ops, "/readyz").await?.0, 503);
     assert_eq!(metric(&scrape(ops).await, "duet_draining"), 1.0);
-    let mut late = Raw::connect(&relay).await?;
-    let token_late = duet_testkit::RelayUnderTest::token(&relay, "e", "carol", "phone");
+    let mut late = Raw::connect(relay).await?;
+    let token_late = duet_testkit::RelayUnderTest::token(relay, "e", "carol", "phone");
     assert_eq!(
         late.join_raw("e", token_late, None).await?,
         RelayMessage::Refused(RefusalReason::RelayDraining)
     );
-    let again = cli("drain", ops, &token, &[])?;
+    let again = cli("drain", ops, token, &[])?;
     assert_eq!(again["changed"], false, "already draining");
 
-    let st = cli("undrain", ops, &token, &[])?;
+    let st = cli("undrain", ops, token, &[])?;
     assert_eq!(st["draining"], false);
     assert_eq!(st["sessions"], 1, "the live call goes on");
     assert_eq!(http_get(ops, "/readyz").await?.0, 200);
     assert_eq!(metric(&scrape(ops).await, "duet_draining"), 0.0);
-    let (_c, _) = Raw::join(&relay, "e", "carol", "phone").await?;
+    let (_c, _) = Raw::join(relay, "e", "carol", "phone").await?;
     duet_testkit::raw::assert_datagrams_flow(&a, &b).await?;
     Ok(())
 }
@@ -112,19 +136,13 @@ async fn drain_and_undrain_from_the_command_line() -> Result<()> {
 /// once instead of waiting for its deadline.
 #[tokio::test]
 async fn a_drain_with_min_sessions_ends_the_last_ones_early() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let token = dir.path().join("ops-token");
-    std::fs::write(&token, TOKEN)?;
-    let relay = RelayProcess::builder()
-        .arg("--ops-token-file")
-        .arg(&token)
-        .start()?;
-    let ops = relay.addrs().ops;
-    let (mut a, _) = Raw::join(&relay, "m", "alice", "phone").await?;
+    let admin = Admin::start()?;
+    let (relay, ops, token) = (&admin.relay, admin.ops, &admin.token);
+    let (mut a, _) = Raw::join(relay, "m", "alice", "phone").await?;
     let st = cli(
         "drain",
         ops,
-        &token,
+        token,
         &["--deadline", "10m", "--min-sessions", "1"],
     )?;
     assert_eq!(st["draining"], true);
@@ -140,7 +158,7 @@ async fn a_drain_with_min_sessions_ends_the_last_ones_early() -> Result<()> {
             duet_proto::EndReason::RelayShutdown
         ))
     );
-    assert_eq!(cli("status", ops, &token, &[])?["sessions"], 0);
+    assert_eq!(cli("status", ops, token, &[])?["sessions"], 0);
     let m = scrape(ops).await;
     assert_eq!(
         metric(&m, r#"duet_sessions_ended_total{reason="relay_shutdown"}"#),

@@ -52,6 +52,21 @@ fn effective(store: &str, user: &str) -> Result<Value> {
     serde_json::from_str(&out).context("effective --json is JSON")
 }
 
+/// `policy set <name> --calling-e2ee <value>`, which must succeed.
+fn set_policy(store: &str, name: &str, calling_e2ee: &str) -> Result<String> {
+    ok(
+        store,
+        &["policy", "set", name, "--calling-e2ee", calling_e2ee],
+    )
+}
+
+/// `policy grant --group … --policy … --rank …`.
+fn grant_group<'a>(group: &'a str, policy: &'a str, rank: &'a str) -> [&'a str; 8] {
+    [
+        "policy", "grant", "--group", group, "--policy", policy, "--rank", rank,
+    ]
+}
+
 fn claim(store: &str, user: &str) -> Result<String> {
     Ok(effective(store, user)?["claim"]
         .as_str()
@@ -156,16 +171,7 @@ fn the_whole_model_through_the_commands(loc: &Loc) -> Result<()> {
 
     // Enable for the whole tenant: Global allows the user override; each user still
     // has to turn it on.
-    ok(
-        s,
-        &[
-            "policy",
-            "set",
-            "Global",
-            "--calling-e2ee",
-            "disabled-user-override",
-        ],
-    )?;
+    set_policy(s, "Global", "disabled-user-override")?;
     assert_eq!(claim(s, "alice")?, "user_not_enabled");
     ok(s, &["user", "e2ee", "--user", "alice", "on"])?;
     assert_eq!(claim(s, "alice")?, "allowed");
@@ -173,20 +179,8 @@ fn the_whole_model_through_the_commands(loc: &Loc) -> Result<()> {
     assert_eq!(claim(s, "alice")?, "user_not_enabled");
 
     // Back to a closed tenant, and a named policy granted to one user.
-    ok(
-        s,
-        &["policy", "set", "Global", "--calling-e2ee", "disabled"],
-    )?;
-    ok(
-        s,
-        &[
-            "policy",
-            "set",
-            "E2EE-Pilot",
-            "--calling-e2ee",
-            "disabled-user-override",
-        ],
-    )?;
+    set_policy(s, "Global", "disabled")?;
+    set_policy(s, "E2EE-Pilot", "disabled-user-override")?;
     ok(
         s,
         &["policy", "grant", "--user", "bob", "--policy", "E2EE-Pilot"],
@@ -217,29 +211,9 @@ fn the_whole_model_through_the_commands(loc: &Loc) -> Result<()> {
     assert_eq!(bob["claim"], "policy_disabled");
 
     // Group ranks: the lowest rank among the user's groups wins; direct beats groups.
-    ok(
-        s,
-        &["policy", "set", "Closed", "--calling-e2ee", "disabled"],
-    )?;
-    ok(
-        s,
-        &[
-            "policy",
-            "grant",
-            "--group",
-            "eng",
-            "--policy",
-            "E2EE-Pilot",
-            "--rank",
-            "1",
-        ],
-    )?;
-    ok(
-        s,
-        &[
-            "policy", "grant", "--group", "legal", "--policy", "Closed", "--rank", "2",
-        ],
-    )?;
+    set_policy(s, "Closed", "disabled")?;
+    ok(s, &grant_group("eng", "E2EE-Pilot", "1"))?;
+    ok(s, &grant_group("legal", "Closed", "2"))?;
     ok(
         s,
         &["user", "groups", "--user", "carol", "--set", "legal,eng"],
@@ -250,26 +224,9 @@ fn the_whole_model_through_the_commands(loc: &Loc) -> Result<()> {
     assert_eq!(carol["source"]["group"], "eng");
     assert_eq!(carol["source"]["rank"], 1);
     assert_eq!(carol["claim"], "allowed");
-    let err = fails(
-        s,
-        &[
-            "policy", "grant", "--group", "legal", "--policy", "Closed", "--rank", "1",
-        ],
-    )?;
+    let err = fails(s, &grant_group("legal", "Closed", "1"))?;
     assert!(err.contains("rank 1") && err.contains("eng"), "{err}");
-    ok(
-        s,
-        &[
-            "policy",
-            "grant",
-            "--group",
-            "eng",
-            "--policy",
-            "E2EE-Pilot",
-            "--rank",
-            "3",
-        ],
-    )?;
+    ok(s, &grant_group("eng", "E2EE-Pilot", "3"))?;
     assert_eq!(
         claim(s, "carol")?,
         "policy_disabled",
@@ -362,16 +319,7 @@ fn concurrent_processes_and_threads_lose_no_update(loc: &Loc) -> Result<()> {
     const PER_THREAD: usize = 15;
 
     let s = loc.as_str().to_owned();
-    ok(
-        &s,
-        &[
-            "policy",
-            "set",
-            "Pilot",
-            "--calling-e2ee",
-            "disabled-user-override",
-        ],
-    )?;
+    set_policy(&s, "Pilot", "disabled-user-override")?;
 
     let mut handles = Vec::new();
     for p in 0..PROCS {
@@ -493,34 +441,22 @@ fn apply_audit_import_export_and_credentials(loc: &Loc) -> Result<()> {
 
     // Batch assignment from a file: one transaction, one audit record.
     let users = dir.path().join("users.txt");
+    let grant_from_file = [
+        "policy",
+        "grant",
+        "--users-from",
+        users.to_str().context("path")?,
+        "--policy",
+        "Secure",
+    ];
     std::fs::write(&users, "# pilot wave 2\ndan\nerin\n\nfrank\n")?;
     let rev = loc.open()?.revision()?;
-    let out = ok(
-        s,
-        &[
-            "policy",
-            "grant",
-            "--users-from",
-            users.to_str().context("path")?,
-            "--policy",
-            "Secure",
-        ],
-    )?;
+    let out = ok(s, &grant_from_file)?;
     assert!(out.contains("3 users: granted policy Secure"), "{out}");
     assert_eq!(loc.open()?.revision()?, rev + 1);
     assert_eq!(claim(s, "erin")?, "required");
     std::fs::write(&users, "gina\nnot valid\n")?;
-    let err = fails(
-        s,
-        &[
-            "policy",
-            "grant",
-            "--users-from",
-            users.to_str().context("path")?,
-            "--policy",
-            "Secure",
-        ],
-    )?;
+    let err = fails(s, &grant_from_file)?;
     assert!(err.contains("line 2"), "{err}");
     assert_eq!(loc.open()?.revision()?, rev + 1, "nothing half-applied");
 
@@ -590,16 +526,7 @@ fn policy_serve_shares_the_store_with_the_commands(loc: &Loc) -> Result<()> {
     let s = loc.as_str().to_owned();
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, "s3cret-admin-token-for-tests\n")?;
-    ok(
-        &s,
-        &[
-            "policy",
-            "set",
-            "Pilot",
-            "--calling-e2ee",
-            "disabled-user-override",
-        ],
-    )?;
+    set_policy(&s, "Pilot", "disabled-user-override")?;
     // A free port: bind, read it, release (the server binds it right after).
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -646,25 +573,15 @@ fn policy_serve_shares_the_store_with_the_commands(loc: &Loc) -> Result<()> {
 #[test]
 fn token_mint_places_the_session_over_the_node_set() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let out = Command::new(BIN)
-        .args([
-            "token",
-            "mint",
-            "--session",
-            "call-9",
-            "--user",
-            "ann",
-            "--device",
-            "d",
-        ])
-        .args([
-            "--nodes-from",
-            "static:relay-0,relay-1,relay-2,relay-3,relay-4",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env_remove("DUET_POLICY_STORE")
-        .output()?;
+    let mint = |session: &str, nodes_from: &str| {
+        Command::new(BIN)
+            .args(["token", "mint", "--session", session, "--user", "ann"])
+            .args(["--device", "d", "--nodes-from", nodes_from, "--data-dir"])
+            .arg(dir.path())
+            .env_remove("DUET_POLICY_STORE")
+            .output()
+    };
+    let out = mint("call-9", "static:relay-0,relay-1,relay-2,relay-3,relay-4")?;
     ensure!(
         out.status.success(),
         "{}",
@@ -675,20 +592,7 @@ fn token_mint_places_the_session_over_the_node_set() -> Result<()> {
     let nodes: Vec<&str> = claims.claims.nodes.iter().map(|n| n.as_str()).collect();
     let all = ["relay-0", "relay-1", "relay-2", "relay-3", "relay-4"];
     assert_eq!(nodes, duet_proto::placement::candidates("call-9", &all, 3));
-    let bad = Command::new(BIN)
-        .args([
-            "token",
-            "mint",
-            "--session",
-            "s",
-            "--user",
-            "ann",
-            "--device",
-            "d",
-        ])
-        .args(["--nodes-from", "carrier-pigeon:x", "--data-dir"])
-        .arg(dir.path())
-        .output()?;
+    let bad = mint("s", "carrier-pigeon:x")?;
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--nodes-from"));
     Ok(())

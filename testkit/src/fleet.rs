@@ -21,6 +21,19 @@ pub const OPS_TOKEN: &str = "fleet-test-ops-token-0123456789";
 /// Files a node copies from the first node's data directory: the shared identity.
 const SHARED: [&str; 4] = ["token-signing-key", "token-key.pub", "cert.pem", "key.pem"];
 
+/// Makes the relay whose data directory is `to` (created if missing) one fleet with the
+/// relay whose data directory is `from`: the same certificate and key, the same token
+/// issuer. [`Fleet`] does this for relay processes; in-process relays
+/// ([`crate::TestRelay`]) call it from their config hook.
+pub fn share_identity(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for f in SHARED {
+        std::fs::copy(from.join(f), to.join(f))
+            .with_context(|| format!("sharing {f} with {}", to.display()))?;
+    }
+    Ok(())
+}
+
 pub struct Fleet {
     dir: tempfile::TempDir,
     pub nodes: Vec<RelayProcess>,
@@ -39,12 +52,9 @@ impl Fleet {
         let mut nodes: Vec<RelayProcess> = Vec::with_capacity(n);
         for i in 1..=n {
             let data = dir.path().join(format!("n{i}"));
-            std::fs::create_dir_all(&data)?;
-            if let Some(first) = nodes.first() {
-                for f in SHARED {
-                    std::fs::copy(first.data_dir().join(f), data.join(f))
-                        .with_context(|| format!("sharing {f} with node n{i}"))?;
-                }
+            match nodes.first() {
+                Some(first) => share_identity(first.data_dir(), &data)?,
+                None => std::fs::create_dir_all(&data)?,
             }
             let b = RelayProcess::builder()
                 .data_dir(&data)

@@ -3,7 +3,8 @@
 //! from a socket per client (so the relay sees one source per client, as through a NAT),
 //! and the answers back; on the way, in both directions, the current [`Shape`] drops,
 //! delays (with jitter, which reorders), duplicates, or, during an outage, swallows
-//! datagrams, and drops those larger than an MTU.
+//! datagrams, and drops those larger than an MTU. [`Impairer::rebind`] is a NAT rebinding:
+//! one client's mapping moves to a new port without the client knowing.
 //!
 //! Why not `tc netem`: the kernels this runs on may not have it (this machine's has
 //! `CONFIG_NET_SCH_NETEM` unset); this does the same to UDP, seeded, on any Linux.
@@ -19,6 +20,7 @@ use std::time::Duration;
 use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
+use tokio::task::AbortHandle;
 
 /// What the network does to each datagram, in each direction.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -43,6 +45,8 @@ struct Shared {
     rng: Mutex<rand::rngs::StdRng>,
     dropped: AtomicU64,
     duplicated: AtomicU64,
+    /// Clients whose mapping moves to a new port at their next datagram.
+    rebinds: Mutex<Vec<SocketAddr>>,
 }
 
 /// What the network did so far, both directions together.
@@ -53,6 +57,16 @@ pub struct ImpairStats {
 }
 
 impl Shared {
+    /// Whether `client`'s mapping is to move now (once per [`Impairer::rebind`]).
+    fn take_rebind(&self, client: SocketAddr) -> bool {
+        let Ok(mut r) = self.rebinds.lock() else {
+            return false;
+        };
+        let before = r.len();
+        r.retain(|c| *c != client);
+        r.len() != before
+    }
+
     /// How to pass one datagram: `None` to drop it, else its delays (one per copy).
     fn plan(&self, len: usize) -> Option<Vec<Duration>> {
         let shape = self.shape.lock().ok()?.clone();
@@ -111,9 +125,12 @@ impl Listener {
     }
 }
 
-fn send_later(socket: Arc<UdpSocket>, to: SocketAddr, data: Vec<u8>, delay: Duration) {
+/// Sends now (awaited, in order) or after `delay` (a task of its own).
+async fn send_later(socket: Arc<UdpSocket>, to: SocketAddr, data: Vec<u8>, delay: Duration) {
     if delay.is_zero() {
-        let _ = socket.try_send_to(&data, to);
+        // Awaited, not `try_send_to`: a socket just bound has no write readiness yet, and
+        // `try_send_to` would drop the first datagram of every new mapping.
+        let _ = socket.send_to(&data, to).await;
         return;
     }
     tokio::spawn(async move {
@@ -131,6 +148,7 @@ impl Impairer {
                 rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
                 dropped: AtomicU64::new(0),
                 duplicated: AtomicU64::new(0),
+                rebinds: Mutex::new(Vec::new()),
             }),
             tasks: Vec::new(),
         }
@@ -140,6 +158,15 @@ impl Impairer {
     pub fn set(&self, shape: Shape) {
         if let Ok(mut s) = self.shared.shape.lock() {
             *s = shape;
+        }
+    }
+
+    /// A NAT rebinding of `client` (its address as the listeners see it): at its next
+    /// datagram its mapping is given up and a new one made, so the relay sees it come from a
+    /// new port, and answers still sent to the old port are dropped. The client is not told.
+    pub fn rebind(&self, client: SocketAddr) {
+        if let Ok(mut r) = self.shared.rebinds.lock() {
+            r.push(client);
         }
     }
 
@@ -158,7 +185,7 @@ impl Impairer {
             // One upstream socket per client address, bound on the upstream's side of the
             // routing table (the relay may be in another namespace). The answers' tasks
             // live in `backs`, so aborting this task ends them too.
-            let mut clients: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+            let mut clients: HashMap<SocketAddr, (Arc<UdpSocket>, AbortHandle)> = HashMap::new();
             let mut backs = tokio::task::JoinSet::new();
             let mut buf = vec![0u8; 65_536];
             // Bounded: a test's clients are few.
@@ -167,8 +194,13 @@ impl Impairer {
                 let Ok((n, from)) = down.recv_from(&mut buf).await else {
                     return;
                 };
+                if shared.take_rebind(from) {
+                    if let Some((_, back)) = clients.remove(&from) {
+                        back.abort();
+                    }
+                }
                 let up = match clients.get(&from) {
-                    Some(s) => s.clone(),
+                    Some((s, _)) => s.clone(),
                     None if clients.len() < MAX_CLIENTS => {
                         let any = match upstream {
                             SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -178,15 +210,16 @@ impl Impairer {
                             continue;
                         };
                         let s = Arc::new(s);
-                        clients.insert(from, s.clone());
-                        backs.spawn(backward(s.clone(), down.clone(), from, shared.clone()));
+                        let back =
+                            backs.spawn(backward(s.clone(), down.clone(), from, shared.clone()));
+                        clients.insert(from, (s.clone(), back));
                         s
                     }
                     None => continue,
                 };
                 if let Some(delays) = shared.plan(n) {
                     for d in delays {
-                        send_later(up.clone(), upstream, buf[..n].to_vec(), d);
+                        send_later(up.clone(), upstream, buf[..n].to_vec(), d).await;
                     }
                 }
             }
@@ -206,7 +239,7 @@ async fn backward(
     while let Ok(n) = up.recv(&mut buf).await {
         if let Some(delays) = shared.plan(n) {
             for d in delays {
-                send_later(down.clone(), client, buf[..n].to_vec(), d);
+                send_later(down.clone(), client, buf[..n].to_vec(), d).await;
             }
         }
     }

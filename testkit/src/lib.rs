@@ -13,11 +13,11 @@
 //! | [`abuse`] | floods beside the handshake flood: garbage UDP at either port, joins with forged tokens, signal floods; what each drew | the relay's refusals |
 //! | [`flood`] | QUIC Initials from a socket that never answers, and what they drew (amplification, handshake floods) | the relay's admission rules |
 //! | [`dns`] | [`dns::FleetDns`]: a real DNS server (hickory-server) answering SRV and A records for a fleet, as a headless Service | the resolver (the minter's) |
-//! | [`fleet`] | [`fleet::Fleet`]: several relay processes as one fleet (node ids, one token key, one certificate, drain credential) | placement, failover |
-//! | [`impair`] | [`impair::Impairer`]: a user-space hostile network (loss, jitter, duplication, outage, MTU) between clients and a relay | the protocols crossing it |
+//! | [`fleet`] | [`fleet::Fleet`]: several relay processes as one fleet (node ids, one token key, one certificate, drain credential); [`fleet::share_identity`] for in-process nodes | placement, failover |
+//! | [`impair`] | [`impair::Impairer`]: a user-space hostile network (loss, jitter, duplication, outage, MTU, NAT rebinding) between clients and a relay | the protocols crossing it |
 //! | [`hostile`] | [`HostileRelay`]: a relay front holding the relay's certificate that tampers with, injects, drops and splices what it forwards ([`Tamper`]), and logs every datagram | the SDK's and relay's behaviour |
 //! | [`metrics`] | `/metrics` and other ops endpoints over HTTP, reading one series | metric names (the relay's) |
-//! | [`sdk`] | SDK clients against a test relay: join, E2EE join, events, "media still flows", media counted while a test acts ([`sdk::carry_media`]) | the SDK's behaviour |
+//! | [`sdk`] | SDK clients against a test relay: join, E2EE join, events (awaited by predicate), a frame sent until delivered, "media still flows", media counted while a test acts ([`sdk::carry_media`]) | the SDK's behaviour |
 //!
 //! Every wait is bounded by [`STEP`] (generous: a loaded 2-core box), and every address is
 //! loopback with an OS-chosen port.

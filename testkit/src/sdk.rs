@@ -104,18 +104,67 @@ pub async fn next_event(call: &Call) -> Result<Event> {
         .context("event stream ended")
 }
 
-/// Waits for an event equal to `want`, skipping others; fails after [`STEP`].
-pub async fn expect_event(call: &Call, want: Event) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + STEP;
+/// The first event for which `f` holds (`what` names it), skipping others; fails after
+/// `within`.
+pub async fn wait_for_event(
+    call: &Call,
+    what: &str,
+    within: Duration,
+    f: impl Fn(&Event) -> bool,
+) -> Result<Event> {
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         let ev = tokio::time::timeout_at(deadline, call.next_event())
             .await
-            .with_context(|| format!("timed out waiting for {want:?}"))?
-            .with_context(|| format!("events ended before {want:?}"))?;
-        if ev == want {
-            return Ok(());
+            .with_context(|| format!("timed out waiting for {what}"))?
+            .with_context(|| format!("events ended before {what}"))?;
+        if f(&ev) {
+            return Ok(ev);
         }
     }
+}
+
+/// Waits for an event equal to `want`, skipping others; fails after [`STEP`].
+pub async fn expect_event(call: &Call, want: Event) -> Result<()> {
+    wait_for_event(call, &format!("{want:?}"), STEP, |e| *e == want).await?;
+    Ok(())
+}
+
+/// What a failed send means to [`deliver_frame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    /// The link should be up: the first failed send is the error.
+    Fails,
+    /// The link is moving (a failover): keep sending until the frame arrives.
+    Retried,
+}
+
+/// Sends `frame` (as audio) from `from` until `to` delivers it intact, again every 200 ms
+/// (datagrams are unreliable); fails after [`STEP`].
+pub async fn deliver_frame(
+    from: &Call,
+    to: &Call,
+    frame: &[u8],
+    on_send_error: SendFailure,
+) -> Result<()> {
+    tokio::time::timeout(STEP, async {
+        loop {
+            if let Err(e) = from.send_media(MediaKind::Audio, frame).await {
+                if on_send_error == SendFailure::Fails {
+                    return Err(e.into());
+                }
+            }
+            if let Ok(Ok(got)) =
+                tokio::time::timeout(Duration::from_millis(200), to.recv_media()).await
+            {
+                if got.data.as_ref() == frame {
+                    return anyhow::Ok(());
+                }
+            }
+        }
+    })
+    .await
+    .context("the frame did not arrive")?
 }
 
 /// A pair that still forwards: one small frame each way arrives intact (resent until it
@@ -123,20 +172,9 @@ pub async fn expect_event(call: &Call, want: Event) -> Result<()> {
 pub async fn assert_media_flows(a: &Call, b: &Call) -> Result<()> {
     for (from, to) in [(a, b), (b, a)] {
         let payload = format!("still here {}", rand::random::<u64>()).into_bytes();
-        let got = tokio::time::timeout(STEP, async {
-            loop {
-                from.send_media(MediaKind::Audio, &payload).await?;
-                if let Ok(Ok(f)) =
-                    tokio::time::timeout(Duration::from_millis(200), to.recv_media()).await
-                {
-                    if f.data.as_ref() == payload.as_slice() {
-                        return anyhow::Ok(());
-                    }
-                }
-            }
-        })
-        .await;
-        got.context("media did not flow")??;
+        deliver_frame(from, to, &payload, SendFailure::Fails)
+            .await
+            .context("media did not flow")?;
     }
     Ok(())
 }

@@ -392,3 +392,40 @@ async fn constant_size_audio_hides_frame_sizes_from_the_relay() -> Result<()> {
     assert!(a.e2ee_stats().unwrap().padding_bytes_sent > 0);
     Ok(())
 }
+
+/// `Call::rebind_quic` mid-call on loopback (no network namespace needed, unlike
+/// `hostile_network`): the QUIC connection moves to a new local port and the relay follows
+/// it, so the same connection carries on (no resume, no new handshake), with the same code,
+/// media both ways, and the relay counts the migration. Before `rebind_quic` the SDK could
+/// not move its QUIC socket, and the relay had no `duet_quic_migrations_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_the_quic_socket_mid_call_keeps_the_connection_and_the_code() -> Result<()> {
+    use duet_testkit::sdk::{deliver_frame, SendFailure};
+    let relay = TestRelay::start().await;
+    let (a, b) = established_pair(&relay, "rebind-quic").await?;
+    let (code, conn) = (a.security_code(), a.connection().stable_id());
+    let before = a.quic_local_addr().context("a QUIC address")?;
+    let after = a.rebind_quic()?;
+    assert_ne!(after.port(), before.port());
+    assert_eq!(a.quic_local_addr(), Some(after));
+    for (i, (from, to)) in [(&a, &b), (&b, &a)].into_iter().enumerate() {
+        let f = frame(MediaKind::Audio, i, 200);
+        deliver_frame(from, to, &f, SendFailure::Fails).await?;
+    }
+    // Half a second of a call's audio both ways: the relay reads a connection's peer
+    // address at most every 250 ms of its media, not per datagram.
+    for i in 0..25 {
+        let f = frame(MediaKind::Audio, i, 200);
+        a.send_media(MediaKind::Audio, &f).await?;
+        b.send_media(MediaKind::Audio, &f).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let migrations =
+        duet_testkit::wait_metric(relay.ops_addr(), "duet_quic_migrations_total", 1.0).await;
+    assert_eq!(migrations, 1.0);
+    assert_eq!(a.connection().stable_id(), conn, "the same connection");
+    assert!(!a.resumed());
+    assert_eq!(a.security_code(), code);
+    assert_eq!(b.security_code(), code);
+    Ok(())
+}

@@ -4,27 +4,16 @@
 //! clients it is draining, both endpoints move to the next node of their tokens' list and
 //! the same call engine continues: same code, `Migrated`, `KeysConfirmed`, media sealed.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use duet_proto::{MediaKind, NodeId};
+use duet_proto::NodeId;
 use duet_sdk::{Call, Client, ConnectOptions, Event, SdkError};
-use duet_testkit::fleet::Fleet;
-use duet_testkit::sdk::{e2ee_config, issuer_keys};
+use duet_testkit::fleet::{share_identity, Fleet};
+use duet_testkit::sdk::{deliver_frame, e2ee_config, issuer_keys, wait_for_event, SendFailure};
 use duet_testkit::{claims_builder, sid, RelayProcess, RelayUnderTest, TestRelay, STEP};
 
 const MARKER: &[u8; 18] = b"FAILOVER-PLAINTEXT";
-
-/// The files that make two in-process nodes one fleet: the same certificate and issuer
-/// (relay processes: [`Fleet`]).
-fn share_identity(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for f in ["cert.pem", "key.pem", "token-signing-key", "token-key.pub"] {
-        std::fs::copy(from.join(f), to.join(f)).with_context(|| format!("copying {f}"))?;
-    }
-    Ok(())
-}
 
 fn node(id: &str) -> NodeId {
     NodeId::new(id).expect("a node id")
@@ -72,37 +61,15 @@ async fn pair(
     Ok((a.context("alice")?, b.context("bob")?))
 }
 
+/// Sends `MARKER | i` until `to` delivers it; sends fail while the link moves.
 async fn exchange(from: &Call, to: &Call, i: u8) -> Result<()> {
     let mut f = MARKER.to_vec();
     f.push(i);
-    tokio::time::timeout(STEP, async {
-        loop {
-            // Sends fail while the link moves; keep trying.
-            let _ = from.send_media(MediaKind::Audio, &f).await;
-            if let Ok(Ok(got)) =
-                tokio::time::timeout(Duration::from_millis(200), to.recv_media()).await
-            {
-                if got.data.as_ref() == f.as_slice() {
-                    return anyhow::Ok(());
-                }
-            }
-        }
-    })
-    .await
-    .context("the frame did not arrive")?
+    deliver_frame(from, to, &f, SendFailure::Retried).await
 }
 
 async fn wait_for(call: &Call, what: &str, f: impl Fn(&Event) -> bool) -> Result<Event> {
-    let deadline = tokio::time::Instant::now() + 2 * STEP;
-    loop {
-        let ev = tokio::time::timeout_at(deadline, call.next_event())
-            .await
-            .with_context(|| format!("timed out waiting for {what}"))?
-            .context("events ended")?;
-        if f(&ev) {
-            return Ok(ev);
-        }
-    }
+    wait_for_event(call, what, 2 * STEP, f).await
 }
 
 async fn assert_moved(a: &Call, b: &Call, code: &duet_sdk::SecurityCode) -> Result<()> {

@@ -4,10 +4,13 @@
 //! during and after the resume is sealed.
 
 use anyhow::{Context, Result};
-use duet_proto::{E2eeClaim, MediaKind};
+use duet_proto::E2eeClaim;
 use duet_sdk::{Call, Client, Event, ResumeError, SdkError};
-use duet_testkit::sdk::{a_then_b, connect_options, e2ee_config as cfg, e2ee_join, expect_event};
-use duet_testkit::{RelayUnderTest, TestRelay, STEP};
+use duet_testkit::sdk::{
+    a_then_b, connect_options, deliver_frame, e2ee_config as cfg, e2ee_join, expect_event,
+    SendFailure,
+};
+use duet_testkit::{RelayUnderTest, TestRelay};
 
 const MARKER: &[u8; 24] = b"DUET-RESUME-PLAINTEXT-01";
 
@@ -33,20 +36,7 @@ async fn established(relay: &TestRelay, session: &str) -> Result<(Call, Call)> {
 async fn exchange(from: &Call, to: &Call, i: u8) -> Result<()> {
     let mut f = MARKER.to_vec();
     f.push(i);
-    tokio::time::timeout(STEP, async {
-        loop {
-            from.send_media(MediaKind::Audio, &f).await?;
-            if let Ok(Ok(got)) =
-                tokio::time::timeout(std::time::Duration::from_millis(200), to.recv_media()).await
-            {
-                if got.data.as_ref() == f.as_slice() {
-                    return anyhow::Ok(());
-                }
-            }
-        }
-    })
-    .await
-    .context("the frame did not arrive")?
+    deliver_frame(from, to, &f, SendFailure::Fails).await
 }
 
 fn assert_sealed(tap: &mut tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>) -> usize {

@@ -20,7 +20,9 @@ use duet_sdk::{
     PeerIdentity, SdkError,
 };
 use duet_testkit::hostile::handshake_type;
-use duet_testkit::sdk::{connect_options, e2ee_config, issuer_keys};
+use duet_testkit::sdk::{
+    connect_options, deliver_frame, e2ee_config, issuer_keys, wait_for_event, SendFailure,
+};
 use duet_testkit::{
     claims, sid, Dir, HostileRelay, RelayUnderTest, Script, Tamper, TestRelay, STEP,
 };
@@ -84,36 +86,14 @@ fn with_timeout(mut cfg: E2eeConfig, t: Duration) -> E2eeConfig {
 }
 
 async fn wait_for(call: &Call, what: &str, f: impl Fn(&Event) -> bool) -> Result<Event> {
-    let deadline = tokio::time::Instant::now() + STEP;
-    loop {
-        let ev = tokio::time::timeout_at(deadline, call.next_event())
-            .await
-            .with_context(|| format!("timed out waiting for {what}"))?
-            .context("events ended")?;
-        if f(&ev) {
-            return Ok(ev);
-        }
-    }
+    wait_for_event(call, what, STEP, f).await
 }
 
 /// Sends `MARKER | i` until `to` delivers it.
 async fn exchange(from: &Call, to: &Call, i: u8) -> Result<()> {
     let mut f = MARKER.to_vec();
     f.push(i);
-    tokio::time::timeout(STEP, async {
-        loop {
-            from.send_media(MediaKind::Audio, &f).await?;
-            if let Ok(Ok(got)) =
-                tokio::time::timeout(Duration::from_millis(200), to.recv_media()).await
-            {
-                if got.data.as_ref() == f.as_slice() {
-                    return anyhow::Ok(());
-                }
-            }
-        }
-    })
-    .await
-    .context("the frame did not arrive")?
+    deliver_frame(from, to, &f, SendFailure::Fails).await
 }
 
 /// A result that carries no keys and is not an invitation to fall back.

@@ -1,8 +1,9 @@
 //! One link: a QUIC connection to a relay node, its control stream, its fast path, and the
 //! tasks that move bytes between them and the call's engine (control, media and timers,
-//! fast-path binding). Dropping a link ends its tasks and closes its connection.
+//! fast-path binding, and, when the call recovers by itself, liveness probing). Dropping a
+//! link ends its tasks and closes its connection.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use duet_proto::{ClientMessage, FrameDecoder, Joined, NodeId, RefusalReason, Rel
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::liveness::{Action, Health, Liveness};
 use super::Event;
 use super::{Core, Dial, Joining, Out};
 use crate::engine::SignalUse;
@@ -31,6 +33,10 @@ pub(crate) struct Shared {
     /// `ConnectOptions::nodes` is set: a lost connection is the recovery task's to mend, not
     /// the end of the call (`Disconnected` then comes only if it gives up).
     pub(super) recovers: bool,
+    /// What the liveness detector says of this link (only with `recovers`).
+    pub(super) health: tokio::sync::watch::Sender<Health>,
+    /// The peer is on this link's node (its `Joined`, then `PeerJoined`/`PeerLeft`...).
+    pub(super) peer_here: AtomicBool,
 }
 
 impl Shared {
@@ -73,8 +79,9 @@ pub(super) struct Link {
     pub(super) joined: Joined,
     /// The node this link is on (from the token's list), when known.
     pub(super) node: Option<NodeId>,
-    // Kept so the socket lives as long as the link.
-    pub(super) _endpoint: quinn::Endpoint,
+    /// The link's own QUIC endpoint (its UDP socket lives as long as the link);
+    /// `Call::rebind_quic` moves it to a new socket.
+    pub(super) endpoint: quinn::Endpoint,
     pub(super) tasks: Vec<JoinHandle<()>>,
 }
 
@@ -128,10 +135,15 @@ pub(super) fn attach(
         core,
         draining: Notify::new(),
         recovers: !opts.nodes.is_empty(),
+        health: tokio::sync::watch::Sender::new(Health::Alive),
+        peer_here: AtomicBool::new(joined.peer_present),
     });
     let control = tokio::spawn(control_task(shared.clone(), recv, decoder));
     let media = tokio::spawn(media_task(shared.clone()));
     let mut tasks = vec![control, media];
+    if shared.recovers {
+        tasks.push(tokio::spawn(liveness_task(shared.clone(), opts.dead_relay)));
+    }
     match (shared.fast.clone(), fast_inputs, &joined.fast_path, target) {
         (Some(link), Some(inputs), Some(offer), Some(target)) => {
             tasks.push(tokio::spawn(
@@ -159,7 +171,7 @@ pub(super) fn attach(
         shared,
         joined,
         node,
-        _endpoint: endpoint,
+        endpoint,
         tasks,
     }
 }
@@ -238,10 +250,22 @@ async fn dispatch(shared: &Shared, msg: RelayMessage) -> bool {
             }
             return true;
         }
-        RelayMessage::PeerJoined => Event::PeerJoined,
-        RelayMessage::PeerLeft(r) => Event::PeerLeft(r),
-        RelayMessage::PeerReconnecting => Event::PeerReconnecting,
-        RelayMessage::PeerResumed => Event::PeerResumed,
+        RelayMessage::PeerJoined => {
+            shared.peer_here.store(true, Relaxed);
+            Event::PeerJoined
+        }
+        RelayMessage::PeerLeft(r) => {
+            shared.peer_here.store(false, Relaxed);
+            Event::PeerLeft(r)
+        }
+        RelayMessage::PeerReconnecting => {
+            shared.peer_here.store(false, Relaxed);
+            Event::PeerReconnecting
+        }
+        RelayMessage::PeerResumed => {
+            shared.peer_here.store(true, Relaxed);
+            Event::PeerResumed
+        }
         // The claim is the relay's word until the token is checked (the handshake does).
         RelayMessage::PeerE2eeUnavailable { claim, token } => {
             let _ = core.step(|e| e.note_peer_unavailable_token(token));
@@ -438,6 +462,55 @@ async fn media_task(shared: Arc<Shared>) {
                 }
             }
             _ = shared.core.wake.notified() => {}
+        }
+    }
+}
+
+/// Probe nonces carry this bit, so a probe's `Pong` never answers a `Call::ping`.
+const PROBE_NONCE: u64 = 1 << 63;
+
+/// Feeds the link's liveness detector: everything received from and sent to the relay
+/// (QUIC datagrams, fast-path media) and the smoothed RTT, read a few times per threshold; sends
+/// the probes it asks for and publishes its verdicts for the recovery task.
+async fn liveness_task(shared: Arc<Shared>, cfg: crate::options::DeadRelay) {
+    // heard: every UDP datagram of the QUIC connection plus fast-path media; sent: only
+    // what asks for an answer (stream, datagram and PING frames, which QUIC acknowledges,
+    // plus fast-path media). Not our acknowledgements: nothing answers those, and counting
+    // them would keep an idle call probing.
+    let counts = |s: &Shared| {
+        let (fast_rx, fast_tx) = s.fast.as_ref().map_or((0, 0), |f| {
+            (
+                f.counters.received.load(Relaxed),
+                f.counters.sent.load(Relaxed),
+            )
+        });
+        let q = s.conn.stats();
+        let asks = q.frame_tx.stream + q.frame_tx.datagram + q.frame_tx.ping;
+        (q.udp_rx.datagrams + fast_rx, asks + fast_tx)
+    };
+    let (heard, sent) = counts(&shared);
+    let mut live = Liveness::new(cfg, heard, sent);
+    let mut nonce = PROBE_NONCE;
+    loop {
+        tokio::time::sleep_until(live.next_check(Instant::now()).into()).await;
+        let now = Instant::now();
+        let (heard, sent) = counts(&shared);
+        match live.observe(now, heard, sent, shared.conn.rtt()) {
+            Action::Nothing => {}
+            Action::Probe => {
+                live.probe_sent(now);
+                nonce = nonce.wrapping_add(1) | PROBE_NONCE;
+                // A probe that cannot be written soon is itself a sign; the verdict follows.
+                let ping = ClientMessage::Ping(nonce);
+                let _ = tokio::time::timeout(cfg.probe_after, shared.send_control(&ping)).await;
+            }
+            Action::Became(h) => {
+                tracing::debug!(health = ?h, silence = ?live.dead_after(), "relay link health");
+                shared.health.send_replace(h);
+                if h == Health::Dead {
+                    return;
+                }
+            }
         }
     }
 }

@@ -19,6 +19,7 @@
 //! | this one | [`Call`] (the app's handle), the call's [`Core`] (engine, counters, waiters) |
 //! | `link` | one connection: its tasks (control, media and timers, fast path) and their I/O |
 //! | `recovery` | which link carries the call: resume, migrate, the recovery task |
+//! | `liveness` | sans-IO: when a silent relay is probed, suspect, dead (thresholds, no clock) |
 //!
 //! Size: ~650 lines, most of them the `Call` API's documented methods; its mechanisms are
 //! in `link` and `recovery`.
@@ -47,6 +48,7 @@ use crate::fragment::MediaFrame;
 use crate::options::ConnectOptions;
 
 mod link;
+mod liveness;
 mod recovery;
 
 pub(crate) use link::Shared;
@@ -213,6 +215,7 @@ impl Call {
             reattach: tokio::sync::Mutex::new(()),
             dial: Mutex::new(dial),
             leaving: AtomicBool::new(false),
+            standby: Mutex::new(None),
         });
         let recovery = fleet.then(|| tokio::spawn(recover_task(Arc::downgrade(&att))));
         Call {
@@ -429,6 +432,29 @@ impl Call {
         let (tx, rx) = oneshot::channel();
         link.tell(fastpath::Input::Rebind(tx));
         rx.await.map_err(|_| SdkError::Closed)?
+    }
+
+    /// The local address of the current link's QUIC socket.
+    pub fn quic_local_addr(&self) -> Option<SocketAddr> {
+        self.link().endpoint.local_addr().ok()
+    }
+
+    /// For a network change the app learned about: moves the call's QUIC connection to a
+    /// new local UDP socket (a new port on the same local address), which is QUIC connection
+    /// migration. quinn sends from the new socket at once under a fresh connection id; the
+    /// relay validates the new path and carries on with the same connection, so the call
+    /// keeps its keys, epochs and security code with no new join or handshake. Datagrams
+    /// already on their way to the old socket are lost. Returns the new local address.
+    /// The fast path has a socket of its own: after a network change call
+    /// [`Call::rebind_fast_path`] too.
+    ///
+    /// Errors: [`SdkError::Io`] when no new socket could be bound (the old one stays).
+    pub fn rebind_quic(&self) -> Result<SocketAddr, SdkError> {
+        let link = self.link();
+        let old = link.endpoint.local_addr()?;
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(old.ip(), 0))?;
+        link.endpoint.rebind(socket)?;
+        Ok(link.endpoint.local_addr()?)
     }
 
     /// The next event. Events live in the engine, so none is lost across a resume; the

@@ -43,7 +43,7 @@ pub(crate) async fn run_connection(driver: Arc<Driver>, incoming: quinn::Incomin
     let (joined_tx, joined_rx) = oneshot::channel();
     let link = Arc::new(Link::new(conn.clone(), joined_tx));
     driver.connect(id, link.clone(), conn.remote_address(), accepted_at);
-    let media = tokio::spawn(media_loop(driver.clone(), conn.clone(), joined_rx));
+    let media = tokio::spawn(media_loop(driver.clone(), id, conn.clone(), joined_rx));
 
     // A connection that never opens its stream is closed by the core's join deadline,
     // which ends this wait.

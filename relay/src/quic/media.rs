@@ -4,10 +4,11 @@
 //!
 //! Owns the per-datagram loop and its counters. No lock, no allocation, no log line per
 //! datagram; the budget is the endpoint's one budget (the channel table's when the relay has
-//! a fast path, so both transports draw on it).
+//! a fast path, so both transports draw on it). It also notices a migrated connection (a
+//! new peer address) for the core, reading the address at most every `PATH_CHECK`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use duet_proto::MEDIA_HEADER_LEN;
 use tokio::sync::oneshot;
@@ -15,6 +16,7 @@ use tokio::sync::oneshot;
 use super::driver::{Driver, MediaRoute};
 use crate::fastpath::EndpointBudget;
 use crate::forward::{forward_step, Admission, DropReason, MediaLimiter};
+use crate::session::ConnId;
 
 /// Where an endpoint's QUIC media is charged.
 enum Budget<'a> {
@@ -34,10 +36,17 @@ impl Admission for Budget<'_> {
     }
 }
 
+/// How often, at most, a connection carrying media is checked for a new peer address (QUIC
+/// migration, which quinn validates and follows by itself): reading it takes quinn's
+/// connection lock, which the per-datagram loop must not take each time.
+const PATH_CHECK: Duration = Duration::from_millis(250);
+
 /// Reads media datagrams and hands them to the peer. Before the connection joins, every
-/// datagram is dropped as `before_join`.
+/// datagram is dropped as `before_join`. A changed peer address is told to the core
+/// (`handle_remote`) within [`PATH_CHECK`] of the next datagram.
 pub(crate) async fn media_loop(
     driver: Arc<Driver>,
+    id: ConnId,
     conn: quinn::Connection,
     mut joined: oneshot::Receiver<MediaRoute>,
 ) {
@@ -78,12 +87,22 @@ pub(crate) async fn media_loop(
     let bridged = &m.fast_path.bridged_to_fastpath;
     let send_failed = m.media_dropped(DropReason::SendFailed).clone();
     let send_too_large = m.media_dropped(DropReason::TooLargeForPeer).clone();
+    let mut remote = conn.remote_address();
+    let mut next_path_check = Instant::now() + PATH_CHECK;
     loop {
         let Ok(d) = conn.read_datagram().await else {
             return;
         };
         let now = Instant::now();
         session.activity.stamp(now);
+        if now >= next_path_check {
+            next_path_check = now + PATH_CHECK;
+            let r = conn.remote_address();
+            if r != remote {
+                remote = r;
+                driver.input(|core| core.handle_remote(id, r));
+            }
+        }
         match forward_step(&d, &budget, peer, now) {
             Ok((kind, to)) => {
                 if let Some((fp, mine, theirs)) = fast_path {

@@ -48,10 +48,15 @@ impl SessionCore {
             .push(accepted_at + self.cfg.join_timeout, Timer::Join(conn));
     }
 
-    /// The connection's peer address changed (QUIC migration): later tickets are for it.
+    /// The connection's peer address changed (QUIC migration, which quinn validated): later
+    /// tickets are for it. Counted once per change, however many tasks report it.
     pub fn handle_remote(&mut self, conn: ConnId, remote: SocketAddr) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.remote = remote;
+            if c.remote != remote {
+                tracing::debug!(conn = conn.0, from = %c.remote, to = %remote, "migrated");
+                c.remote = remote;
+                self.metrics.quic_migrations.increment(1);
+            }
         }
     }
 

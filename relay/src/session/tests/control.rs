@@ -43,27 +43,16 @@ fn a_verified_token_joins_and_a_bad_one_is_refused_and_closed() {
     let now = Instant::now();
     let sent = connect_and_join(&mut t, 1, &claims("s", "alice", "p"), now);
     assert_eq!(joined_slot(&sent[0]), Some(Slot::A));
-    assert_eq!(metric(&t, "duet_joins_total"), 1.0);
+    assert_metric(&t, "duet_joins_total", 1.0);
     t.handle_connected(ConnId(2), addr(2), now);
     let mut expired = claims("s", "bob", "p");
     expired.exp = NOW_UNIX - 1;
     t.handle_control(ConnId(2), join_msg(&expired), now, NOW_UNIX);
-    let acts = drain(&mut t);
-    assert_eq!(
-        sends_to(&acts, ConnId(2)),
-        vec![RelayMessage::Refused(RefusalReason::TokenExpired)]
-    );
-    assert_eq!(
-        closes_of(&acts, ConnId(2)),
-        vec![CloseReason::Refused(RefusalReason::TokenExpired)]
-    );
+    assert_refused(&drain(&mut t), 2, RefusalReason::TokenExpired);
     // Closed: a later (valid) Join from it is not processed.
     t.handle_control(ConnId(2), join_msg(&claims("s", "bob", "p")), now, NOW_UNIX);
     assert!(drain(&mut t).is_empty());
-    assert_eq!(
-        metric(&t, r#"duet_refusals_total{reason="token_expired"}"#),
-        1.0
-    );
+    assert_metric(&t, r#"duet_refusals_total{reason="token_expired"}"#, 1.0);
 }
 
 #[test]
@@ -78,9 +67,10 @@ fn a_second_join_on_a_connection_is_dropped_not_closed() {
         NOW_UNIX,
     );
     let acts = drain(&mut t);
-    assert_eq!(
-        sends_to(&acts, ConnId(1)),
-        vec![RelayMessage::Dropped(RefusalReason::AlreadyJoined)]
+    assert_sent(
+        &acts,
+        1,
+        &[RelayMessage::Dropped(RefusalReason::AlreadyJoined)],
     );
     assert!(closes_of(&acts, ConnId(1)).is_empty());
     assert_eq!(t.endpoint_count(), 1);
@@ -97,19 +87,8 @@ fn a_signal_before_join_is_a_violation() {
         now,
         NOW_UNIX,
     );
-    let acts = drain(&mut t);
-    assert_eq!(
-        sends_to(&acts, ConnId(1)),
-        vec![RelayMessage::Refused(RefusalReason::ProtocolViolation)]
-    );
-    assert_eq!(
-        closes_of(&acts, ConnId(1)),
-        vec![CloseReason::Refused(RefusalReason::ProtocolViolation)]
-    );
-    assert_eq!(
-        metric(&t, r#"duet_control_errors_total{kind="not_joined"}"#),
-        1.0
-    );
+    assert_refused(&drain(&mut t), 1, RefusalReason::ProtocolViolation);
+    assert_metric(&t, r#"duet_control_errors_total{kind="not_joined"}"#, 1.0);
 }
 
 #[test]
@@ -119,19 +98,17 @@ fn signals_are_forwarded_verbatim_within_their_size_and_rate() {
     pair(&mut t, now);
     let ok = Bytes::from(vec![7u8; 100]);
     t.handle_control(ConnId(1), ClientMessage::Signal(ok.clone()), now, NOW_UNIX);
-    assert_eq!(
-        sends_to(&drain(&mut t), ConnId(2)),
-        vec![RelayMessage::Signal(ok.clone())]
-    );
+    assert_sent(&drain(&mut t), 2, &[RelayMessage::Signal(ok.clone())]);
     t.handle_control(
         ConnId(1),
         ClientMessage::Signal(vec![0u8; 101].into()),
         now,
         NOW_UNIX,
     );
-    assert_eq!(
-        sends_to(&drain(&mut t), ConnId(1)),
-        vec![RelayMessage::Dropped(RefusalReason::TooLarge)]
+    assert_sent(
+        &drain(&mut t),
+        1,
+        &[RelayMessage::Dropped(RefusalReason::TooLarge)],
     );
     for _ in 0..2 {
         t.handle_control(ConnId(1), ClientMessage::Signal(ok.clone()), now, NOW_UNIX);
@@ -139,9 +116,10 @@ fn signals_are_forwarded_verbatim_within_their_size_and_rate() {
     t.handle_control(ConnId(1), ClientMessage::Signal(ok.clone()), now, NOW_UNIX);
     let acts = drain(&mut t);
     assert_eq!(sends_to(&acts, ConnId(2)).len(), 2, "the burst is 3");
-    assert_eq!(
-        sends_to(&acts, ConnId(1)),
-        vec![RelayMessage::Dropped(RefusalReason::RateLimited)]
+    assert_sent(
+        &acts,
+        1,
+        &[RelayMessage::Dropped(RefusalReason::RateLimited)],
     );
     // Per connection, refilled with time.
     t.handle_control(ConnId(2), ClientMessage::Signal(ok.clone()), now, NOW_UNIX);
@@ -153,26 +131,17 @@ fn signals_are_forwarded_verbatim_within_their_size_and_rate() {
         NOW_UNIX,
     );
     let acts = drain(&mut t);
-    assert_eq!(
-        sends_to(&acts, ConnId(1)),
-        vec![RelayMessage::Signal(ok.clone())]
-    );
-    assert_eq!(
-        sends_to(&acts, ConnId(2)),
-        vec![RelayMessage::Signal(ok.clone())]
-    );
+    assert_sent(&acts, 1, &[RelayMessage::Signal(ok.clone())]);
+    assert_sent(&acts, 2, &[RelayMessage::Signal(ok.clone())]);
     // No peer: dropped silently, counted.
     t.handle_control(ConnId(2), ClientMessage::Leave, later, NOW_UNIX);
     drain(&mut t);
     let much_later = now + Duration::from_secs(5);
     t.handle_control(ConnId(1), ClientMessage::Signal(ok), much_later, NOW_UNIX);
     assert!(sends_to(&drain(&mut t), ConnId(1)).is_empty());
-    for (series, n) in [
-        (r#"duet_signals_dropped_total{reason="too_large"}"#, 1.0),
-        (r#"duet_signals_dropped_total{reason="rate_limited"}"#, 1.0),
-        (r#"duet_signals_dropped_total{reason="no_peer"}"#, 1.0),
-    ] {
-        assert_eq!(metric(&t, series), n, "{series}");
+    for reason in ["too_large", "rate_limited", "no_peer"] {
+        let series = format!(r#"duet_signals_dropped_total{{reason="{reason}"}}"#);
+        assert_metric(&t, &series, 1.0);
     }
 }
 
@@ -185,19 +154,20 @@ fn features_are_refused_and_pings_answered() {
         t.handle_control(ConnId(1), ClientMessage::Request(f), now, NOW_UNIX);
     }
     t.handle_control(ConnId(1), ClientMessage::Ping(42), now, NOW_UNIX);
-    assert_eq!(
-        sends_to(&drain(&mut t), ConnId(1)),
-        vec![
+    assert_sent(
+        &drain(&mut t),
+        1,
+        &[
             RelayMessage::FeatureRefused {
                 feature: Feature::Recording,
-                reason: RefusalReason::PlaintextRequired
+                reason: RefusalReason::PlaintextRequired,
             },
             RelayMessage::FeatureRefused {
                 feature: Feature::Unknown(999),
-                reason: RefusalReason::PlaintextRequired
+                reason: RefusalReason::PlaintextRequired,
             },
             RelayMessage::Pong(42),
-        ]
+        ],
     );
 }
 
@@ -215,10 +185,7 @@ fn leave_before_and_after_join() {
     t.handle_control(ConnId(1), ClientMessage::Leave, now, NOW_UNIX);
     let acts = drain(&mut t);
     assert_eq!(closes_of(&acts, ConnId(1)), vec![CloseReason::Left]);
-    assert_eq!(
-        sends_to(&acts, ConnId(2)),
-        vec![RelayMessage::PeerLeft(PeerLeftReason::Left)]
-    );
+    assert_sent(&acts, 2, &[RelayMessage::PeerLeft(PeerLeftReason::Left)]);
 }
 
 #[test]
@@ -227,25 +194,19 @@ fn a_bad_frame_refuses_before_join_and_ends_the_session_after() {
     let now = Instant::now();
     t.handle_connected(ConnId(9), addr(9), now);
     t.handle_bad_frame(ConnId(9), "empty_frame");
-    assert_eq!(
-        sends_to(&drain(&mut t), ConnId(9)),
-        vec![RelayMessage::Refused(RefusalReason::ProtocolViolation)]
+    assert_sent(
+        &drain(&mut t),
+        9,
+        &[RelayMessage::Refused(RefusalReason::ProtocolViolation)],
     );
     pair(&mut t, now);
     t.handle_bad_frame(ConnId(1), "malformed");
-    let acts = drain(&mut t);
-    assert_eq!(
-        sends_to(&acts, ConnId(1)),
-        vec![RelayMessage::SessionEnded(EndReason::ProtocolViolation)]
+    assert_ended_for_one(
+        &drain(&mut t),
+        (1, EndReason::ProtocolViolation),
+        (2, PeerLeftReason::ProtocolViolation),
     );
-    assert_eq!(
-        sends_to(&acts, ConnId(2)),
-        vec![RelayMessage::PeerLeft(PeerLeftReason::ProtocolViolation)]
-    );
-    assert_eq!(
-        metric(&t, r#"duet_control_errors_total{kind="malformed"}"#),
-        1.0
-    );
+    assert_metric(&t, r#"duet_control_errors_total{kind="malformed"}"#, 1.0);
 }
 
 #[test]
@@ -263,10 +224,7 @@ fn a_connection_that_never_joins_is_closed_at_its_deadline() {
     let acts = drain(&mut t);
     assert_eq!(closes_of(&acts, ConnId(1)), vec![CloseReason::JoinTimeout]);
     assert!(closes_of(&acts, ConnId(2)).is_empty(), "it joined");
-    assert_eq!(
-        metric(&t, r#"duet_control_errors_total{kind="never_joined"}"#),
-        1.0
-    );
+    assert_metric(&t, r#"duet_control_errors_total{kind="never_joined"}"#, 1.0);
 }
 
 #[test]
@@ -281,6 +239,10 @@ fn tickets_carry_the_current_address_and_a_rising_seq() {
     assert_eq!(first.port, 4434);
     let moved = SocketAddr::from(([10, 9, 9, 9], 5000));
     t.handle_remote(ConnId(1), moved);
+    // The media and control tasks may both report the same move: one migration.
+    t.handle_remote(ConnId(1), moved);
+    assert_metric(&t, "duet_quic_migrations_total", 1.0);
+    assert_eq!(t.remote_of(ConnId(1)), Some(moved));
     t.handle_control(ConnId(1), ClientMessage::FastPathTicket, now, NOW_UNIX);
     let sent = sends_to(&drain(&mut t), ConnId(1));
     let [RelayMessage::FastPathTicket(second)] = &sent[..] else {
@@ -310,9 +272,10 @@ fn tickets_carry_the_current_address_and_a_rising_seq() {
     t.handle_control(ConnId(2), ClientMessage::FastPathTicket, now, NOW_UNIX);
     acts.extend(drain(&mut t));
     for c in [1, 2] {
-        assert_eq!(
-            sends_to(&acts, ConnId(c)),
-            vec![RelayMessage::Dropped(RefusalReason::FastPathUnavailable)]
+        assert_sent(
+            &acts,
+            c,
+            &[RelayMessage::Dropped(RefusalReason::FastPathUnavailable)],
         );
     }
     assert!(acts.iter().all(|a| !matches!(a, Action::Close(..))));
@@ -355,18 +318,11 @@ fn pings_and_feature_requests_before_join_are_bounded() {
     assert_eq!(sends_to(&acts, ConnId(1)).len(), BEFORE_JOIN_MAX as usize);
     assert!(closes_of(&acts, ConnId(1)).is_empty());
     t.handle_control(ConnId(1), ClientMessage::Ping(99), now, NOW_UNIX);
-    let acts = drain(&mut t);
-    assert_eq!(
-        sends_to(&acts, ConnId(1)),
-        vec![RelayMessage::Refused(RefusalReason::ProtocolViolation)]
-    );
-    assert_eq!(
-        closes_of(&acts, ConnId(1)),
-        vec![CloseReason::Refused(RefusalReason::ProtocolViolation)]
-    );
-    assert_eq!(
-        metric(&t, r#"duet_control_errors_total{kind="before_join_limit"}"#),
-        1.0
+    assert_refused(&drain(&mut t), 1, RefusalReason::ProtocolViolation);
+    assert_metric(
+        &t,
+        r#"duet_control_errors_total{kind="before_join_limit"}"#,
+        1.0,
     );
     // Nothing more is answered.
     t.handle_control(ConnId(1), ClientMessage::Ping(100), now, NOW_UNIX);

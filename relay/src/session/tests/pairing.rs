@@ -43,6 +43,14 @@ fn resume(
     t.join_verified(ConnId(c), &r, now, NOW_UNIX)
 }
 
+/// Alice (connection 1) and Bob (2) in session `s`, their actions drained; Alice's `Joined`.
+fn pair(t: &mut SessionCore, now: Instant) -> Joined {
+    let a = join(t, 1, &claims("s", "alice", "p"), now).unwrap();
+    join(t, 2, &claims("s", "bob", "p"), now).unwrap();
+    drain(t);
+    a
+}
+
 /// What `conn` was sent, `Joined` left out (its secret is random).
 fn told(actions: &[Action], conn: ConnId) -> Vec<RelayMessage> {
     sends_to(actions, conn)
@@ -100,9 +108,7 @@ fn two_endpoints_meet_and_a_third_is_refused() {
 fn resume_replaces_the_old_connection() {
     let mut t = core();
     let now = Instant::now();
-    let a = join(&mut t, 1, &claims("s", "alice", "p"), now).unwrap();
-    join(&mut t, 2, &claims("s", "bob", "p"), now).unwrap();
-    drain(&mut t);
+    let a = pair(&mut t, now);
     let wrong = ResumeSecret([0; 32]);
     assert_eq!(
         resume(&mut t, 3, &claims("s", "alice", "p"), &wrong, now),
@@ -113,17 +119,15 @@ fn resume_replaces_the_old_connection() {
     assert_eq!(r.slot, Slot::A);
     assert_ne!(r.resume, a.resume, "the secret rotates");
     let acts = drain(&mut t);
-    assert_eq!(
-        sends_to(&acts, ConnId(1)),
-        vec![RelayMessage::SessionEnded(EndReason::Replaced)]
-    );
+    assert_sent(&acts, 1, &[RelayMessage::SessionEnded(EndReason::Replaced)]);
     assert_eq!(
         closes_of(&acts, ConnId(1)),
         vec![CloseReason::Ended(EndReason::Replaced)]
     );
-    assert_eq!(
-        sends_to(&acts, ConnId(2)),
-        vec![RelayMessage::PeerReconnecting, RelayMessage::PeerResumed]
+    assert_sent(
+        &acts,
+        2,
+        &[RelayMessage::PeerReconnecting, RelayMessage::PeerResumed],
     );
     // The old connection going away later changes nothing.
     t.connection_lost(ConnId(1), now);
@@ -150,25 +154,17 @@ fn resume_secrets_come_from_the_injected_rng() {
 fn lost_connection_keeps_its_slot_for_the_resume_window() {
     let mut t = core();
     let now = Instant::now();
-    let a = join(&mut t, 1, &claims("s", "alice", "p"), now).unwrap();
-    join(&mut t, 2, &claims("s", "bob", "p"), now).unwrap();
-    drain(&mut t);
+    let a = pair(&mut t, now);
     t.connection_lost(ConnId(1), now);
     let acts = drain(&mut t);
-    assert_eq!(
-        sends_to(&acts, ConnId(2)),
-        vec![RelayMessage::PeerReconnecting]
-    );
+    assert_sent(&acts, 2, &[RelayMessage::PeerReconnecting]);
     assert_eq!(t.poll_timeout(), Some(now + Duration::from_secs(10)));
     // Resume within the window: the peer hears PeerResumed only.
     let later = now + Duration::from_secs(5);
     t.handle_timeout(later);
     assert!(drain(&mut t).is_empty());
     resume(&mut t, 3, &claims("s", "alice", "p"), &a.resume, later).unwrap();
-    assert_eq!(
-        sends_to(&drain(&mut t), ConnId(2)),
-        vec![RelayMessage::PeerResumed]
-    );
+    assert_sent(&drain(&mut t), 2, &[RelayMessage::PeerResumed]);
     // The first loss's window passes: nothing, it came back.
     t.handle_timeout(now + Duration::from_secs(10));
     assert!(drain(&mut t).is_empty());
@@ -177,9 +173,10 @@ fn lost_connection_keeps_its_slot_for_the_resume_window() {
     drain(&mut t);
     t.handle_timeout(later + Duration::from_secs(10));
     let acts = drain(&mut t);
-    assert_eq!(
-        sends_to(&acts, ConnId(2)),
-        vec![RelayMessage::PeerLeft(PeerLeftReason::ConnectionLost)]
+    assert_sent(
+        &acts,
+        2,
+        &[RelayMessage::PeerLeft(PeerLeftReason::ConnectionLost)],
     );
     // The slot is free again.
     assert_eq!(
@@ -205,10 +202,7 @@ fn leave_frees_the_slot_and_the_last_leave_closes_the_session() {
         .expect("the session got a channel pair");
     t.leave(ConnId(1));
     let acts = drain(&mut t);
-    assert_eq!(
-        sends_to(&acts, ConnId(2)),
-        vec![RelayMessage::PeerLeft(PeerLeftReason::Left)]
-    );
+    assert_sent(&acts, 2, &[RelayMessage::PeerLeft(PeerLeftReason::Left)]);
     assert_eq!(closes_of(&acts, ConnId(1)), vec![CloseReason::Left]);
     t.leave(ConnId(2));
     assert!(drain(&mut t)
@@ -280,12 +274,13 @@ fn e2ee_claims_are_refused_and_the_waiting_peer_told() {
             t.join_verified(ConnId(2), &req(&c, true), now, NOW_UNIX),
             Err(refusal)
         );
-        assert_eq!(
-            sends_to(&drain(&mut t), ConnId(1)),
-            vec![RelayMessage::PeerE2eeUnavailable {
+        assert_sent(
+            &drain(&mut t),
+            1,
+            &[RelayMessage::PeerE2eeUnavailable {
                 claim,
-                token: "the-token".into()
-            }]
+                token: "the-token".into(),
+            }],
         );
     }
     // Nobody waiting: refused all the same, nobody told.
@@ -317,29 +312,19 @@ fn the_waiting_peer_is_told_once_per_refused_user_and_claim() {
             .count();
     }
     assert_eq!(told_alice, 1, "ten refused attempts by bob, one notice");
-    // Bob's claim changed (the policy did): that is news.
-    let mut c = claims("s", "bob", "p");
-    c.e2ee = E2eeClaim::UserNotEnabled;
-    assert_eq!(
-        join(&mut t, 15, &c, now),
-        Err(RefusalReason::UserNotEnabled)
-    );
-    assert_eq!(
-        sends_to(&drain(&mut t), ConnId(1)).len(),
-        1,
-        "a new claim: told"
-    );
-    let mut c = claims("s", "carol", "p");
-    c.e2ee = E2eeClaim::UserNotEnabled;
-    assert_eq!(
-        join(&mut t, 20, &c, now),
-        Err(RefusalReason::UserNotEnabled)
-    );
-    assert_eq!(
-        sends_to(&drain(&mut t), ConnId(1)).len(),
-        1,
-        "another user: told"
-    );
+    // Bob's claim changed (the policy did): that is news; so is another user.
+    for (conn, user, why) in [
+        (15, "bob", "a new claim: told"),
+        (20, "carol", "another user: told"),
+    ] {
+        let mut c = claims("s", user, "p");
+        c.e2ee = E2eeClaim::UserNotEnabled;
+        assert_eq!(
+            join(&mut t, conn, &c, now),
+            Err(RefusalReason::UserNotEnabled)
+        );
+        assert_eq!(sends_to(&drain(&mut t), ConnId(1)).len(), 1, "{why}");
+    }
 }
 
 /// Catches the old behaviour: `duet_sessions_ended_total{reason}` was defined but never
@@ -354,14 +339,12 @@ fn ended_sessions_are_counted_by_reason() {
     join(&mut t, 3, &claims("t", "alice", "p"), now).unwrap();
     t.leave(ConnId(3));
     drain(&mut t);
-    assert_eq!(
-        metric(&t, r#"duet_sessions_ended_total{reason="idle_timeout"}"#),
-        1.0
+    assert_metric(
+        &t,
+        r#"duet_sessions_ended_total{reason="idle_timeout"}"#,
+        1.0,
     );
-    assert_eq!(
-        metric(&t, r#"duet_sessions_ended_total{reason="left"}"#),
-        1.0
-    );
+    assert_metric(&t, r#"duet_sessions_ended_total{reason="left"}"#, 1.0);
 }
 
 #[test]
@@ -414,9 +397,10 @@ fn token_placement_node_cap_and_end_all() {
     t.end_all(EndReason::RelayShutdown);
     let acts = drain(&mut t);
     for c in [1, 2, 4] {
-        assert_eq!(
-            sends_to(&acts, ConnId(c)),
-            vec![RelayMessage::SessionEnded(EndReason::RelayShutdown)]
+        assert_sent(
+            &acts,
+            c,
+            &[RelayMessage::SessionEnded(EndReason::RelayShutdown)],
         );
     }
     assert_eq!(t.session_count(), 0);
@@ -427,9 +411,7 @@ fn token_placement_node_cap_and_end_all() {
 fn idle_and_lifetime_end_the_session() {
     let mut t = core();
     let now = Instant::now();
-    join(&mut t, 1, &claims("s", "alice", "p"), now).unwrap();
-    join(&mut t, 2, &claims("s", "bob", "p"), now).unwrap();
-    drain(&mut t);
+    pair(&mut t, now);
     assert_eq!(t.poll_timeout(), Some(now + Duration::from_secs(30)));
     t.handle_timeout(now + Duration::from_secs(20));
     assert!(drain(&mut t).is_empty());
@@ -442,14 +424,13 @@ fn idle_and_lifetime_end_the_session() {
     assert_eq!(t.poll_timeout(), Some(now + Duration::from_secs(50)));
     t.handle_timeout(now + Duration::from_secs(50));
     let acts = drain(&mut t);
-    assert_eq!(
-        sends_to(&acts, ConnId(1)),
-        vec![RelayMessage::SessionEnded(EndReason::IdleTimeout)]
-    );
-    assert_eq!(
-        sends_to(&acts, ConnId(2)),
-        vec![RelayMessage::SessionEnded(EndReason::IdleTimeout)]
-    );
+    for c in [1, 2] {
+        assert_sent(
+            &acts,
+            c,
+            &[RelayMessage::SessionEnded(EndReason::IdleTimeout)],
+        );
+    }
 
     let mut t = core();
     join(&mut t, 1, &claims("s", "alice", "p"), now).unwrap();
@@ -514,18 +495,12 @@ fn media_on_either_transport_keeps_a_session_alive() {
 fn protocol_violation_disconnects_only_the_offender() {
     let mut t = core();
     let now = Instant::now();
-    join(&mut t, 1, &claims("s", "alice", "p"), now).unwrap();
-    join(&mut t, 2, &claims("s", "bob", "p"), now).unwrap();
-    drain(&mut t);
+    pair(&mut t, now);
     t.protocol_violation(ConnId(1));
-    let acts = drain(&mut t);
-    assert_eq!(
-        sends_to(&acts, ConnId(1)),
-        vec![RelayMessage::SessionEnded(EndReason::ProtocolViolation)]
-    );
-    assert_eq!(
-        sends_to(&acts, ConnId(2)),
-        vec![RelayMessage::PeerLeft(PeerLeftReason::ProtocolViolation)]
+    assert_ended_for_one(
+        &drain(&mut t),
+        (1, EndReason::ProtocolViolation),
+        (2, PeerLeftReason::ProtocolViolation),
     );
     assert_eq!(t.session_count(), 1);
     assert_eq!(t.endpoint_count(), 1);

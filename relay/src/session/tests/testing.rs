@@ -2,7 +2,7 @@
 
 use crate::session::*;
 use duet_proto::fastpath::FastPathKey;
-use duet_proto::{E2eeClaim, JoinClaims, SigningKey};
+use duet_proto::{E2eeClaim, EndReason, JoinClaims, PeerLeftReason, SigningKey};
 use rand::SeedableRng;
 
 pub const NOW_UNIX: u64 = 1_700_000_000;
@@ -114,4 +114,42 @@ pub fn metric(t: &SessionCore, series: &str) -> f64 {
                 .and_then(|(_, v)| v.parse().ok())
         })
         .unwrap_or(0.0)
+}
+
+/// `series` of the core's metrics reads `want`.
+#[track_caller]
+pub fn assert_metric(t: &SessionCore, series: &str, want: f64) {
+    assert_eq!(metric(t, series), want, "{series}");
+}
+
+/// `conn` was sent exactly `want`.
+#[track_caller]
+pub fn assert_sent(actions: &[Action], conn: u64, want: &[RelayMessage]) {
+    assert_eq!(
+        sends_to(actions, ConnId(conn)),
+        want,
+        "sent to connection {conn}"
+    );
+}
+
+/// `conn` was refused for `r` and closed for it.
+#[track_caller]
+pub fn assert_refused(actions: &[Action], conn: u64, r: RefusalReason) {
+    assert_sent(actions, conn, &[RelayMessage::Refused(r)]);
+    assert_eq!(
+        closes_of(actions, ConnId(conn)),
+        vec![CloseReason::Refused(r)]
+    );
+}
+
+/// The session ended for `conn` alone (`SessionEnded(ended)`) and its peer `peer` was told
+/// `PeerLeft(left)`.
+#[track_caller]
+pub fn assert_ended_for_one(
+    actions: &[Action],
+    (conn, ended): (u64, EndReason),
+    (peer, left): (u64, PeerLeftReason),
+) {
+    assert_sent(actions, conn, &[RelayMessage::SessionEnded(ended)]);
+    assert_sent(actions, peer, &[RelayMessage::PeerLeft(left)]);
 }
