@@ -340,6 +340,10 @@ pub struct RunArgs {
     /// [default: the SDK's]
     #[arg(long, value_parser = parse_duration)]
     pub keep_alive: Option<Duration>,
+    /// `--profile idle`: one frame per endpoint this often (a sparser hold costs the
+    /// generator less per call; keep it below the relay's session idle timeout, 30 s)
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub idle_interval: Duration,
     /// Per endpoint: silence (probes outstanding) after which a relay counts as dead and
     /// the call moves, long before --idle-timeout (`DeadRelay::silence`) [default: the SDK's, 500ms]
     #[arg(long, value_parser = parse_duration)]

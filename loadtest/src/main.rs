@@ -132,6 +132,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
         join_timeout: a.join_timeout,
         idle_timeout: a.idle_timeout,
         keep_alive: a.keep_alive,
+        idle_interval: a.idle_interval,
         dead_silence: a.dead_silence,
         dead_probe_after: a.dead_probe_after,
         progress: a.progress,

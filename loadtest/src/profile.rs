@@ -143,7 +143,9 @@ pub struct PlannedFrame {
 #[derive(Debug, Clone)]
 enum Shape {
     Audio,
-    Idle,
+    Idle {
+        interval: Duration,
+    },
     Video {
         delta_avg: u64,
     },
@@ -172,9 +174,20 @@ impl FrameGen {
     pub fn for_call(shape: CallShape, kind: MediaKind, seed: u64, labels: &[u64]) -> Self {
         let mut g = Self::new(kind, seed, labels);
         if shape == CallShape::Idle {
-            g.shape = Shape::Idle;
+            g.shape = Shape::Idle {
+                interval: IDLE_INTERVAL,
+            };
         }
         g
+    }
+
+    /// An idle stream's frames come every `interval` instead of [`IDLE_INTERVAL`]; other
+    /// streams are unchanged.
+    pub fn with_idle_interval(mut self, interval: Duration) -> Self {
+        if let Shape::Idle { interval: i } = &mut self.shape {
+            *i = interval;
+        }
+        self
     }
 
     /// The stream of `kind`, for the sub-seed named by `labels` (call index, side...).
@@ -222,8 +235,8 @@ impl FrameGen {
                 size: rng.range(AUDIO_BYTES.0, AUDIO_BYTES.1) as usize,
                 key: false,
             },
-            Shape::Idle => PlannedFrame {
-                at: IDLE_INTERVAL * n as u32,
+            Shape::Idle { interval } => PlannedFrame {
+                at: *interval * n as u32,
                 size: rng.range(IDLE_BYTES.0, IDLE_BYTES.1) as usize,
                 key: false,
             },
@@ -349,6 +362,21 @@ mod tests {
         let frames: Vec<_> = (0..5).map(|_| g.next_frame()).collect();
         assert_eq!(frames[4].at, Duration::from_secs(8));
         assert!(frames.iter().all(|f| (60..=80).contains(&f.size)));
+    }
+
+    #[test]
+    fn idle_interval_spaces_idle_frames_only() {
+        let shape = Profile::Idle.shape(1, 0);
+        let mut g = FrameGen::for_call(shape, MediaKind::Audio, 1, &[0, 0])
+            .with_idle_interval(Duration::from_secs(10));
+        let frames: Vec<_> = (0..3).map(|_| g.next_frame()).collect();
+        assert_eq!(frames[2].at, Duration::from_secs(20));
+        assert!(frames.iter().all(|f| (60..=80).contains(&f.size)));
+        // An audio call's stream keeps its 20 ms cadence.
+        let mut a = FrameGen::for_call(CallShape::Audio, MediaKind::Audio, 1, &[0, 0])
+            .with_idle_interval(Duration::from_secs(10));
+        a.next_frame();
+        assert_eq!(a.next_frame().at, AUDIO_INTERVAL);
     }
 
     #[test]

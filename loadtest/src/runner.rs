@@ -68,6 +68,8 @@ pub struct RunOptions {
     pub join_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub keep_alive: Option<Duration>,
+    /// `--profile idle`: one frame per endpoint this often.
+    pub idle_interval: Duration,
     pub dead_silence: Option<Duration>,
     pub dead_probe_after: Option<Duration>,
     pub progress: ProgressMode,
@@ -322,7 +324,8 @@ async fn sender(
     me: &SideState,
     dropped: &Mutex<Option<String>>,
 ) {
-    let mut gen = FrameGen::for_call(shape, kind, ctx.opts.seed, &[i, side as u64]);
+    let mut gen = FrameGen::for_call(shape, kind, ctx.opts.seed, &[i, side as u64])
+        .with_idle_interval(ctx.opts.idle_interval);
     let mut phase = ctx.phase.clone();
     let mut buf = Vec::new();
     // Count bound on top of the time bound: no stream sends more than 100 frames a second.

@@ -85,7 +85,9 @@ impl ControlPlane for Bridge {
             return;
         }
         if let Some(peer) = self.endpoint(channel) {
-            peer.notify(Outgoing::Msg(RelayMessage::FastPathBound { channel, addr }));
+            if let Some(out) = Outgoing::msg(&RelayMessage::FastPathBound { channel, addr }) {
+                peer.notify(out);
+            }
         }
     }
 }

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use duet_proto::control::encode;
 use duet_proto::{ClientMessage, CloseCode, FrameDecoder, MAX_CONTROL_FRAME};
 use quinn::VarInt;
 use tokio::sync::{mpsc, oneshot};
@@ -113,8 +112,7 @@ async fn writer(
 ) {
     while let Some(out) = rx.recv().await {
         match out {
-            Outgoing::Msg(msg) => {
-                let Ok(frame) = encode(&msg) else { continue };
+            Outgoing::Frame(frame) => {
                 if send.write_all(&frame).await.is_err() {
                     return;
                 }

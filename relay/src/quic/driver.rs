@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use duet_proto::{ChannelId, RelayMessage, SessionId, Slot};
 use quinn::VarInt;
 use rand::SeedableRng;
@@ -29,16 +30,26 @@ use crate::session::{
     Action, CloseReason, ConnId, CoreConfig, DrainStatus, MediaActivity, SessionCore,
 };
 
-/// What a connection's writer task is asked to do.
+/// What a connection's writer task is asked to do. Messages are queued already encoded:
+/// the queue's slots are allocated 32 at a time per connection, and a `RelayMessage` is
+/// several times the size of its `Bytes` (see RESULTS.md, "QUIC memory").
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    Msg(RelayMessage),
+    /// One encoded control frame.
+    Frame(Bytes),
     /// Flush what was queued, then close the connection.
     Close(CloseReason),
 }
 
 /// What a connection's media task gets when it joins: its session's routes and its slot.
 pub(crate) type MediaRoute = (Arc<SessionLinks>, Slot);
+
+impl Outgoing {
+    /// `msg` encoded; `None` when it cannot be (larger than a control frame: never sent).
+    pub fn msg(msg: &RelayMessage) -> Option<Self> {
+        duet_proto::control::encode(msg).ok().map(Self::Frame)
+    }
+}
 
 /// How the rest of the relay reaches one endpoint's connection.
 #[derive(Debug)]
@@ -71,7 +82,10 @@ impl Link {
             RelayMessage::Signal(d) => Some(d.len() as u64),
             _ => None,
         };
-        match (ctl.try_send(Outgoing::Msg(msg)), signal) {
+        let Some(frame) = Outgoing::msg(&msg) else {
+            return;
+        };
+        match (ctl.try_send(frame), signal) {
             (Ok(()), Some(len)) => {
                 m.signals_forwarded.increment(1);
                 m.signal_bytes_forwarded.increment(len);

@@ -22,6 +22,13 @@ pub fn quinn_server_config(
     let mut tc = quinn::TransportConfig::default();
     tc.max_concurrent_bidi_streams(VarInt::from_u32(1))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
+        // Media is in datagrams; the one stream carries control frames (each at most
+        // MAX_CONTROL_FRAME): windows of two frames bound what a connection can make the
+        // relay buffer (quinn's defaults allow 1.25 MiB per stream, unbounded per
+        // connection).
+        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(VarInt::from_u32(STREAM_WINDOW))
+        .send_window(u64::from(STREAM_WINDOW))
         .datagram_receive_buffer_size(Some(2 * 1024 * 1024))
         .datagram_send_buffer_size(2 * 1024 * 1024)
         .max_idle_timeout(Some(VarInt::from_u32(30_000).into()))
@@ -36,6 +43,9 @@ pub fn quinn_server_config(
         .incoming_buffer_size_total(MAX_INCOMING as u64 * INCOMING_BUFFER);
     Ok(sc)
 }
+
+/// Flow-control window of the control stream and of the connection's stream data.
+const STREAM_WINDOW: u32 = 2 * duet_proto::MAX_CONTROL_FRAME as u32;
 
 /// Connection attempts quinn queues for the accept loop; beyond, it refuses them itself.
 const MAX_INCOMING: usize = 4096;
@@ -82,7 +92,62 @@ pub fn bind_endpoint(
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
-    quinn::Endpoint::new(ep, Some(server), socket.into(), runtime)
+    let socket = SegmentCap {
+        inner: runtime.wrap_udp_socket(socket.into())?,
+        max: MAX_SEND_SEGMENTS,
+    };
+    quinn::Endpoint::new_with_abstract_socket(ep, Some(server), Arc::new(socket), runtime)
+}
+
+/// Datagrams quinn may put in one send (GSO) per connection. quinn sizes each
+/// connection's send buffer for this many datagrams and keeps it for the connection's life:
+/// at its default (10, when the kernel offers GSO) that is 12 KiB per connection, the largest
+/// single item of an idle session's memory (see RESULTS.md, "QUIC memory"). Two keep the
+/// buffer at 2.4 KiB; one is not enough: with one, a 300 KB frame sent through the relay at
+/// once lost a dozen of its 261 datagrams on the receiving side every time
+/// (`testkit/tests/sdk_sessions.rs`, `signals_are_forwarded_verbatim_and_size_limited`).
+const MAX_SEND_SEGMENTS: usize = 2;
+
+/// The runtime's UDP socket, with quinn's GSO batch capped at `max` datagrams.
+#[derive(Debug)]
+struct SegmentCap {
+    inner: Arc<dyn quinn::AsyncUdpSocket>,
+    max: usize,
+}
+
+impl quinn::AsyncUdpSocket for SegmentCap {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments().min(self.max)
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
 }
 
 /// Takes each incoming connection attempt until shutdown: a Retry, a refusal, or a
