@@ -36,6 +36,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 1
 fi
 
+# The config target's seed is the example config (fuzz/src/write_seeds.rs copies it): a
+# stale copy would stop covering the keys added since.
+if ! cmp -s seeds/config/example ../relay/duet-relay.example.toml; then
+  echo "FAIL: fuzz/seeds/config/example differs from relay/duet-relay.example.toml (cp it, or run write_seeds)" >&2
+  exit 1
+fi
+
 echo "== fuzz: building ${#targets[@]} targets (release, address sanitizer)"
 T0=$SECONDS
 if ! cargo +nightly fuzz build --release > "${TMPDIR:-/tmp}/duet-fuzz-build.log" 2>&1; then
