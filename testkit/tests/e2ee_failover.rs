@@ -11,7 +11,9 @@ use duet_proto::NodeId;
 use duet_sdk::{Call, Client, ConnectOptions, Event, SdkError};
 use duet_testkit::fleet::{share_identity, Fleet};
 use duet_testkit::sdk::{deliver_frame, e2ee_config, issuer_keys, wait_for_event, SendFailure};
-use duet_testkit::{claims_builder, sid, RelayProcess, RelayUnderTest, TestRelay, STEP};
+use duet_testkit::{
+    claims_builder, sid, Honest, HostileRelay, RelayProcess, RelayUnderTest, TestRelay, STEP,
+};
 
 const MARKER: &[u8; 18] = b"FAILOVER-PLAINTEXT";
 
@@ -138,6 +140,86 @@ async fn a_draining_node_the_call_moves_to_the_next_with_the_same_code() -> Resu
             "plaintext forwarded"
         );
     }
+    Ok(())
+}
+
+/// The node a call moves to is hostile: a front holding the fleet's certificate stands
+/// where the SDKs' address book says n2 is, and it injects well-framed plaintext media into
+/// both endpoints once they are there. The moved call confirms its keys end to end, delivers
+/// only the peer's sealed frames (never the injected ones), and nothing crosses the front
+/// in the clear: a failover is no way around the end-to-end keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_next_node_cannot_make_a_moved_call_deliver_or_see_plaintext() -> Result<()> {
+    const INJECTED: &[u8] = b"INJECTED-PLAINTEXT";
+    let n1 = TestRelay::start_with(|c| c.node_id = "n1".into()).await;
+    let from = n1.data_dir().to_owned();
+    let n2 = TestRelay::start_with(move |c| {
+        c.node_id = "n2".into();
+        share_identity(&from, &c.data_dir).expect("one fleet");
+    })
+    .await;
+    let front = HostileRelay::start(n2.quic_addr(), n2.data_dir(), std::sync::Arc::new(Honest))?;
+    let opts = fleet_options(
+        n1.cert_pem(),
+        vec![(node("n1"), n1.quic_addr()), (node("n2"), front.addr())],
+    );
+    let (a, b) = pair(&n1, n1.quic_addr(), &opts, "failover-hostile").await?;
+    let code = a.security_code().context("a code")?;
+    exchange(&a, &b, 0).await?;
+    n1.relay.drain();
+    assert_moved(&a, &b, &code).await?;
+    assert!(
+        front.handle.legs() >= 2,
+        "both endpoints moved through the front"
+    );
+
+    let mut forged = vec![
+        duet_proto::MEDIA_VERSION,
+        duet_proto::MediaKind::Audio as u8,
+    ];
+    forged.extend_from_slice(&[0, 0, 0x7f, 0xff, 0, 0, 0, 1]);
+    forged.extend_from_slice(INJECTED);
+    for _ in 0..20 {
+        for leg in 0..front.handle.legs() {
+            front.handle.inject_datagram(leg, forged.clone().into());
+        }
+    }
+    for i in 20..30u8 {
+        let mut f = MARKER.to_vec();
+        f.push(i);
+        a.send_media(duet_proto::MediaKind::Audio, &f).await?;
+    }
+    let mut real = 0;
+    for call in [&b, &a] {
+        while let Ok(Ok(f)) =
+            tokio::time::timeout(Duration::from_millis(500), call.recv_media()).await
+        {
+            assert!(
+                !f.data.windows(INJECTED.len()).any(|w| w == INJECTED),
+                "injected plaintext was delivered"
+            );
+            assert!(f.data.starts_with(MARKER), "an unknown frame was delivered");
+            real += 1;
+        }
+    }
+    assert!(
+        real >= 8,
+        "{real} of 10 sealed frames delivered after the move"
+    );
+    // The injected frames reached the engines (so this test can fail) and were refused there.
+    let (sa, sb) = (
+        a.e2ee_stats().context("stats")?,
+        b.e2ee_stats().context("stats")?,
+    );
+    assert!(sa.rejected() + sb.rejected() >= 20, "{sa:?} {sb:?}");
+    assert!(
+        sa.confirmations >= 1 && sb.confirmations >= 1,
+        "{sa:?} {sb:?}"
+    );
+    assert!(
+        !front.handle.saw_in_datagrams(&MARKER[..10]),
+        "plaintext crossed the next node"
+    );
     Ok(())
 }
 
