@@ -54,19 +54,9 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-DATA=$(mktemp -d)
-timeout $((DUR_S + 600)) "$RELAY" serve --data-dir "$DATA" --listen 127.0.0.1:0 \
-  --ops-listen 127.0.0.1:0 >"$OUT/relay.out" 2>"$OUT/relay.err" &
-PIDS+=("$!")
-for _ in $(seq 1 100); do
-  grep -q "ops http" "$OUT/relay.out" 2>/dev/null && break
-  sleep 0.2
-done
-# The relay is `timeout`'s child: measure it, not `timeout`.
-RPID=$(pgrep -P "$!" -n)
-QUIC=$(awk '$1 == "quic" {print $2; exit}' "$OUT/relay.out")
-OPS=$(awk '$1 == "ops" && $2 == "http" {print $3; exit}' "$OUT/relay.out" | sed 's#http://##; s#/metrics##')
-[[ -n "$QUIC" && -n "$OPS" ]] || { echo "relay did not start"; cat "$OUT/relay.err"; exit 1; }
+# shellcheck source=lib/relay.sh
+source benches/lib/relay.sh
+start_relay $((DUR_S + 600))
 echo "relay pid $RPID quic $QUIC ops $OPS"
 
 metric() { # name -> sum of the series' values

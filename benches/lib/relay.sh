@@ -1,0 +1,28 @@
+# Sourced by the bench scripts that run one relay process on loopback (floods.sh, soak.sh):
+# starts it and reads where it listens, so each script states only its load.
+#
+#   start_relay SECS   runs `$RELAY serve` on ephemeral ports under `timeout SECS`, with its
+#                      data directory in $DATA (created) and its output in $OUT/relay.{out,err};
+#                      appends `timeout`'s pid to PIDS (the caller's cleanup trap kills it) and
+#                      sets RPID (the relay itself, not `timeout`), QUIC, FP (fast path) and OPS
+#                      (host:port of /metrics), or exits 1 with the relay's stderr.
+start_relay() {
+  DATA=$(mktemp -d)
+  timeout "$1" "$RELAY" serve --data-dir "$DATA" --listen 127.0.0.1:0 \
+    --ops-listen 127.0.0.1:0 >"$OUT/relay.out" 2>"$OUT/relay.err" &
+  local tpid=$!
+  PIDS+=("$tpid")
+  for _ in $(seq 1 100); do
+    grep -q "ops http" "$OUT/relay.out" 2>/dev/null && break
+    sleep 0.2
+  done
+  RPID=$(pgrep -P "$tpid" -n)
+  QUIC=$(awk '$1 == "quic" {print $2; exit}' "$OUT/relay.out")
+  FP=$(awk '$1 == "fast" && $2 == "path" {print $3; exit}' "$OUT/relay.out")
+  OPS=$(awk '$1 == "ops" && $2 == "http" {print $3; exit}' "$OUT/relay.out" | sed 's#http://##; s#/metrics##')
+  [[ -n "$RPID" && -n "$QUIC" && -n "$FP" && -n "$OPS" ]] || {
+    echo "relay did not start"
+    cat "$OUT/relay.err"
+    exit 1
+  }
+}
