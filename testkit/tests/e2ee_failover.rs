@@ -74,6 +74,18 @@ async fn wait_for(call: &Call, what: &str, f: impl Fn(&Event) -> bool) -> Result
     wait_for_event(call, what, 2 * STEP, f).await
 }
 
+/// Two in-process nodes of one fleet (one certificate, one token issuer), n1 and n2.
+async fn two_nodes() -> (TestRelay, TestRelay) {
+    let n1 = TestRelay::start_with(|c| c.node_id = "n1".into()).await;
+    let from = n1.data_dir().to_owned();
+    let n2 = TestRelay::start_with(move |c| {
+        c.node_id = "n2".into();
+        share_identity(&from, &c.data_dir).expect("one fleet");
+    })
+    .await;
+    (n1, n2)
+}
+
 async fn assert_moved(a: &Call, b: &Call, code: &duet_sdk::SecurityCode) -> Result<()> {
     for c in [a, b] {
         let ev = wait_for(c, "Migrated", |e| matches!(e, Event::Migrated { .. })).await?;
@@ -117,13 +129,7 @@ async fn a_killed_node_the_call_continues_on_the_next_with_the_same_code() -> Re
 /// n2 at once, same code, before the drain deadline ends the session there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_the_call_moves_to_the_next_with_the_same_code() -> Result<()> {
-    let n1 = TestRelay::start_with(|c| c.node_id = "n1".into()).await;
-    let from = n1.data_dir().to_owned();
-    let n2 = TestRelay::start_with(move |c| {
-        c.node_id = "n2".into();
-        share_identity(&from, &c.data_dir).expect("one fleet");
-    })
-    .await;
+    let (n1, n2) = two_nodes().await;
     let opts = fleet_options(
         n1.cert_pem(),
         vec![(node("n1"), n1.quic_addr()), (node("n2"), n2.quic_addr())],
@@ -151,13 +157,7 @@ async fn a_draining_node_the_call_moves_to_the_next_with_the_same_code() -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_next_node_cannot_make_a_moved_call_deliver_or_see_plaintext() -> Result<()> {
     const INJECTED: &[u8] = b"INJECTED-PLAINTEXT";
-    let n1 = TestRelay::start_with(|c| c.node_id = "n1".into()).await;
-    let from = n1.data_dir().to_owned();
-    let n2 = TestRelay::start_with(move |c| {
-        c.node_id = "n2".into();
-        share_identity(&from, &c.data_dir).expect("one fleet");
-    })
-    .await;
+    let (n1, n2) = two_nodes().await;
     let front = HostileRelay::start(n2.quic_addr(), n2.data_dir(), std::sync::Arc::new(Honest))?;
     let opts = fleet_options(
         n1.cert_pem(),
