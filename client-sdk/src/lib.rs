@@ -105,7 +105,7 @@ pub mod options;
 pub mod secure;
 pub mod tls;
 
-pub use call::{Call, CallStats, E2eeStats, Event, MAX_FRAMES_BEFORE_KEYS};
+pub use call::{Call, CallStats, E2eeStats, Event, Rebound, MAX_FRAMES_BEFORE_KEYS};
 pub use client::{Client, ResumeTicket};
 pub use e2ee::{
     CallOptions, CipherSuite, E2eeUnavailable, HandshakeError, IdentityCheck, IdentityKey,

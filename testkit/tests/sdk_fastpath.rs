@@ -319,6 +319,56 @@ async fn rebind_moves_the_binding_to_a_new_port_and_media_continues() -> Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rebind_moves_both_sockets_and_media_stays_on_the_fast_path() -> Result<()> {
+    let relay = start(|_| {}).await;
+    let r = &relay;
+    let (a, b) = pair(
+        r,
+        "fp-rebind-both",
+        (FastPathMode::Prefer, FastPathMode::Prefer),
+    )
+    .await?;
+    let first = bound(&a).await?;
+    bound(&b).await?;
+    frames_flow(&a, &b, 0).await?;
+    let (old_quic, old_fast) = (
+        a.quic_local_addr().context("a QUIC socket")?,
+        a.fast_path_local_addr().context("a fast-path socket")?,
+    );
+    let conn = a.connection().stable_id();
+
+    let moved = tokio::time::timeout(STEP, a.rebind())
+        .await
+        .context("rebind timed out")??;
+    assert_ne!(moved.quic.port(), old_quic.port(), "a new QUIC port");
+    assert_eq!(a.quic_local_addr(), Some(moved.quic));
+    let new_fast = moved.fast_path.context("the call has a fast path")??;
+    assert_ne!(new_fast.port(), old_fast.port(), "a new fast-path port");
+    assert_eq!(a.fast_path_local_addr(), Some(new_fast));
+    assert_eq!(a.transport(), Transport::FastPath);
+    assert_ne!(
+        bound(&a).await?,
+        first,
+        "the relay saw the new fast-path source"
+    );
+    assert_eq!(
+        a.connection().stable_id(),
+        conn,
+        "QUIC migrated, no new connection"
+    );
+
+    let fp_before = metric(r, FP_FORWARDED, &[]);
+    frames_flow(&a, &b, 20).await?;
+    frames_flow(&b, &a, 30).await?;
+    assert!(metric(r, FP_FORWARDED, &[]) >= fp_before + 16.0);
+    // Control still reaches the relay over the migrated connection.
+    a.ping()
+        .await
+        .context("a control round trip after the move")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_relay_fast_path_prefer_stays_on_quic() -> Result<()> {
     let relay = start(|c| c.fast_path.enabled = false).await;
     let r = &relay;

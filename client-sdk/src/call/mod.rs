@@ -169,6 +169,16 @@ pub(crate) struct Joining {
     pub joined: Joined,
 }
 
+/// Where [`Call::rebind`] moved the call's sockets.
+#[derive(Debug)]
+pub struct Rebound {
+    /// The QUIC connection's new local address.
+    pub quic: SocketAddr,
+    /// The fast path's new local address, or why it stayed on QUIC; `None` when the call
+    /// has no fast path.
+    pub fast_path: Option<Result<SocketAddr, SdkError>>,
+}
+
 /// A joined call. Dropping it closes the connection without `Leave`, which the relay
 /// treats as a lost connection (the place is kept for `resume`).
 pub struct Call {
@@ -445,8 +455,7 @@ impl Call {
     /// relay validates the new path and carries on with the same connection, so the call
     /// keeps its keys, epochs and security code with no new join or handshake. Datagrams
     /// already on their way to the old socket are lost. Returns the new local address.
-    /// The fast path has a socket of its own: after a network change call
-    /// [`Call::rebind_fast_path`] too.
+    /// The fast path has a socket of its own: [`Call::rebind`] moves both.
     ///
     /// Errors: [`SdkError::Io`] when no new socket could be bound (the old one stays).
     pub fn rebind_quic(&self) -> Result<SocketAddr, SdkError> {
@@ -455,6 +464,25 @@ impl Call {
         let socket = std::net::UdpSocket::bind(SocketAddr::new(old.ip(), 0))?;
         link.endpoint.rebind(socket)?;
         Ok(link.endpoint.local_addr()?)
+    }
+
+    /// For a network change the app learned about: moves both of the call's sockets,
+    /// QUIC first ([`Call::rebind_quic`], at once) and then the fast path's, when the call
+    /// has one ([`Call::rebind_fast_path`], which waits for the relay's confirmation;
+    /// media goes over QUIC meanwhile). One call for what a network change needs, so an app
+    /// cannot move one transport and forget the other.
+    ///
+    /// Errors: only the QUIC move's ([`SdkError::Io`]; then nothing moved). A failed
+    /// fast-path move is reported in [`Rebound::fast_path`]: the call carries on over QUIC.
+    pub async fn rebind(&self) -> Result<Rebound, SdkError> {
+        let quic = self.rebind_quic()?;
+        let has_fast_path = self.shared().fast.is_some();
+        let fast_path = if has_fast_path {
+            Some(self.rebind_fast_path().await)
+        } else {
+            None
+        };
+        Ok(Rebound { quic, fast_path })
     }
 
     /// The next event. Events live in the engine, so none is lost across a resume; the
