@@ -86,7 +86,7 @@ awk -v hz="$(getconf CLK_TCK)" '
     # hold: the samples after the window (keepalives of the held calls) up to 2 s later
     e=b; for (i=b;i<=n;i++) if (t[i]-t[b] <= 2.0) e=i
     hold=(e>b)? (c[e]-c[b])/hz/(t[e]-t[b]) : 0
-    printf "joins %d in %.2f s (%.0f/s); relay CPU %.3f s = %.0f us/join; UDP datagrams in (box: the relay's both ways) %d = %.1f/join; hold after: %.3f CPU s/s\n", joins, secs, joins/secs, cpu, cpu*1e6/joins, udp, udp/joins, hold
+    printf "joins %d in %.2f s (%.0f/s); relay CPU %.3f s = %.0f us/join; UDP datagrams in (box, = relay in + out) %d = %.1f/join; hold after: %.3f CPU s/s\n", joins, secs, joins/secs, cpu, cpu*1e6/joins, udp, udp/joins, hold
   }' "$OUT/samples.tsv" | tee "$OUT/summary.txt"
 jq -c '{join: (.join | {count, p50_ms, p99_ms, max_ms}), calls: .calls, relays: [.relays[] | {cpu_seconds}], lag: .generator.send_lag.p99_ms}' "$OUT/report.json" 2>/dev/null | head -c 1500 || true
 echo
