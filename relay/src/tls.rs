@@ -297,6 +297,13 @@ pub fn server_config(
         .with_cert_resolver(Arc::new(Resolver(store)));
     cfg.alpn_protocols = vec![duet_proto::ALPN.to_vec()];
     cfg.max_early_data_size = 0;
+    // No TLS resumption: the SDK builds a fresh client config (and session cache) for each
+    // connection, so a ticket is never presented again. rustls' default of two tickets per
+    // handshake cost every join two stores into a locked 256-entry cache, four random draws,
+    // two resumption-secret derivations and ~200 bytes of CRYPTO frames for nothing (see
+    // RESULTS.md, "Relay CPU per join, session 3").
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(cfg)
 }
 
@@ -372,6 +379,93 @@ mod tests {
         let e = store.reload().unwrap_err();
         assert!(e.to_string().contains("expired"), "{e}");
         assert_eq!(store.cert_pem(), before, "the old certificate stays");
+    }
+
+    /// Remembers every TLS 1.3 ticket the server hands a client.
+    #[derive(Debug, Default)]
+    struct TicketCount(std::sync::atomic::AtomicUsize);
+
+    impl rustls::client::ClientSessionStore for TicketCount {
+        fn set_kx_hint(&self, _: rustls::pki_types::ServerName<'static>, _: NamedGroup) {}
+        fn kx_hint(&self, _: &rustls::pki_types::ServerName<'_>) -> Option<NamedGroup> {
+            None
+        }
+        fn set_tls12_session(
+            &self,
+            _: rustls::pki_types::ServerName<'static>,
+            _: rustls::client::Tls12ClientSessionValue,
+        ) {
+        }
+        fn tls12_session(
+            &self,
+            _: &rustls::pki_types::ServerName<'_>,
+        ) -> Option<rustls::client::Tls12ClientSessionValue> {
+            None
+        }
+        fn remove_tls12_session(&self, _: &rustls::pki_types::ServerName<'static>) {}
+        fn insert_tls13_ticket(
+            &self,
+            _: rustls::pki_types::ServerName<'static>,
+            _: rustls::client::Tls13ClientSessionValue,
+        ) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn take_tls13_ticket(
+            &self,
+            _: &rustls::pki_types::ServerName<'static>,
+        ) -> Option<rustls::client::Tls13ClientSessionValue> {
+            None
+        }
+    }
+
+    /// Catches the old behaviour: rustls' default sent two resumption tickets per handshake
+    /// (stored, derived and sent for every join) that no Duet client ever presents.
+    #[test]
+    fn handshakes_issue_no_resumption_tickets() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
+        let metrics = RelayMetrics::new();
+        let provider = Arc::new(provider(&metrics));
+        let store =
+            Arc::new(CertStore::load(CertPaths::resolve(&cfg).unwrap(), provider.clone()).unwrap());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut store.cert_pem().as_slice()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let tickets = Arc::new(TicketCount::default());
+        let mut client_cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client_cfg.alpn_protocols = vec![duet_proto::ALPN.to_vec()];
+        client_cfg.resumption = rustls::client::Resumption::store(tickets.clone());
+        let server_cfg = Arc::new(server_config(provider, store).unwrap());
+        let mut client =
+            rustls::ClientConnection::new(Arc::new(client_cfg), "localhost".try_into().unwrap())
+                .unwrap();
+        let mut server = rustls::ServerConnection::new(server_cfg).unwrap();
+        // Shuttle bytes both ways until neither side has anything more to say: the tickets,
+        // if any, follow the client's Finished.
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).unwrap();
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            let mut buf = Vec::new();
+            server.write_tls(&mut buf).unwrap();
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+        assert_eq!(
+            tickets.0.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "no resumption tickets"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! One connection's life on the QUIC side: the handshake, the one control stream (bytes in,
-//! decoded messages to the session core; the core's messages out through one writer task),
-//! the media task beside it, and the cleanup when the connection goes.
+//! decoded messages to the session core; the core's messages out through one writer, a future
+//! of the same task), the media task beside it, and the cleanup when the connection goes.
 //!
 //! Owns framing and task plumbing only: what a message means, when a connection is refused
 //! or times out, is the core's (`session`). The handshake itself is bounded by the join
@@ -47,24 +47,41 @@ pub(crate) async fn run_connection(driver: Arc<Driver>, incoming: quinn::Incomin
 
     // A connection that never opens its stream is closed by the core's join deadline,
     // which ends this wait.
-    let writer = match conn.accept_bi().await {
+    match conn.accept_bi().await {
         Ok((send, recv)) => {
             let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
             link.attach(tx);
-            let writer = tokio::spawn(writer(send, rx, conn.clone()));
-            read_control(&driver, id, &conn, recv).await;
-            Some(writer)
+            // Reader and writer are two futures of this one task, not two tasks: a task
+            // spawned per connection was an allocation and a scheduling round per join, and
+            // its memory per idle session. They still run concurrently (a write waiting on
+            // the peer's flow control does not stop the reading).
+            let (read_done, read_over) = oneshot::channel::<()>();
+            let read = async {
+                read_control(&driver, id, &conn, recv).await;
+                media.abort();
+                driver.disconnect(id);
+                let _ = read_done.send(());
+            };
+            let write = async {
+                // Once reading is over, the writer gets 2 s more to flush what it was
+                // asked to (a refusal, SessionEnded).
+                let grace = async {
+                    let _ = read_over.await;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                };
+                tokio::select! {
+                    () = writer(send, rx, conn.clone()) => {}
+                    () = grace => {}
+                }
+            };
+            tokio::join!(read, write);
         }
-        Err(_) => None,
-    };
-
-    media.abort();
-    driver.disconnect(id);
-    if let Some(writer) = writer {
-        // Let the writer flush what it was asked to (a refusal, SessionEnded), then make
-        // sure the connection is closed.
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        Err(_) => {
+            media.abort();
+            driver.disconnect(id);
+        }
     }
+    // Whatever the writer did, the connection is closed now.
     conn.close(VarInt::from_u32(CloseCode::Gone.to_u32()), b"gone");
     m.connections.decrement(1.0);
 }

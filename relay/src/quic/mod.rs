@@ -10,9 +10,9 @@
 //! peer's connection or to its fast-path binding), `bridge` (fast path -> QUIC: the session
 //! routes the fast-path workers reach, and bind confirmations).
 //!
-//! Per connection: one control task (reads the one bidirectional stream), one writer task
-//! (the only writer of that stream), one media task (reads datagrams and hands the same
-//! `Bytes` to the peer). One timer task per relay. Routing a datagram takes no lock: each
+//! Per connection: one control task (reads the one bidirectional stream and, in a second
+//! future of the same task, is the only writer of that stream), one media task (reads
+//! datagrams and hands the same `Bytes` to the peer). One timer task per relay. Routing a datagram takes no lock: each
 //! session keeps an `ArcSwapOption` per slot.
 
 pub(crate) mod admission;
