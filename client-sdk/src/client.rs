@@ -2,10 +2,12 @@
 //! [`crate::tls`], so the hop negotiates X25519MLKEM768 first), then `Join` on the control
 //! stream.
 //!
-//! Owns the connection and the join exchange; trust and TLS settings are [`crate::tls`]'s. What
+//! Owns the connection, the join exchange and [`SharedEndpoint`] (one socket and one TLS
+//! configuration for many clients); trust and TLS settings are [`crate::tls`]'s. What
 //! happens after `Joined` belongs to `Call`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use duet_proto::control::encode;
@@ -38,6 +40,11 @@ pub struct Client {
 
 impl Client {
     /// Connects to the relay at `relay` (QUIC, TLS 1.3, ALPN `duet/1`). Not joined yet.
+    ///
+    /// By default the client binds its own UDP socket and QUIC endpoint and builds its TLS
+    /// configuration from `opts.trusted_cert_pem`; with [`ConnectOptions::endpoint`] set it
+    /// connects through that [`SharedEndpoint`] instead (no socket, driver or PEM parsing
+    /// of its own).
     pub async fn connect(
         relay: SocketAddr,
         token: impl Into<String>,
@@ -48,9 +55,15 @@ impl Client {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let mut endpoint = quinn::Endpoint::client(bind)?;
-        endpoint.set_default_client_config(crate::tls::quic_client_config(&opts)?);
-        let connecting = endpoint.connect(relay, &opts.server_name)?;
+        let (endpoint, connecting) = match &opts.endpoint {
+            Some(shared) => (shared.endpoint.clone(), shared.connect(relay, &opts)?),
+            None => {
+                let mut endpoint = quinn::Endpoint::client(bind)?;
+                endpoint.set_default_client_config(crate::tls::quic_client_config(&opts)?);
+                let connecting = endpoint.connect(relay, &opts.server_name)?;
+                (endpoint, connecting)
+            }
+        };
         let conn = tokio::time::timeout(opts.join_timeout, connecting)
             .await
             .map_err(|_| SdkError::Timeout("the QUIC handshake"))??;
@@ -218,6 +231,140 @@ impl Client {
             conn,
             streams: (send, recv, decoder),
             joined,
+        })
+    }
+}
+
+/// One QUIC endpoint (one UDP socket and its driver task) and one TLS client configuration,
+/// shared by many clients: an app holding several calls at once, or a load generator that
+/// simulates many devices. Put it in [`ConnectOptions::endpoint`]: every
+/// [`Client::connect`] with those options, and every resume or move of the calls they
+/// start, then connects through it instead of binding a socket, spawning an endpoint
+/// driver and parsing the trusted PEM for each connection. Cloning it is cheap (the clones
+/// are the same endpoint); the socket closes when the last clone and the last connection
+/// on it are gone.
+///
+/// Connections on one endpoint are told apart by their QUIC connection ids, so calls that
+/// share it never see each other's media or control. They share one local port, so
+/// [`Call::rebind_quic`] (which would move the socket of every call on it) is refused with
+/// [`SdkError::EndpointShared`].
+///
+/// TLS session resumption is **off** unless asked for: every connection makes a full TLS
+/// 1.3 handshake (certificate check, hybrid key exchange), as a device's first connection
+/// does, so sharing an endpoint makes nothing look cheaper than it is.
+/// [`SharedEndpointBuilder::tls_resumption`] turns it on (later connections then resume
+/// sessions from tickets the relay gave earlier ones on this endpoint).
+///
+/// Trust is the endpoint's: `ConnectOptions::trusted_cert_pem` may be `None` with it; when
+/// given, it must be the PEM the endpoint was built with ([`SdkError::Certificate`]
+/// otherwise, so no connection silently trusts something else). The transport settings
+/// (keep-alive, idle timeout) still come from each connection's own options.
+#[derive(Clone)]
+pub struct SharedEndpoint {
+    endpoint: quinn::Endpoint,
+    crypto: Arc<quinn::crypto::rustls::QuicClientConfig>,
+    trusted: Arc<[u8]>,
+    tls_resumption: bool,
+}
+
+impl std::fmt::Debug for SharedEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedEndpoint")
+            .field("local_addr", &self.endpoint.local_addr().ok())
+            .field("tls_resumption", &self.tls_resumption)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of a [`SharedEndpoint`]: see [`SharedEndpoint::builder`].
+#[derive(Debug, Clone)]
+pub struct SharedEndpointBuilder {
+    trusted_cert_pem: Vec<u8>,
+    local: SocketAddr,
+    tls_resumption: bool,
+}
+
+impl SharedEndpoint {
+    /// An endpoint trusting `trusted_cert_pem` (the relay's certificate or its CA's), bound
+    /// to `0.0.0.0:0` unless [`SharedEndpointBuilder::local_addr`] says otherwise, TLS
+    /// session resumption off.
+    pub fn builder(trusted_cert_pem: impl Into<Vec<u8>>) -> SharedEndpointBuilder {
+        SharedEndpointBuilder {
+            trusted_cert_pem: trusted_cert_pem.into(),
+            local: (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            tls_resumption: false,
+        }
+    }
+
+    /// The local address of the shared socket.
+    pub fn local_addr(&self) -> Result<SocketAddr, SdkError> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Whether connections on this endpoint may resume earlier TLS sessions.
+    pub fn tls_resumption(&self) -> bool {
+        self.tls_resumption
+    }
+
+    /// QUIC connections open on this endpoint now (all clients, all calls).
+    pub fn open_connections(&self) -> usize {
+        self.endpoint.open_connections()
+    }
+
+    /// Starts a connection to `relay` with `opts`' transport settings and this endpoint's
+    /// trust.
+    fn connect(
+        &self,
+        relay: SocketAddr,
+        opts: &ConnectOptions,
+    ) -> Result<quinn::Connecting, SdkError> {
+        if let Some(pem) = &opts.trusted_cert_pem {
+            if pem.as_slice() != &*self.trusted {
+                return Err(SdkError::Certificate(
+                    "the options trust another certificate than their shared endpoint".into(),
+                ));
+            }
+        }
+        let cfg = crate::tls::quic_client_config_with(self.crypto.clone(), opts);
+        Ok(self.endpoint.connect_with(cfg, relay, &opts.server_name)?)
+    }
+}
+
+impl SharedEndpointBuilder {
+    /// Where to bind the shared socket (e.g. `[::]:0` to reach IPv6 relays).
+    pub fn local_addr(mut self, local: SocketAddr) -> Self {
+        self.local = local;
+        self
+    }
+
+    /// Lets connections resume TLS sessions of earlier connections on this endpoint
+    /// (cheaper handshakes; off by default, see [`SharedEndpoint`]).
+    pub fn tls_resumption(mut self, on: bool) -> Self {
+        self.tls_resumption = on;
+        self
+    }
+
+    /// Parses the PEM, builds the TLS configuration and binds the socket. Must run inside
+    /// a tokio runtime (the endpoint's driver is spawned on it).
+    ///
+    /// Errors: [`SdkError::Certificate`] for an unusable PEM, [`SdkError::Tls`] for a TLS
+    /// setup failure, [`SdkError::Io`] when the socket cannot be bound.
+    pub fn build(self) -> Result<SharedEndpoint, SdkError> {
+        let mut tls = crate::tls::tls_client_config(&ConnectOptions::trusting(
+            self.trusted_cert_pem.clone(),
+        ))?;
+        if !self.tls_resumption {
+            // One config serves every connection, so its session cache would make all but
+            // the first handshake a resumption: not what a device's first join costs.
+            tls.resumption = rustls::client::Resumption::disabled();
+        }
+        let crypto = crate::tls::quic_crypto(tls)?;
+        let endpoint = quinn::Endpoint::client(self.local)?;
+        Ok(SharedEndpoint {
+            endpoint,
+            crypto,
+            trusted: self.trusted_cert_pem.into(),
+            tls_resumption: self.tls_resumption,
         })
     }
 }

@@ -76,6 +76,10 @@ pub enum SdkError {
     /// its socket failed). Media stays on QUIC datagrams; the call carries on.
     #[error("the fast path is unavailable: {0}")]
     FastPathUnavailable(String),
+    /// The operation would act on a [`crate::SharedEndpoint`]'s socket, which other
+    /// connections use too (e.g. `Call::rebind_quic`).
+    #[error("the QUIC endpoint is shared with other connections: cannot {0}")]
+    EndpointShared(&'static str),
 }
 
 /// Why a call could not continue on a new connection.

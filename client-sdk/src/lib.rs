@@ -106,7 +106,7 @@ pub mod secure;
 pub mod tls;
 
 pub use call::{Call, CallStats, E2eeStats, Event, Rebound, MAX_FRAMES_BEFORE_KEYS};
-pub use client::{Client, ResumeTicket};
+pub use client::{Client, ResumeTicket, SharedEndpoint, SharedEndpointBuilder};
 pub use e2ee::{
     CallOptions, CipherSuite, E2eeUnavailable, HandshakeError, IdentityCheck, IdentityKey,
     IdentityPolicy, PeerIdentity, RekeyPolicy, SecurityCode, UnavailableReason,

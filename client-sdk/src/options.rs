@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+pub use crate::client::SharedEndpoint;
 pub use crate::fastpath::FastPathMode;
 
 /// Options for `Client::connect`.
@@ -42,6 +43,10 @@ pub struct ConnectOptions {
     /// With `nodes` set: how a silent relay is told from a slow path, well before
     /// `idle_timeout`. See [`DeadRelay`].
     pub dead_relay: DeadRelay,
+    /// Connect through this shared QUIC endpoint (one socket and one TLS configuration for
+    /// many clients) instead of one of the client's own. `None` (the default): each client
+    /// binds its own socket. See [`SharedEndpoint`].
+    pub endpoint: Option<SharedEndpoint>,
 }
 
 /// How a call (with [`ConnectOptions::nodes`] set) decides that its relay is dead from the
@@ -107,6 +112,7 @@ impl Default for ConnectOptions {
             idle_timeout: Duration::from_secs(15),
             nodes: Vec::new(),
             dead_relay: DeadRelay::default(),
+            endpoint: None,
         }
     }
 }

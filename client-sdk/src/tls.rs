@@ -51,9 +51,29 @@ pub fn tls_client_config(opts: &ConnectOptions) -> Result<rustls::ClientConfig, 
 /// The quinn client config: [`tls_client_config`], keep-alive every `opts.keep_alive`, and
 /// datagram buffers with room for a keyframe burst both ways.
 pub fn quic_client_config(opts: &ConnectOptions) -> Result<quinn::ClientConfig, SdkError> {
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls_client_config(opts)?)
-        .map_err(|e| SdkError::Tls(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    Ok(quic_client_config_with(
+        quic_crypto(tls_client_config(opts)?)?,
+        opts,
+    ))
+}
+
+/// [`tls_client_config`] wrapped for QUIC. Building it parses the PEM and sets up the
+/// provider, so a [`crate::SharedEndpoint`] builds it once for all its connections.
+pub fn quic_crypto(
+    tls: rustls::ClientConfig,
+) -> Result<Arc<quinn::crypto::rustls::QuicClientConfig>, SdkError> {
+    quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map(Arc::new)
+        .map_err(|e| SdkError::Tls(e.to_string()))
+}
+
+/// The quinn client config over an already built TLS config (see [`quic_crypto`]), with the
+/// transport settings of `opts`.
+pub fn quic_client_config_with(
+    crypto: Arc<quinn::crypto::rustls::QuicClientConfig>,
+    opts: &ConnectOptions,
+) -> quinn::ClientConfig {
+    let mut cfg = quinn::ClientConfig::new(crypto);
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(opts.keep_alive));
     if let Ok(idle) = quinn::IdleTimeout::try_from(opts.idle_timeout) {
@@ -63,5 +83,5 @@ pub fn quic_client_config(opts: &ConnectOptions) -> Result<quinn::ClientConfig, 
     transport.datagram_receive_buffer_size(Some(4 << 20));
     transport.datagram_send_buffer_size(4 << 20);
     cfg.transport_config(Arc::new(transport));
-    Ok(cfg)
+    cfg
 }

@@ -355,6 +355,17 @@ pub struct RunArgs {
     /// Worker threads of the client runtime (default: CPUs)
     #[arg(long)]
     pub client_threads: Option<usize>,
+    /// QUIC endpoints (UDP sockets) the clients share, round robin: each builds its TLS
+    /// config once, so a join costs the generator no socket, endpoint task or PEM parsing
+    /// of its own (every join still makes a full TLS handshake; see --tls-resumption).
+    /// 0: a socket of its own per client, as on separate devices (one descriptor each)
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub endpoints: u16,
+    /// With --endpoints: let joins resume TLS sessions of earlier joins on the same endpoint
+    /// (cheaper for the relay and the generator than a device's first join, so off by
+    /// default; the report's generator.tls_resumption says which)
+    #[arg(long)]
+    pub tls_resumption: bool,
     /// Worker threads of the embedded relay (default: CPUs)
     #[arg(long)]
     pub relay_threads: Option<usize>,
@@ -410,6 +421,8 @@ mod tests {
         assert_eq!(c.run.calls, 20);
         assert_eq!(c.run.duration, Duration::from_secs(10));
         assert_eq!(c.run.profile, Profile::Video);
+        assert_eq!(c.run.endpoints, 4);
+        assert!(!c.run.tls_resumption, "full TLS handshakes unless asked");
         let m = Cli::try_parse_from(["duet-loadtest", "merge", "a.json", "b.json", "-o", "m.json"])
             .unwrap();
         assert!(matches!(m.cmd, Some(Cmd::Merge(ref a)) if a.inputs.len() == 2));

@@ -77,10 +77,11 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
             ));
         }
     }
-    // Every endpoint holds one UDP socket: warn before the run instead of failing mid-ramp.
+    // Without shared endpoints every client holds one UDP socket: warn before the run
+    // instead of failing mid-ramp.
     if let Some(limit) = resources::raise_fd_limit() {
         let need = a.calls.saturating_mul(2).saturating_add(64);
-        if need > limit {
+        if a.endpoints == 0 && need > limit {
             eprintln!(
                 "warning: {} calls need about {need} open files; the limit is {limit} \
                  (raise it with ulimit -n), so some joins will fail with `io`/`connect`",
@@ -137,6 +138,8 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
         dead_probe_after: a.dead_probe_after,
         progress: a.progress,
         client_threads,
+        endpoints: usize::from(a.endpoints),
+        tls_resumption: a.tls_resumption,
         transport: match a.transport {
             Transport::QuicDatagram => "quic-datagram".into(),
             Transport::FastPath => "fast-path".into(),

@@ -230,6 +230,14 @@ pub struct GeneratorReport {
     /// CPU seconds of the generator's own threads (clients, not the embedded relay).
     pub cpu_seconds: Option<f64>,
     pub client_threads: u64,
+    /// Shared QUIC endpoints (UDP sockets) the clients connected through (`--endpoints`);
+    /// 0: a socket of its own per client, as on separate devices.
+    #[serde(default)]
+    pub quic_endpoints: u64,
+    /// Whether clients on a shared endpoint could resume earlier TLS sessions
+    /// (`--tls-resumption`); false: every join made a full TLS handshake.
+    #[serde(default)]
+    pub tls_resumption: bool,
     /// How late frames left versus their schedule: a high p99 means the generator was
     /// saturated and the numbers measure it, not the relay.
     pub send_lag: HistSummary,
@@ -240,6 +248,8 @@ impl Default for GeneratorReport {
         Self {
             cpu_seconds: None,
             client_threads: 0,
+            quic_endpoints: 0,
+            tls_resumption: false,
             send_lag: HistSummary::empty(),
         }
     }
@@ -407,6 +417,8 @@ impl Report {
             (a, b) => a.or(b),
         };
         g.client_threads += other.generator.client_threads;
+        g.quic_endpoints += other.generator.quic_endpoints;
+        g.tls_resumption |= other.generator.tls_resumption;
         g.send_lag = merge_summaries(&g.send_lag, &other.generator.send_lag)?;
         // Each generator observed its relays on its own; keep every observation.
         self.relays.extend(other.relays.iter().cloned());

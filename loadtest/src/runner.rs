@@ -23,8 +23,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use duet_proto::{DeviceId, MediaKind, NodeId, SessionId, SigningKey, UserId};
 use duet_relay::RelayHandle;
-use duet_sdk::{Call, Client, ConnectOptions, E2eeConfig, Event, IdentityKey, SdkError};
-use tokio::sync::watch;
+use duet_sdk::{
+    Call, Client, ConnectOptions, E2eeConfig, Event, IdentityKey, SdkError, SharedEndpoint,
+};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 use crate::chaos::{self, ChaosSpec};
@@ -51,6 +53,8 @@ pub enum RunError {
     Report(#[from] ReportError),
     #[error(transparent)]
     Hist(#[from] HistError),
+    #[error("cannot set up a shared QUIC endpoint: {0}")]
+    Endpoint(SdkError),
 }
 
 /// Everything `run` needs besides the target.
@@ -74,6 +78,11 @@ pub struct RunOptions {
     pub dead_probe_after: Option<Duration>,
     pub progress: ProgressMode,
     pub client_threads: usize,
+    /// Shared QUIC endpoints the clients connect through, round robin (`--endpoints`);
+    /// 0: a socket and a TLS config of its own per client.
+    pub endpoints: usize,
+    /// Let clients on a shared endpoint resume TLS sessions (`--tls-resumption`).
+    pub tls_resumption: bool,
     pub transport: String,
     pub relay_pids: Vec<u32>,
     pub relay_metrics: Vec<SocketAddr>,
@@ -106,6 +115,8 @@ struct Ctx {
     /// Nodes with an id, for the SDK's failover (empty: no node ids, no failover).
     address_book: Vec<(NodeId, SocketAddr)>,
     cert_pem: Vec<u8>,
+    /// `--endpoints` of them (empty: each client binds its own).
+    shared: Vec<SharedEndpoint>,
     key: SigningKey,
     server_name: String,
     col: Arc<Collector>,
@@ -115,8 +126,17 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn connect_options(&self) -> ConnectOptions {
+    /// The options of client number `n` (two per call): through shared endpoint
+    /// `n % endpoints` when there are shared endpoints.
+    fn connect_options(&self, n: u64) -> ConnectOptions {
         let sdk = ConnectOptions::default();
+        let base = match self.shared.len() {
+            0 => ConnectOptions::trusting(self.cert_pem.clone()),
+            len => ConnectOptions {
+                endpoint: self.shared.get((n % len as u64) as usize).cloned(),
+                ..sdk.clone()
+            },
+        };
         ConnectOptions {
             idle_timeout: self.opts.idle_timeout.unwrap_or(sdk.idle_timeout),
             keep_alive: self.opts.keep_alive.unwrap_or(sdk.keep_alive),
@@ -136,7 +156,7 @@ impl Ctx {
                     .unwrap_or(sdk.dead_relay.probe_after),
                 ..sdk.dead_relay
             },
-            ..ConnectOptions::trusting(self.cert_pem.clone())
+            ..base
         }
     }
 }
@@ -169,6 +189,8 @@ async fn until(phase: &mut watch::Receiver<Phase>, f: impl FnMut(&Phase) -> bool
 struct SideState {
     sent: AtomicU64,
     done: AtomicBool,
+    /// Wakes the other side's receiver when `done` is set, so it needs no polling timer.
+    done_notify: Notify,
 }
 
 async fn endpoint(
@@ -185,7 +207,8 @@ async fn endpoint(
     };
     let token = mint(&ctx.key, session, &user, &device, candidates, ctx.token_ttl);
     let t = Instant::now();
-    let client = Client::connect(node.addr, token, ctx.connect_options()).await?;
+    let n = call_no * 2 + u64::from(side == "b");
+    let client = Client::connect(node.addr, token, ctx.connect_options(n)).await?;
     // With E2EE the join time includes the key agreement with the peer (both endpoints
     // join concurrently), which is what a user waits for before media flows.
     let call = if ctx.opts.e2ee {
@@ -273,6 +296,7 @@ async fn call_task(i: u64, ctx: Arc<Ctx>) {
                     }
                 );
                 sides[s].done.store(true, Relaxed);
+                sides[s].done_notify.notify_waiters();
             };
             tokio::join!(
                 senders,
@@ -377,27 +401,37 @@ async fn receiver(ctx: &Ctx, call: &Call, i: u64, peer: &SideState) {
     let (mut last_at, mut max_gap): (Option<Instant>, Option<Duration>) = (None, None);
     let mut drain_until: Option<Instant> = None;
     let hard_stop = ctx.stop_at + ctx.opts.drain;
+    let mut phase = ctx.phase.clone();
     loop {
+        // Registered before the checks below, so a peer finishing in between still wakes
+        // this receiver: it waits on its frames, the peer, the phase and its one deadline,
+        // with no polling timer (an idle call at 10,000 calls costs nothing between frames).
+        let peer_done = peer.done_notify.notified();
+        tokio::pin!(peer_done);
+        peer_done.as_mut().enable();
         if *ctx.phase.borrow() == Phase::Abort {
             break;
         }
-        if peer.done.load(Relaxed) {
+        let deadline = if peer.done.load(Relaxed) {
             if received >= peer.sent.load(Relaxed) {
                 break;
             }
-            let until = *drain_until.get_or_insert_with(|| Instant::now() + ctx.opts.drain);
-            if Instant::now() >= until {
-                break;
-            }
-        } else if Instant::now() >= hard_stop {
-            // The peer's senders are stuck (blocked sends); stop waiting for them.
+            *drain_until.get_or_insert_with(|| Instant::now() + ctx.opts.drain)
+        } else {
+            // Past this the peer's senders are stuck (blocked sends); stop waiting for them.
+            hard_stop
+        };
+        if Instant::now() >= deadline {
             break;
         }
-        // A short timeout so the exit conditions above are re-checked while idle.
-        let frame = match tokio::time::timeout(Duration::from_millis(50), call.recv_media()).await {
-            Err(_) => continue,
-            Ok(Err(_)) => break,
-            Ok(Ok(f)) => f,
+        let frame = tokio::select! {
+            r = call.recv_media() => match r {
+                Err(_) => break,
+                Ok(f) => f,
+            },
+            _ = &mut peer_done => continue,
+            _ = until(&mut phase, |p| *p == Phase::Abort) => break,
+            _ = tokio::time::sleep_until(deadline.into()) => continue,
         };
         let recv_us = now_us();
         let now = Instant::now();
@@ -477,6 +511,28 @@ async fn signal() {
     }
 }
 
+/// The `--endpoints` shared QUIC endpoints, bound on the address family of the first relay
+/// (the generator's clients then cost no socket, endpoint driver or PEM parsing each).
+fn shared_endpoints(
+    opts: &RunOptions,
+    target: &RunTarget,
+) -> Result<Vec<SharedEndpoint>, SdkError> {
+    let v6 = target.nodes.first().is_some_and(|n| n.addr.is_ipv6());
+    let local: SocketAddr = if v6 {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    (0..opts.endpoints)
+        .map(|_| {
+            SharedEndpoint::builder(target.cert_pem.clone())
+                .local_addr(local)
+                .tls_resumption(opts.tls_resumption)
+                .build()
+        })
+        .collect()
+}
+
 /// Runs the load and returns its report (partial if stopped early). Must run inside the
 /// client runtime.
 pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError> {
@@ -495,6 +551,7 @@ pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError
     let stop_at = t0 + ramp_time + opts.duration;
     let hard_deadline = stop_at + opts.grace;
     let col = Arc::new(Collector::new());
+    let shared = shared_endpoints(&opts, &target).map_err(RunError::Endpoint)?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let ctx = Arc::new(Ctx {
         node_names: target.nodes.iter().map(|n| n.name.clone()).collect(),
@@ -505,6 +562,7 @@ pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError
             .collect(),
         nodes: target.nodes.clone(),
         cert_pem: target.cert_pem.clone(),
+        shared,
         key: target.key.clone(),
         server_name: target.server_name.clone(),
         col: col.clone(),
@@ -712,6 +770,8 @@ pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError
         generator: GeneratorReport {
             cpu_seconds: gen_cpu,
             client_threads: opts.client_threads as u64,
+            quic_endpoints: opts.endpoints as u64,
+            tls_resumption: opts.tls_resumption && opts.endpoints > 0,
             send_lag: snap.send_lag,
         },
         relays,

@@ -457,8 +457,19 @@ impl Call {
     /// already on their way to the old socket are lost. Returns the new local address.
     /// The fast path has a socket of its own: [`Call::rebind`] moves both.
     ///
-    /// Errors: [`SdkError::Io`] when no new socket could be bound (the old one stays).
+    /// Errors: [`SdkError::Io`] when no new socket could be bound (the old one stays);
+    /// [`SdkError::EndpointShared`] when the call connects through a
+    /// [`crate::SharedEndpoint`] (its socket carries other calls too).
     pub fn rebind_quic(&self) -> Result<SocketAddr, SdkError> {
+        let shared = self
+            .att
+            .dial
+            .lock()
+            .map(|d| d.opts.endpoint.is_some())
+            .unwrap_or(false);
+        if shared {
+            return Err(SdkError::EndpointShared("move one call to a new socket"));
+        }
         let link = self.link();
         let old = link.endpoint.local_addr()?;
         let socket = std::net::UdpSocket::bind(SocketAddr::new(old.ip(), 0))?;

@@ -98,6 +98,8 @@ pub fn report_with(lat: &[u64], join: &[u64], sent: u64, run_id: &str) -> Report
         generator: GeneratorReport {
             cpu_seconds: Some(1.5),
             client_threads: 2,
+            quic_endpoints: 2,
+            tls_resumption: false,
             send_lag: hist_of(&[10, 20, 30]).summary().unwrap(),
         },
         relays: vec![RelayReport {
