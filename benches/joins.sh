@@ -27,19 +27,9 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-DATA=$(mktemp -d)
-timeout 300 "$RELAY" serve --data-dir "$DATA" --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 \
-  --max-sessions 20000 --max-handshakes-per-source 4096 "$@" >"$OUT/relay.out" 2>"$OUT/relay.err" &
-TPID=$!
-PIDS+=("$TPID")
-for _ in $(seq 1 100); do
-  grep -q "ops http" "$OUT/relay.out" 2>/dev/null && break
-  sleep 0.2
-done
-RPID=$(pgrep -P "$TPID" -n)
-QUIC=$(awk '$1 == "quic" {print $2; exit}' "$OUT/relay.out")
-OPS=$(awk '$1 == "ops" && $2 == "http" {print $3; exit}' "$OUT/relay.out" | sed 's#http://##; s#/metrics##')
-[[ -n "$RPID" && -n "$QUIC" && -n "$OPS" ]] || { echo "relay did not start"; cat "$OUT/relay.err"; exit 1; }
+# shellcheck source=lib/relay.sh
+source benches/lib/relay.sh
+start_relay 300 --max-sessions 20000 --max-handshakes-per-source 4096 "$@"
 
 sample() {
   local t cpu joins udp

@@ -1,15 +1,17 @@
 # Sourced by the bench scripts that run one relay process on loopback (floods.sh, soak.sh):
 # starts it and reads where it listens, so each script states only its load.
 #
-#   start_relay SECS   runs `$RELAY serve` on ephemeral ports under `timeout SECS`, with its
+#   start_relay SECS [ARGS...]   runs `$RELAY serve ARGS` on ephemeral ports under `timeout SECS`, with its
 #                      data directory in $DATA (created) and its output in $OUT/relay.{out,err};
 #                      appends `timeout`'s pid to PIDS (the caller's cleanup trap kills it) and
 #                      sets RPID (the relay itself, not `timeout`), QUIC, FP (fast path) and OPS
 #                      (host:port of /metrics), or exits 1 with the relay's stderr.
 start_relay() {
   DATA=$(mktemp -d)
-  timeout "$1" "$RELAY" serve --data-dir "$DATA" --listen 127.0.0.1:0 \
-    --ops-listen 127.0.0.1:0 >"$OUT/relay.out" 2>"$OUT/relay.err" &
+  local secs=$1
+  shift
+  timeout "$secs" "$RELAY" serve --data-dir "$DATA" --listen 127.0.0.1:0 \
+    --ops-listen 127.0.0.1:0 "$@" >"$OUT/relay.out" 2>"$OUT/relay.err" &
   local tpid=$!
   PIDS+=("$tpid")
   for _ in $(seq 1 100); do

@@ -311,15 +311,19 @@ pub fn server_config(
 mod tests {
     use super::*;
 
+    /// A relay config keeping its files in `dir`, and the relay's crypto provider.
+    fn in_data_dir(dir: &Path) -> (Config, Arc<CryptoProvider>) {
+        let cfg = Config {
+            data_dir: dir.to_owned(),
+            ..Config::default()
+        };
+        (cfg, Arc::new(provider(&RelayMetrics::new())))
+    }
+
     #[test]
     fn self_signed_cert_is_generated_once_and_loads() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config {
-            data_dir: dir.path().to_owned(),
-            ..Config::default()
-        };
-        let metrics = RelayMetrics::new();
-        let provider = Arc::new(provider(&metrics));
+        let (cfg, provider) = in_data_dir(dir.path());
         let p1 = CertPaths::resolve(&cfg).unwrap();
         assert!(p1.self_signed);
         let first = std::fs::read(&p1.cert).unwrap();
@@ -423,12 +427,7 @@ mod tests {
     #[test]
     fn handshakes_issue_no_resumption_tickets() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config {
-            data_dir: dir.path().to_owned(),
-            ..Config::default()
-        };
-        let metrics = RelayMetrics::new();
-        let provider = Arc::new(provider(&metrics));
+        let (cfg, provider) = in_data_dir(dir.path());
         let store =
             Arc::new(CertStore::load(CertPaths::resolve(&cfg).unwrap(), provider.clone()).unwrap());
         let mut roots = rustls::RootCertStore::empty();
