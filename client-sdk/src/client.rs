@@ -253,7 +253,8 @@ impl Client {
 /// 1.3 handshake (certificate check, hybrid key exchange), as a device's first connection
 /// does, so sharing an endpoint makes nothing look cheaper than it is.
 /// [`SharedEndpointBuilder::tls_resumption`] turns it on (later connections then resume
-/// sessions from tickets the relay gave earlier ones on this endpoint).
+/// sessions from tickets the server gave earlier ones on this endpoint; a Duet relay issues
+/// no tickets, so against one it changes nothing).
 ///
 /// Trust is the endpoint's: `ConnectOptions::trusted_cert_pem` may be `None` with it; when
 /// given, it must be the PEM the endpoint was built with ([`SdkError::Certificate`]

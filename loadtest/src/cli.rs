@@ -362,8 +362,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub endpoints: u16,
     /// With --endpoints: let joins resume TLS sessions of earlier joins on the same endpoint
-    /// (cheaper for the relay and the generator than a device's first join, so off by
-    /// default; the report's generator.tls_resumption says which)
+    /// (cheaper than a device's first join where the server issues tickets, so off by
+    /// default; duet-relay issues none, so against it joins stay full handshakes; the
+    /// report's generator.tls_resumption says which)
     #[arg(long)]
     pub tls_resumption: bool,
     /// Worker threads of the embedded relay (default: CPUs)
