@@ -28,6 +28,8 @@
 #                   the QUIC generator is the SDK and saturates long before the relay, and the
 #                   relay pins QUIC's UDP payload at 1200 B, so a 1200-byte datagram does not fit;
 #                   each QUIC row has its own C fwd row at the same load for the ratio)
+#        QUIC_RUNTIME_WORKERS=0 (one QUIC row per value: the relay's --runtime-workers, the threads
+#                   of the runtime carrying QUIC; 0 = the relay's default; e.g. "0 1 2")
 #        FP_WORKERS=0 (fast-path worker threads of the measured relay; 0 = the relay's default,
 #                   half the CPUs, at least one: 1 on a 2-core box, like fwd.c's one thread)
 #        FP_WORKERS_ALT=2 (an extra fast-path row per case with these workers, e.g. one per
@@ -83,6 +85,7 @@ SAT_RATES=${SAT_RATES:-"25000 50000 75000 100000 125000 150000 200000 250000 300
 SAT_THREADS=${SAT_THREADS:-2}; SAT_ADDRESSING=${SAT_ADDRESSING:-ips}; SAT_LOSS=${SAT_LOSS:-0.1}; SAT_BUDGET=${SAT_BUDGET:-1200}
 CASES=${CASES-"160x1:1:160:40000 160x1000:1000:160:40000 1200x1:1:1200:30000 1200x1000:1000:1200:30000"}
 QUIC_CASES=${QUIC_CASES-"160x1:1:160:10000 160x100:100:160:10000 1100x1:1:1100:10000"}
+QUIC_RUNTIME_WORKERS=${QUIC_RUNTIME_WORKERS:-0}
 [ "$SIDE" = 1 ] || { CASES=""; QUIC_CASES=""; IDLE_N=0; }
 BASE=${BASE:-../shared/baseline}
 mkdir -p "$OUT/bin"; OUT=$(cd "$OUT" && pwd)
@@ -129,7 +132,7 @@ stop_fwd() { kill -TERM "$FPID" 2>/dev/null || true; wait "$FPID" 2>/dev/null ||
 # far above the offered load so the relay's rate limiter never drops what fwd.c would forward,
 # and the handshake admission limits above the generator's burst of joins from one address
 # (with the defaults, 64 in flight per source, 10-20 % of 1,000 pairs were refused).
-start_relay() { # [fast-path variant W[:C[:B[:A]]]: workers, coalescing window µs, busy poll µs, adaptive]
+start_relay() { # [fast-path variant W[:C[:B[:A]]]: workers, coalescing window µs, busy poll µs, adaptive] [runtime workers]
   DATA="$OUT/relay-data"; rm -rf "$DATA"
   local w c b a fp=()
   IFS=: read -r w c b a <<<"${1:-$FP_WORKERS:$FP_COALESCE}"
@@ -143,6 +146,7 @@ start_relay() { # [fast-path variant W[:C[:B[:A]]]: workers, coalescing window �
     fi
     if [ -n "$a" ] && [ "$HAS_ADAPTIVE" = 1 ]; then fp+=(--fast-path-adaptive-workers "$a"); fi
   fi
+  if [ "${2:-0}" != 0 ]; then fp+=(--runtime-workers "$2"); fi
   "$RELAY" serve --data-dir "$DATA" --listen "127.0.0.1:$QUIC_PORT" --ops-listen "127.0.0.1:$OPS_PORT" \
     "${fp[@]}" --media-packets-per-sec 10000000 --media-bytes-per-sec 100000000000 \
     --max-handshakes 4096 --max-handshakes-per-source 4096 \
@@ -312,11 +316,14 @@ for c in $QUIC_CASES; do
   echo "== quic case $name: $K pairs, $S B, $PPS pps, ${D}s (load $(cut -d' ' -f1 /proc/loadavg))" >&2
   raw_row fwd "$K" "$S" "$PPS" "$OUT/$name-qbaseline.json" - --threads "$GEN_THREADS" --addressing "$GEN_ADDRESSING"
   udp_row "C fwd <- duet-loadtest (QUIC case)" "$K" "$S" "$OUT/$name-qbaseline.json" >> "$ROWS"
-  start_relay
-  udp_run "quic=127.0.0.1:$QUIC_PORT" "$K" "$S" "$PPS" "$OUT/$name-quic.json" \
-    --relay-pid "$RPID" --cert "$DATA/cert.pem" --token-key-file "$DATA/token-signing-key"
-  stop_relay
-  udp_row "duet-relay QUIC datagrams" "$K" "$S" "$OUT/$name-quic.json" >> "$ROWS"
+  for rw in $QUIC_RUNTIME_WORKERS; do
+    label="duet-relay QUIC datagrams"; [ "$rw" = 0 ] || label="$label, runtime-workers=$rw"
+    start_relay "" "$rw"
+    udp_run "quic=127.0.0.1:$QUIC_PORT" "$K" "$S" "$PPS" "$OUT/$name-quic-rw$rw.json" \
+      --relay-pid "$RPID" --cert "$DATA/cert.pem" --token-key-file "$DATA/token-signing-key"
+    stop_relay
+    udp_row "$label" "$K" "$S" "$OUT/$name-quic-rw$rw.json" >> "$ROWS"
+  done
   if [ "$HAS_TURN" = 1 ]; then
     raw_row turn "$K" "$S" "$PPS" "$OUT/$name-qturn.json" "$TURN_THREADS" --threads "$GEN_THREADS" --addressing "$GEN_ADDRESSING"
     udp_row "coturn, relay-threads=$TURN_THREADS (QUIC case)" "$K" "$S" "$OUT/$name-qturn.json" >> "$ROWS"

@@ -175,6 +175,15 @@ impl RelayHandle {
             )),
             None => line(format_args!("  fast path   off")),
         }
+        // The runtime's own count, not the setting: what `runtime_workers` gave in fact. Before
+        // the ops line, which ends the banner for those who wait on it.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let n = rt.metrics().num_workers();
+            let s = if n == 1 { "" } else { "s" };
+            line(format_args!(
+                "  runtime     {n} worker thread{s} (QUIC, control, ops)"
+            ));
+        }
         line(format_args!(
             "  ops http    http://{}/metrics /healthz /readyz",
             self.ops_addr()

@@ -202,6 +202,7 @@ fn serve(matches: &ArgMatches) -> anyhow::Result<()> {
     let file = matches.get_one::<PathBuf>("config");
     let cfg = Config::load(file.map(|p| p.as_path()), Some(matches))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.runtime_worker_count())
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;

@@ -1,9 +1,10 @@
 //! The test kit's child-process relay: the real binary starts, serves a join on the
 //! addresses its banner printed, comes back on the same ports and data directory after a
-//! crash (SIGKILL), and dies with its handle.
+//! crash (SIGKILL), and dies with its handle; on a one-thread runtime it still forwards.
 
 use anyhow::Result;
 use duet_proto::RelayMessage;
+use duet_testkit::raw::assert_datagrams_flow;
 use duet_testkit::{http_get, Raw, RelayProcess, RelayUnderTest};
 
 /// A raw client joins the relay process (its own token key, its own certificate).
@@ -37,5 +38,32 @@ fn a_killed_relay_restarts_on_the_same_ports_and_a_dropped_one_is_gone() -> Resu
     // SAFETY: signal 0 only checks whether the (reaped) pid still exists.
     let alive = unsafe { libc::kill(pid, 0) } == 0;
     assert!(!alive, "the relay process outlived its handle");
+    Ok(())
+}
+
+#[test]
+fn runtime_workers_sets_the_runtime_and_one_thread_still_forwards() -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let relay = RelayProcess::builder()
+        .args(["--runtime-workers", "1"])
+        .start()?;
+    assert!(
+        relay.banner().contains("runtime     1 worker thread "),
+        "{}",
+        relay.banner()
+    );
+    rt.block_on(async {
+        let (a, _) = Raw::join(&relay, "one-thread", "alice", "phone").await?;
+        let (b, _) = Raw::join(&relay, "one-thread", "bob", "laptop").await?;
+        assert_datagrams_flow(&a, &b).await
+    })?;
+    let two = RelayProcess::builder()
+        .args(["--runtime-workers", "2"])
+        .start()?;
+    assert!(
+        two.banner().contains("runtime     2 worker threads "),
+        "{}",
+        two.banner()
+    );
     Ok(())
 }

@@ -67,6 +67,9 @@ pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigE
     }
 }
 
+/// Most runtime threads; past this a typo, not a machine.
+pub const MAX_RUNTIME_WORKERS: usize = 1024;
+
 /// The relay's configuration: TOML file and command-line flags.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
@@ -114,6 +117,12 @@ pub struct Config {
     /// After a drain starts, live sessions are ended after this long, ms [default: 30000]
     #[arg(long, required = false, value_name = "MS")]
     pub drain_deadline_ms: u64,
+    /// Threads of the async runtime that carries QUIC (media datagrams, control, joins) and
+    /// the ops listener; the fast path has its own (`fast_path.workers`). 0: one per CPU.
+    /// At ~50 datagrams/s per connection every datagram is its own chain of task wake-ups,
+    /// and each hop between two runtime threads costs a futex wake [default: 0]
+    #[arg(long, required = false, value_name = "N")]
+    pub runtime_workers: usize,
     #[command(flatten)]
     pub limits: LimitsConfig,
     #[command(flatten)]
@@ -140,6 +149,7 @@ impl Default for Config {
             token_max_lifetime_secs: duet_proto::token::DEFAULT_MAX_LIFETIME_SECS,
             allow_legacy_hmac_tokens: false,
             drain_deadline_ms: 30_000,
+            runtime_workers: 0,
             limits: LimitsConfig::default(),
             fast_path: FastPathConfig::default(),
             admission: AdmissionConfig::default(),
@@ -198,6 +208,14 @@ impl Config {
         Duration::from_millis(self.drain_deadline_ms)
     }
 
+    /// The runtime's thread count: `runtime_workers`, or one per CPU for 0.
+    pub fn runtime_worker_count(&self) -> usize {
+        match self.runtime_workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     /// Checks every field; the error names the first bad one.
     /// Reads the drain endpoints' credential, if they are on.
     pub fn ops_token(&self) -> Result<Option<String>, ConfigError> {
@@ -219,6 +237,15 @@ impl Config {
             return Err(invalid(
                 "token_max_lifetime_secs",
                 format!("must be 60..=604800, got {}", self.token_max_lifetime_secs),
+            ));
+        }
+        if self.runtime_workers > MAX_RUNTIME_WORKERS {
+            return Err(invalid(
+                "runtime_workers",
+                format!(
+                    "must be 0..={MAX_RUNTIME_WORKERS}, got {}",
+                    self.runtime_workers
+                ),
             ));
         }
         if self.token_clock_skew_secs > 3600 {
@@ -305,6 +332,15 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("tls_key"));
+        let c = Config {
+            runtime_workers: MAX_RUNTIME_WORKERS + 1,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("runtime_workers"));
         let e = Config::from_toml("listen = \"not an addr\"", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("listen"), "{e}");
     }
@@ -336,11 +372,14 @@ mod tests {
                 "127.0.0.1:7000",
                 "--fast-path-workers",
                 "3",
+                "--runtime-workers",
+                "1",
             ])
             .unwrap();
         cfg.update_from_arg_matches(&m).unwrap();
         assert!(!cfg.fast_path.enabled);
         assert_eq!(cfg.fast_path.worker_count(), 3);
+        assert_eq!(cfg.runtime_worker_count(), 1);
         assert_eq!(
             cfg.fast_path.listen_addr(cfg.listen),
             "127.0.0.1:7000".parse().unwrap()
