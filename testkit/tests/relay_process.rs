@@ -41,29 +41,26 @@ fn a_killed_relay_restarts_on_the_same_ports_and_a_dropped_one_is_gone() -> Resu
     Ok(())
 }
 
+/// A relay started with `--runtime-workers n`, whose banner shows that many runtime threads.
+fn with_runtime_workers(n: usize) -> Result<RelayProcess> {
+    let relay = RelayProcess::builder()
+        .args(["--runtime-workers", &n.to_string()])
+        .start()?;
+    let s = if n == 1 { " " } else { "s " };
+    let want = format!("runtime     {n} worker thread{s}");
+    assert!(relay.banner().contains(&want), "{}", relay.banner());
+    Ok(relay)
+}
+
 #[test]
 fn runtime_workers_sets_the_runtime_and_one_thread_still_forwards() -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
-    let relay = RelayProcess::builder()
-        .args(["--runtime-workers", "1"])
-        .start()?;
-    assert!(
-        relay.banner().contains("runtime     1 worker thread "),
-        "{}",
-        relay.banner()
-    );
+    let relay = with_runtime_workers(1)?;
     rt.block_on(async {
         let (a, _) = Raw::join(&relay, "one-thread", "alice", "phone").await?;
         let (b, _) = Raw::join(&relay, "one-thread", "bob", "laptop").await?;
         assert_datagrams_flow(&a, &b).await
     })?;
-    let two = RelayProcess::builder()
-        .args(["--runtime-workers", "2"])
-        .start()?;
-    assert!(
-        two.banner().contains("runtime     2 worker threads "),
-        "{}",
-        two.banner()
-    );
+    with_runtime_workers(2)?;
     Ok(())
 }
