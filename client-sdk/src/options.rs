@@ -55,8 +55,10 @@ pub struct ConnectOptions {
 ///
 /// Anything that arrives from the relay (QUIC packets, acknowledgements, fast-path media)
 /// counts as life; silence counts only while the relay owes an answer, i.e. from the first
-/// thing sent after it was last heard (media, a keep-alive), so an idle call costs nothing
-/// between keep-alives (and a relay that dies during one is found `keep_alive` later).
+/// thing sent after it was last heard (media, a keep-alive). An idle call is therefore
+/// looked at only when the app sends, and otherwise once per `2 × silence` (for QUIC's own
+/// keep-alives, which the SDK is not told of): a relay that dies while a call is idle is
+/// found up to `keep_alive + 2 × silence` later than on a busy call.
 /// After `probe_after` of owed silence the SDK sends a probe (a control `Ping`, answered by
 /// the relay and acknowledged by QUIC), again every `probe_after` while it lasts. A relay
 /// silent for `max(silence, probe_after + rtts × smoothed RTT)` is taken for dead: the call moves to the next node of its token's list (no attempt on the

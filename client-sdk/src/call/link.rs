@@ -37,6 +37,32 @@ pub(crate) struct Shared {
     pub(super) health: tokio::sync::watch::Sender<Health>,
     /// The peer is on this link's node (its `Joined`, then `PeerJoined`/`PeerLeft`...).
     pub(super) peer_here: AtomicBool,
+    /// Wakes an idle liveness task when the app sends something that asks for an answer.
+    pub(super) sent: SendWake,
+}
+
+/// Tells an idle liveness task that something was sent: the task arms it before an idle
+/// sleep, and the first send after that (one relaxed load per send otherwise) wakes it, so
+/// the silence clock starts on time without the task polling an idle link.
+#[derive(Default)]
+pub(crate) struct SendWake {
+    armed: AtomicBool,
+    notify: Notify,
+}
+
+impl SendWake {
+    /// Called after every send of the app's (frames, control messages, raw datagrams).
+    pub(crate) fn sent(&self) {
+        if self.armed.load(Relaxed) && self.armed.swap(false, Relaxed) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Resolves at the first send after this call (or at once if one raced the arming).
+    async fn next_send(&self) {
+        self.armed.store(true, Relaxed);
+        self.notify.notified().await;
+    }
 }
 
 impl Shared {
@@ -54,6 +80,7 @@ impl Shared {
     pub(crate) async fn send_control(&self, msg: &ClientMessage) -> Result<(), SdkError> {
         let frame = encode(msg)?;
         self.control_send.lock().await.write_all(&frame).await?;
+        self.sent.sent();
         Ok(())
     }
 
@@ -137,6 +164,7 @@ pub(super) fn attach(
         recovers: !opts.nodes.is_empty(),
         health: tokio::sync::watch::Sender::new(Health::Alive),
         peer_here: AtomicBool::new(joined.peer_present),
+        sent: SendWake::default(),
     });
     let control = tokio::spawn(control_task(shared.clone(), recv, decoder));
     let media = tokio::spawn(media_task(shared.clone()));
@@ -470,8 +498,9 @@ async fn media_task(shared: Arc<Shared>) {
 const PROBE_NONCE: u64 = 1 << 63;
 
 /// Feeds the link's liveness detector: everything received from and sent to the relay
-/// (QUIC datagrams, fast-path media) and the smoothed RTT, read a few times per threshold; sends
-/// the probes it asks for and publishes its verdicts for the recovery task.
+/// (QUIC datagrams, fast-path media) and the smoothed RTT, read a few times per threshold
+/// while the relay owes an answer and otherwise at the app's next send; sends the probes it
+/// asks for and publishes its verdicts for the recovery task.
 async fn liveness_task(shared: Arc<Shared>, cfg: crate::options::DeadRelay) {
     // heard: every UDP datagram of the QUIC connection plus fast-path media; sent: only
     // what asks for an answer (stream, datagram and PING frames, which QUIC acknowledges,
@@ -492,7 +521,17 @@ async fn liveness_task(shared: Arc<Shared>, cfg: crate::options::DeadRelay) {
     let mut live = Liveness::new(cfg, heard, sent);
     let mut nonce = PROBE_NONCE;
     loop {
-        tokio::time::sleep_until(live.next_check(Instant::now()).into()).await;
+        let next = live.next_check(Instant::now());
+        if let Some(until) = next.idle_until {
+            tokio::select! {
+                () = tokio::time::sleep_until(until.into()) => {}
+                () = shared.sent.next_send() => {
+                    tokio::time::sleep_until(next.at.into()).await;
+                }
+            }
+        } else {
+            tokio::time::sleep_until(next.at.into()).await;
+        }
         let now = Instant::now();
         let (heard, sent) = counts(&shared);
         match live.observe(now, heard, sent, shared.conn.rtt()) {
@@ -512,5 +551,27 @@ async fn liveness_task(shared: Arc<Shared>, cfg: crate::options::DeadRelay) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SendWake;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn an_armed_wake_fires_at_the_next_send_and_not_before() {
+        let wake = std::sync::Arc::new(SendWake::default());
+        let w = wake.clone();
+        let waiter = tokio::spawn(async move { w.next_send().await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "woke without a send");
+        wake.sent();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the send woke the idle task")
+            .expect("waiter ran");
+        // Disarmed by that wake: the next sends are one relaxed load each.
+        assert!(!wake.armed.load(std::sync::atomic::Ordering::Relaxed));
     }
 }

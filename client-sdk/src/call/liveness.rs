@@ -5,7 +5,10 @@
 //! probes of its own between keep-alives. Once the relay has owed an answer for
 //! `probe_after`, the driver sends a probe (a control `Ping`: the relay answers it and QUIC
 //! acknowledges it); a relay that has owed one for `max(silence, probe_after + rtts × RTT)`
-//! is taken for dead. Halfway there the link is
+//! is taken for dead. While it owes nothing the driver need not look at all: it sleeps
+//! until something is sent (it wakes on the app's sends) or, for what QUIC sends by itself
+//! (keep-alive PINGs), at most `2 × silence`; an idle link thus costs one wake-up per
+//! `2 × silence` (one a second by default) instead of ten per `silence`. Halfway there the link is
 //! *suspect*: recovery may open a connection to the next node (a QUIC handshake, no join),
 //! so a move costs only the join once the verdict comes.
 //!
@@ -35,6 +38,18 @@ pub(crate) enum Action {
     Probe,
     /// The health changed to this.
     Became(Health),
+}
+
+/// When the driver should observe next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NextCheck {
+    /// The next observation while the relay owes an answer; while it owes nothing, the
+    /// earliest one after a send.
+    pub(crate) at: Instant,
+    /// `Some`: the relay owes nothing, so nothing can change the verdict until something
+    /// is sent. Observe at the first send (but not before `at`) or at this instant,
+    /// whichever comes first: QUIC's own keep-alives are sent without the driver knowing.
+    pub(crate) idle_until: Option<Instant>,
 }
 
 /// One link's liveness detector.
@@ -141,8 +156,18 @@ impl Liveness {
     }
 
     /// When to observe next.
-    pub(crate) fn next_check(&self, now: Instant) -> Instant {
-        now + self.tick()
+    pub(crate) fn next_check(&self, now: Instant) -> NextCheck {
+        let idle = self.owed_since.is_none() && self.health == Health::Alive;
+        NextCheck {
+            at: now + self.tick(),
+            idle_until: idle.then(|| now + self.idle_poll()),
+        }
+    }
+
+    /// How long an idle link goes unobserved when nothing is sent: bounds how late a send
+    /// the driver is not told of (QUIC's keep-alive PING) starts the silence clock.
+    fn idle_poll(&self) -> Duration {
+        self.cfg.silence.saturating_mul(2).max(self.tick())
     }
 }
 
@@ -281,9 +306,39 @@ mod tests {
     }
 
     #[test]
-    fn polls_come_a_tenth_of_the_floor_apart() {
+    fn polls_come_a_tenth_of_the_floor_apart_while_an_answer_is_owed() {
         let t0 = Instant::now();
-        let l = Liveness::new(cfg(), 0, 0);
-        assert_eq!(l.next_check(t0), t0 + 60 * MS);
+        let mut l = Liveness::new(cfg(), 0, 0);
+        assert_eq!(l.observe(t0, 0, 1, MS), Action::Nothing);
+        assert_eq!(
+            l.next_check(t0),
+            NextCheck {
+                at: t0 + 60 * MS,
+                idle_until: None
+            }
+        );
+    }
+
+    #[test]
+    fn an_idle_link_waits_for_a_send_or_twice_the_floor() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(cfg(), 0, 0);
+        // Nothing owed from the start, and again once everything sent was answered.
+        let idle = NextCheck {
+            at: t0 + 60 * MS,
+            idle_until: Some(t0 + 1200 * MS),
+        };
+        assert_eq!(l.next_check(t0), idle);
+        assert_eq!(l.observe(t0, 0, 1, MS), Action::Nothing);
+        assert_eq!(l.next_check(t0).idle_until, None);
+        assert_eq!(l.observe(t0, 1, 1, MS), Action::Nothing);
+        assert_eq!(l.next_check(t0), idle);
+        // A suspect link is watched closely even if it sends nothing more.
+        assert_eq!(l.observe(t0, 1, 2, MS), Action::Nothing);
+        assert_eq!(
+            l.observe(t0 + 300 * MS, 1, 2, MS),
+            Action::Became(Health::Suspect)
+        );
+        assert_eq!(l.next_check(t0 + 300 * MS).idle_until, None);
     }
 }

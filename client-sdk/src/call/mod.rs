@@ -569,6 +569,7 @@ impl Call {
             c.datagrams_sent.fetch_add(n, Relaxed);
         }
         c.frames_sent.fetch_add(1, Relaxed);
+        shared.sent.sent();
         Ok(())
     }
 
@@ -580,7 +581,10 @@ impl Call {
     /// Sends one datagram exactly as given (relay header included). For tests and
     /// diagnostics; apps use `send_media`.
     pub fn send_raw_datagram(&self, datagram: Bytes) -> Result<(), SdkError> {
-        Ok(self.shared().conn.send_datagram(datagram)?)
+        let shared = self.shared();
+        shared.conn.send_datagram(datagram)?;
+        shared.sent.sent();
+        Ok(())
     }
 
     async fn send_control(&self, msg: &ClientMessage) -> Result<(), SdkError> {
