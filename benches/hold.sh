@@ -4,14 +4,16 @@
 # and holding them for HOLD, and a sampler that reads, every 2 s, the relay's sessions
 # (`duet_sessions`), RSS, descriptors and CPU. Prints the peak, how long it was held, RSS per
 # session at the peak and the relay's CPU per held session per second (keep-alives and the
-# sparse idle frames only: taken over the samples at >= 99 % of the peak).
+# sparse idle frames only: taken over the samples at >= 99 % of the peak). The relay is
+# named to the generator by its node id (`local=ADDR`), so every call runs as a fleet client's
+# does: with the SDK's dead-relay detection on (`ConnectOptions::nodes`).
 #
 #   CALLS=5000 RATE=100 HOLD=30s benches/hold.sh [extra duet-relay serve flags...]
 #
 # Env: RELAY, LOADTEST (binaries, default target/release), OUT (output directory, default a
 # temp dir), CALLS, RATE, HOLD, IDLE_INTERVAL (one frame per endpoint this often, default
 # 10s), KEEP_ALIVE (SDK QUIC keep-alive, default 10s), DEAD_SILENCE (SDK dead-relay floor,
-# default 20s: its counter is read every tenth of it, per endpoint), GEN_ARGS (more
+# default 500ms as in the SDK), GEN_ARGS (more
 # duet-loadtest flags). The relay's session idle timeout is raised to 300 s so a slow ramp
 # does not lose the first calls. Run it under `flock /work/notes/bench.lock`.
 set -euo pipefail
@@ -24,7 +26,7 @@ RATE=${RATE:-100}
 HOLD=${HOLD:-30s}
 IDLE_INTERVAL=${IDLE_INTERVAL:-10s}
 KEEP_ALIVE=${KEEP_ALIVE:-10s}
-DEAD_SILENCE=${DEAD_SILENCE:-20s}
+DEAD_SILENCE=${DEAD_SILENCE:-500ms}
 read -r -a GEN_EXTRA <<<"${GEN_ARGS:-}"
 mkdir -p "$OUT"
 PIDS=()
@@ -51,7 +53,7 @@ sample() {
 sample >"$OUT/samples.tsv" &
 PIDS+=($!)
 echo "load before: $(cat /proc/loadavg)" | tee "$OUT/load.txt"
-"$LOADTEST" --relay "$QUIC" --cert "$DATA/cert.pem" --token-key-file "$DATA/token-signing-key" \
+"$LOADTEST" --relay "local=$QUIC" --cert "$DATA/cert.pem" --token-key-file "$DATA/token-signing-key" \
   --relay-pid "$RPID" --relay-metrics "$OPS" --calls "$CALLS" --profile idle --ramp "$RATE/s" \
   --duration "$HOLD" --idle-interval "$IDLE_INTERVAL" --keep-alive "$KEEP_ALIVE" \
   --dead-silence "$DEAD_SILENCE" --report "$OUT/report.json" "${GEN_EXTRA[@]}" \
