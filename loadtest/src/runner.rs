@@ -165,7 +165,9 @@ impl Ctx {
 pub fn failure_reason(e: &SdkError) -> String {
     match e {
         SdkError::Refused(r) => r.to_string(),
-        SdkError::Timeout(_) => "timeout".into(),
+        // Which wait ran out (the QUIC handshake, `Joined`, the key agreement...) is what
+        // tells a slow relay from a lost packet or a slow peer.
+        SdkError::Timeout(what) => timeout_label(what),
         SdkError::Connect(_) => "connect".into(),
         SdkError::Connection(_) => "connection".into(),
         SdkError::Certificate(_) | SdkError::Tls(_) => "tls".into(),
@@ -176,6 +178,20 @@ pub fn failure_reason(e: &SdkError) -> String {
         SdkError::Handshake(_) => "e2ee_handshake".into(),
         _ => "other".into(),
     }
+}
+
+/// `timeout_` and the SDK's name for what did not come, as a metric-label-safe slug
+/// (`timeout_joined`, `timeout_the_quic_handshake`, ...).
+fn timeout_label(what: &str) -> String {
+    let mut label = String::from("timeout");
+    for word in what
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        label.push('_');
+        label.push_str(&word.to_ascii_lowercase());
+    }
+    label
 }
 
 /// Waits until the phase satisfies `f` (or the sender is gone). Returns nothing, so no
@@ -780,4 +796,23 @@ pub async fn run(opts: RunOptions, target: RunTarget) -> Result<Report, RunError
     };
     report.finalize()?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_reason;
+    use duet_sdk::SdkError;
+
+    #[test]
+    fn a_timeout_says_what_did_not_come() {
+        assert_eq!(
+            failure_reason(&SdkError::Timeout("the end-to-end key agreement")),
+            "timeout_the_end_to_end_key_agreement"
+        );
+        assert_eq!(
+            failure_reason(&SdkError::Timeout("Joined")),
+            "timeout_joined"
+        );
+        assert_eq!(failure_reason(&SdkError::Timeout("")), "timeout");
+    }
 }
