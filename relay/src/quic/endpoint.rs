@@ -9,6 +9,7 @@ use std::sync::Arc;
 use quinn::VarInt;
 
 use super::admission::Verdict;
+use super::cid::SignedCidGenerator;
 use super::control::run_connection;
 use super::driver::Driver;
 
@@ -77,16 +78,13 @@ pub fn bind_endpoint(
     let _ = socket.set_send_buffer_size(4 << 20);
     socket.bind(&addr.into())?;
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, reset_key);
-    // The connection-id generator signs its ids with a key of its own and drops packets
-    // for ids it did not sign without a reset: that key must survive a restart as well.
+    // The connection-id generator tags its ids with a key of its own and sends no reset for
+    // ids it did not tag: that key must survive a restart as well (see `cid`).
     let tag = aws_lc_rs::hmac::sign(&key, b"duet quic connection id key");
-    let mut cid_key = [0u8; 8];
-    cid_key.copy_from_slice(&tag.as_ref()[..8]);
-    let cid_key = u64::from_le_bytes(cid_key);
+    let cid_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, tag.as_ref());
     let mut ep = quinn::EndpointConfig::new(Arc::new(key));
     ep.cid_generator(move || {
-        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-            as Box<dyn quinn::ConnectionIdGenerator>
+        Box::new(SignedCidGenerator::new(cid_key.clone())) as Box<dyn quinn::ConnectionIdGenerator>
     });
     ep.max_udp_payload_size(PINNED_UDP_PAYLOAD)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;

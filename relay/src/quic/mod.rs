@@ -2,7 +2,7 @@
 //! else (every rule is in `session`).
 //!
 //! Files, one concern each: `endpoint` (quinn server config, the UDP socket, the accept
-//! loop), `admission` (Retry, refuse or accept each incoming connection, before it costs
+//! loop), `cid` (the connection ids the endpoint issues), `admission` (Retry, refuse or accept each incoming connection, before it costs
 //! state), `driver` (the one owner of the [`SessionCore`](crate::session::SessionCore) at run
 //! time: feeds it inputs, carries out its actions, sleeps until its next deadline), `control`
 //! (one connection's control stream: bytes in, decoded messages to the core, its queued
@@ -17,6 +17,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod bridge;
+pub(crate) mod cid;
 pub(crate) mod control;
 pub(crate) mod driver;
 pub mod endpoint;
