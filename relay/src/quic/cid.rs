@@ -1,15 +1,18 @@
 //! The relay's QUIC connection ids: 8 bytes, 48 random bits and a 16-bit keyed tag.
 //!
 //! Owns how ids are drawn and recognised. quinn draws the id of a Retry packet without
-//! checking it against the ids of live connections (new connections' ids it does check), and
-//! a client that answers a Retry whose id is already taken has its Initial routed to the other
-//! connection and dropped: the join times out. quinn's `HashedConnectionIdGenerator` draws
-//! only 24 random bits (16.7 million ids): with the tens of thousands of ids 8,000 sessions hold
-//! (several per connection), a fraction of a percent of Retries collided, which is what the
-//! 10,000-call hold showed (benches/RESULTS.md). With 48 bits, about one in a billion. The tag lets quinn
-//! tell ids this relay issued, before or after a restart (same key), from ids it never did:
-//! only the former get a stateless reset. A 16-bit tag lets one random unknown id in 65,536
-//! through to a (rate-limited, smaller than the packet) reset; the wire size stays 8 bytes.
+//! checking it against the ids of live connections (new connections' ids it does check),
+//! and a client that answers a Retry whose id is already taken has its Initial routed to
+//! the other connection and dropped: the join times out. quinn's
+//! `HashedConnectionIdGenerator` draws only 24 random bits (16.7 million ids): with the tens
+//! of thousands of ids 8,000 sessions hold (several per connection), a fraction of a percent
+//! of Retries collided, which is what the 10,000-call hold showed (benches/RESULTS.md). With
+//! 48 bits, about one in a billion.
+//!
+//! The tag lets quinn tell ids this relay issued, before or after a restart (same key), from
+//! ids it never did: only the former get a stateless reset. A 16-bit tag lets one random
+//! unknown id in 65,536 through to a (rate-limited, smaller than the packet) reset; the wire
+//! size stays 8 bytes.
 //!
 //! Not owned here: the key (derived from the stateless-reset key in `endpoint`).
 
