@@ -12,9 +12,8 @@
 #
 # Env: RELAY, LOADTEST (binaries, default target/release), OUT (output directory, default a
 # temp dir), CALLS, RATE, HOLD, IDLE_INTERVAL (one frame per endpoint this often, default
-# 10s), KEEP_ALIVE (SDK QUIC keep-alive, default 10s), DEAD_SILENCE (SDK dead-relay floor,
-# default 500ms as in the SDK), GEN_ARGS (more
-# duet-loadtest flags). The relay's session idle timeout is raised to 300 s so a slow ramp
+# 10s), KEEP_ALIVE (SDK QUIC keep-alive, default 10s), DEAD_SILENCE (SDK dead-relay floor;
+# unset: the SDK's default), GEN_ARGS (more duet-loadtest flags). The relay's session idle timeout is raised to 300 s so a slow ramp
 # does not lose the first calls. Run it under `flock /work/notes/bench.lock`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +25,8 @@ RATE=${RATE:-100}
 HOLD=${HOLD:-30s}
 IDLE_INTERVAL=${IDLE_INTERVAL:-10s}
 KEEP_ALIVE=${KEEP_ALIVE:-10s}
-DEAD_SILENCE=${DEAD_SILENCE:-500ms}
 read -r -a GEN_EXTRA <<<"${GEN_ARGS:-}"
+[ -n "${DEAD_SILENCE:-}" ] && GEN_EXTRA+=(--dead-silence "$DEAD_SILENCE")
 mkdir -p "$OUT"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -56,7 +55,7 @@ echo "load before: $(cat /proc/loadavg)" | tee "$OUT/load.txt"
 "$LOADTEST" --relay "local=$QUIC" --cert "$DATA/cert.pem" --token-key-file "$DATA/token-signing-key" \
   --relay-pid "$RPID" --relay-metrics "$OPS" --calls "$CALLS" --profile idle --ramp "$RATE/s" \
   --duration "$HOLD" --idle-interval "$IDLE_INTERVAL" --keep-alive "$KEEP_ALIVE" \
-  --dead-silence "$DEAD_SILENCE" --report "$OUT/report.json" "${GEN_EXTRA[@]}" \
+  --report "$OUT/report.json" "${GEN_EXTRA[@]}" \
   >"$OUT/loadtest.out" 2>"$OUT/loadtest.err" &
 GPID=$!
 PIDS+=("$GPID")

@@ -38,7 +38,7 @@ pub(crate) struct Shared {
     /// The peer is on this link's node (its `Joined`, then `PeerJoined`/`PeerLeft`...).
     pub(super) peer_here: AtomicBool,
     /// Wakes an idle liveness task when the app sends something that asks for an answer.
-    pub(super) sent: SendWake,
+    pub(super) send_wake: SendWake,
 }
 
 /// Tells an idle liveness task that something was sent: the task arms it before an idle
@@ -80,7 +80,7 @@ impl Shared {
     pub(crate) async fn send_control(&self, msg: &ClientMessage) -> Result<(), SdkError> {
         let frame = encode(msg)?;
         self.control_send.lock().await.write_all(&frame).await?;
-        self.sent.sent();
+        self.send_wake.sent();
         Ok(())
     }
 
@@ -164,7 +164,7 @@ pub(super) fn attach(
         recovers: !opts.nodes.is_empty(),
         health: tokio::sync::watch::Sender::new(Health::Alive),
         peer_here: AtomicBool::new(joined.peer_present),
-        sent: SendWake::default(),
+        send_wake: SendWake::default(),
     });
     let control = tokio::spawn(control_task(shared.clone(), recv, decoder));
     let media = tokio::spawn(media_task(shared.clone()));
@@ -525,7 +525,7 @@ async fn liveness_task(shared: Arc<Shared>, cfg: crate::options::DeadRelay) {
         if let Some(until) = next.idle_until {
             tokio::select! {
                 () = tokio::time::sleep_until(until.into()) => {}
-                () = shared.sent.next_send() => {
+                () = shared.send_wake.next_send() => {
                     tokio::time::sleep_until(next.at.into()).await;
                 }
             }

@@ -569,7 +569,7 @@ impl Call {
             c.datagrams_sent.fetch_add(n, Relaxed);
         }
         c.frames_sent.fetch_add(1, Relaxed);
-        shared.sent.sent();
+        shared.send_wake.sent();
         Ok(())
     }
 
@@ -583,7 +583,7 @@ impl Call {
     pub fn send_raw_datagram(&self, datagram: Bytes) -> Result<(), SdkError> {
         let shared = self.shared();
         shared.conn.send_datagram(datagram)?;
-        shared.sent.sent();
+        shared.send_wake.sent();
         Ok(())
     }
 
