@@ -61,9 +61,26 @@ const INCOMING_BUFFER: u64 = 8 * 1024;
 /// bounds their own discovery) makes every piece a client may send forwardable.
 pub const PINNED_UDP_PAYLOAD: u16 = 1200;
 
-/// Binds the relay's UDP socket (large kernel buffers, best effort) and its quinn endpoint.
-/// `reset_key` keys its stateless resets; the same key after a restart makes the new
-/// process's resets recognisable to the old process's clients.
+/// The relay's endpoint settings: stateless resets keyed by `reset_key` (the same key after
+/// a restart makes the new process's resets recognisable to the old process's clients), our
+/// connection ids (`cid`), the pinned UDP payload size.
+pub fn endpoint_config(reset_key: &[u8]) -> std::io::Result<quinn::EndpointConfig> {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, reset_key);
+    // The connection-id generator tags its ids with a key of its own and sends no reset for
+    // ids it did not tag: that key must survive a restart as well (see `cid`).
+    let tag = aws_lc_rs::hmac::sign(&key, b"duet quic connection id key");
+    let cid_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, tag.as_ref());
+    let mut ep = quinn::EndpointConfig::new(Arc::new(key));
+    ep.cid_generator(move || {
+        Box::new(SignedCidGenerator::new(cid_key.clone())) as Box<dyn quinn::ConnectionIdGenerator>
+    });
+    ep.max_udp_payload_size(PINNED_UDP_PAYLOAD)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    Ok(ep)
+}
+
+/// Binds the relay's UDP socket (large kernel buffers, best effort) and its quinn endpoint
+/// ([`endpoint_config`]).
 pub fn bind_endpoint(
     server: quinn::ServerConfig,
     addr: std::net::SocketAddr,
@@ -77,17 +94,7 @@ pub fn bind_endpoint(
     let _ = socket.set_recv_buffer_size(4 << 20);
     let _ = socket.set_send_buffer_size(4 << 20);
     socket.bind(&addr.into())?;
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, reset_key);
-    // The connection-id generator tags its ids with a key of its own and sends no reset for
-    // ids it did not tag: that key must survive a restart as well (see `cid`).
-    let tag = aws_lc_rs::hmac::sign(&key, b"duet quic connection id key");
-    let cid_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, tag.as_ref());
-    let mut ep = quinn::EndpointConfig::new(Arc::new(key));
-    ep.cid_generator(move || {
-        Box::new(SignedCidGenerator::new(cid_key.clone())) as Box<dyn quinn::ConnectionIdGenerator>
-    });
-    ep.max_udp_payload_size(PINNED_UDP_PAYLOAD)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let ep = endpoint_config(reset_key)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for quinn"))?;
     let socket = SegmentCap {

@@ -23,4 +23,4 @@ pub(crate) mod driver;
 pub mod endpoint;
 pub(crate) mod media;
 
-pub use endpoint::{bind_endpoint, quinn_server_config, PINNED_UDP_PAYLOAD};
+pub use endpoint::{bind_endpoint, endpoint_config, quinn_server_config, PINNED_UDP_PAYLOAD};
