@@ -28,6 +28,8 @@ pub struct RelayHandle {
     pub(crate) keys: Arc<LiveKeyring>,
     pub(crate) node: NodeId,
     pub(crate) tasks: Vec<JoinHandle<()>>,
+    /// The ops listener's thread, stopped when the handle goes.
+    pub(crate) _ops: crate::http::ServeThread,
 }
 
 impl RelayHandle {

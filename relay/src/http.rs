@@ -6,7 +6,9 @@
 //! not in a request: an idle keep-alive or a client still sending its head, so a health
 //! check always gets in), the request head within `http.header_timeout_ms` (hyper's header
 //! read timeout), each request (body and answer) within `http.request_timeout_ms`, bodies
-//! up to `http.max_body_bytes`. It does not own the routes (`ops`, the admin API).
+//! up to `http.max_body_bytes`. [`serve_on_thread`] runs the same loop on a thread and a
+//! one-thread runtime of its own, for a listener that must answer however busy the process's
+//! runtime is (the relay's ops listener). It does not own the routes (`ops`, the admin API).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -64,6 +66,61 @@ impl Table {
 
 fn lock(t: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
     t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A listener served by [`serve_on_thread`]; dropping it stops the listener.
+#[derive(Debug)]
+pub struct ServeThread {
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for ServeThread {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// [`serve`] on a thread of its own (named `duet-{what}`) with a one-thread runtime, so its
+/// answers do not queue behind the tasks of the caller's runtime. It stops when `stop` turns
+/// true or the returned [`ServeThread`] is dropped, whichever is first.
+pub fn serve_on_thread(
+    what: &'static str,
+    listener: TcpListener,
+    router: Router,
+    limits: HttpConfig,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<ServeThread> {
+    // The listener leaves the caller's reactor: readiness must not need the caller's workers.
+    let listener = listener.into_std()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (own, own_rx) = watch::channel(false);
+    std::thread::Builder::new()
+        .name(format!("duet-{what}"))
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(listener = what, error = %e, "HTTP listener lost");
+                        return;
+                    }
+                };
+                let (tx, rx) = watch::channel(false);
+                tokio::spawn(async move {
+                    let (mut a, mut b) = (stop, own_rx);
+                    // A dropped sender stops the listener too.
+                    tokio::select! {
+                        _ = a.wait_for(|v| *v) => {}
+                        _ = b.wait_for(|v| *v) => {}
+                    }
+                    let _ = tx.send(true);
+                });
+                serve(what, listener, router, limits, rx).await;
+            });
+        })?;
+    Ok(ServeThread { stop: own })
 }
 
 /// Serves `router` on `listener` within `limits` until `stop` turns true. `what` names the

@@ -155,24 +155,32 @@ impl Relay {
         let config = Arc::new(config);
         let driver = Driver::new(config.clone(), keys.clone(), metrics, fast_path)?;
 
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(quic::endpoint::accept_loop(
-            driver.clone(),
-            endpoint.clone(),
-        )));
-        tasks.push(tokio::spawn(run_timers(driver.clone())));
+        let tasks = vec![
+            tokio::spawn(quic::endpoint::accept_loop(
+                driver.clone(),
+                endpoint.clone(),
+            )),
+            tokio::spawn(run_timers(driver.clone())),
+        ];
         let router = ops::router(ops::OpsState {
             driver: driver.clone(),
             endpoint: endpoint.clone(),
             token: config.ops_token()?.map(Arc::from),
         });
-        tasks.push(tokio::spawn(http::serve(
+        // A thread of its own: health checks and scrapes must answer when QUIC keeps
+        // every worker of this runtime busy (RESULTS.md, "10,000 E2EE sessions held").
+        let ops = http::serve_on_thread(
             "ops",
             ops_listener,
             router,
             config.http.clone(),
             driver.shutdown.subscribe(),
-        )));
+        )
+        .map_err(|source| RelayError::Bind {
+            what: "ops",
+            addr: ops_addr,
+            source,
+        })?;
         tracing::info!(%quic_addr, ?fast_path_addr, %ops_addr, node = %node, "relay listening");
         Ok(RelayHandle {
             driver,
@@ -184,6 +192,7 @@ impl Relay {
             keys,
             node,
             tasks,
+            _ops: ops,
         })
     }
 }

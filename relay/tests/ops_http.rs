@@ -98,3 +98,42 @@ async fn a_body_that_never_arrives_gets_408() -> Result<()> {
     );
     Ok(())
 }
+
+/// The ops listener runs on a thread of its own: `/healthz` and `/metrics` answer while every
+/// worker of the relay's runtime is busy (here: its one worker held for 3 s, which is what a
+/// task queued behind a saturated QUIC runtime sees).
+///
+/// Catches the old behaviour: the ops listener was a task of the relay's runtime, and a
+/// `/metrics` scrape timed out under a 10,000-session hold (RESULTS.md, "10,000 E2EE sessions
+/// held at once"); here `/healthz` waited the whole 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn healthz_answers_while_the_relay_runtime_is_saturated() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let relay = duet_testkit::TestRelay::start().await;
+    let ops = relay.ops_addr();
+    duet_relay::healthcheck::check(ops, "/healthz", Duration::from_secs(5))?;
+    let started = Arc::new(AtomicBool::new(false));
+    let hog = tokio::spawn({
+        let started = started.clone();
+        async move {
+            started.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    });
+    // From here on the test's own thread only blocks: the runtime has no worker to spare.
+    while !started.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t0 = Instant::now();
+    let health = duet_relay::healthcheck::check(ops, "/healthz", Duration::from_secs(1));
+    let metrics = duet_relay::healthcheck::check(ops, "/metrics", Duration::from_secs(1));
+    let took = t0.elapsed();
+    hog.await?;
+    health.map_err(|e| anyhow::anyhow!("/healthz with the runtime busy: {e}"))?;
+    metrics.map_err(|e| anyhow::anyhow!("/metrics with the runtime busy: {e}"))?;
+    eprintln!("/healthz and /metrics answered in {took:?} with the runtime's worker busy");
+    relay.relay.shutdown().await;
+    Ok(())
+}

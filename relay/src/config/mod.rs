@@ -117,8 +117,8 @@ pub struct Config {
     /// After a drain starts, live sessions are ended after this long, ms [default: 30000]
     #[arg(long, required = false, value_name = "MS")]
     pub drain_deadline_ms: u64,
-    /// Threads of the async runtime that carries QUIC (media datagrams, control, joins) and
-    /// the ops listener; the fast path has its own (`fast_path.workers`). 0: one per CPU.
+    /// Threads of the async runtime that carries QUIC (media datagrams, control, joins); the
+    /// fast path (`fast_path.workers`) and the ops listener have their own. 0: one per CPU.
     /// At ~50 datagrams/s per connection every datagram is its own chain of task wake-ups,
     /// and each hop between two runtime threads costs a futex wake [default: 0]
     #[arg(long, required = false, value_name = "N")]
