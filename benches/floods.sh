@@ -38,7 +38,7 @@ LT=target/release/duet-loadtest
 FLOODS=target/release/examples/floods
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() { stop_relay; for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 # shellcheck source=lib/relay.sh

@@ -29,7 +29,7 @@ read -r -a GEN_EXTRA <<<"${GEN_ARGS:-}"
 [ -n "${DEAD_SILENCE:-}" ] && GEN_EXTRA+=(--dead-silence "$DEAD_SILENCE")
 mkdir -p "$OUT"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() { stop_relay; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 # shellcheck source=lib/relay.sh

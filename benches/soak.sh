@@ -51,7 +51,7 @@ RELAY=target/$PROFILE_DIR/duet-relay
 LT=target/$PROFILE_DIR/duet-loadtest
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() { stop_relay; for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 # shellcheck source=lib/relay.sh

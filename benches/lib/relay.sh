@@ -6,6 +6,10 @@
 #                      appends `timeout`'s pid to PIDS (the caller's cleanup trap kills it) and
 #                      sets RPID (the relay itself, not `timeout`), QUIC, FP (fast path) and OPS
 #                      (host:port of /metrics), or exits 1 with the relay's stderr.
+#   stop_relay         kills the relay (SIGKILL) and waits until it is gone. Call it from the
+#                      cleanup: SIGTERM to `timeout` makes the relay drain for up to its drain
+#                      deadline (30 s) with the load's sessions still open, so a run started
+#                      right after would share the cores with it.
 start_relay() {
   DATA=$(mktemp -d)
   local secs=$1
@@ -27,4 +31,10 @@ start_relay() {
     cat "$OUT/relay.err"
     exit 1
   }
+}
+
+stop_relay() {
+  [[ -n "${RPID:-}" ]] || return 0
+  kill -KILL "$RPID" 2>/dev/null || true
+  while kill -0 "$RPID" 2>/dev/null; do sleep 0.1; done
 }
