@@ -36,6 +36,15 @@ struct Packet {
     data: BytesMut,
 }
 
+/// The first `size` bytes of `buf`, sent from `from` to `to`.
+fn copy_out(from: SocketAddr, buf: &[u8], to: SocketAddr, size: usize) -> Packet {
+    Packet {
+        from,
+        to,
+        data: BytesMut::from(&buf[..size]),
+    }
+}
+
 /// One QUIC endpoint and its connections.
 struct Node {
     addr: SocketAddr,
@@ -79,23 +88,15 @@ impl Node {
                     }
                     Err(e) => {
                         let t = e.response?;
-                        out.push(self.packet(t.destination, t.size));
+                        out.push(copy_out(self.addr, &self.buf, t.destination, t.size));
                         None
                     }
                 }
             }
             DatagramEvent::Response(t) => {
-                out.push(self.packet(t.destination, t.size));
+                out.push(copy_out(self.addr, &self.buf, t.destination, t.size));
                 None
             }
-        }
-    }
-
-    fn packet(&self, to: SocketAddr, size: usize) -> Packet {
-        Packet {
-            from: self.addr,
-            to,
-            data: BytesMut::from(&self.buf[..size]),
         }
     }
 
@@ -144,11 +145,7 @@ impl Node {
             let Some(t) = c.poll_transmit(now, 1, &mut self.buf) else {
                 break;
             };
-            out.push(Packet {
-                from: self.addr,
-                to: t.destination,
-                data: BytesMut::from(&self.buf[..t.size]),
-            });
+            out.push(copy_out(self.addr, &self.buf, t.destination, t.size));
         }
     }
 }
@@ -157,8 +154,9 @@ impl Node {
 struct Sim {
     relay: Node,
     clients: Vec<Node>,
-    /// The relay's connection for client `i`, and the reverse.
+    /// The relay's connection for client `i`.
     relay_conn: Vec<ConnectionHandle>,
+    /// Each relay connection's peer in its call (both ways).
     peer: HashMap<ConnectionHandle, ConnectionHandle>,
     now: Instant,
     payload: Bytes,

@@ -53,7 +53,7 @@ fn transparent_inner<'a>(
         return match r {
             RelayError::Config(c) => Some(c),
             RelayError::Tls(t) => Some(t),
-            RelayError::Bind { .. } => None,
+            RelayError::Bind { .. } | RelayError::Thread { .. } => None,
         };
     }
     if let Some(TlsError::Config(c)) = e.downcast_ref::<TlsError>() {

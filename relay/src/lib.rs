@@ -83,6 +83,11 @@ pub enum RelayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the {what} listener's thread: {source}")]
+    Thread {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// Entry point: `Relay::start(config)`.
@@ -176,9 +181,8 @@ impl Relay {
             config.http.clone(),
             driver.shutdown.subscribe(),
         )
-        .map_err(|source| RelayError::Bind {
+        .map_err(|source| RelayError::Thread {
             what: "ops",
-            addr: ops_addr,
             source,
         })?;
         tracing::info!(%quic_addr, ?fast_path_addr, %ops_addr, node = %node, "relay listening");
